@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages leanstack runs for real (storage tiers, interference), only if missing.
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v memcached    >/dev/null 2>&1 || need+=(memcached)
+command -v stress-ng    >/dev/null 2>&1 || need+=(stress-ng)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" -ne 0 ]; then
+  echo "leanstack: missing Debian packages: ${need[*]} — run 'sudo apt-get install ${need[*]}' and retry" >&2
+  exit 1
+fi
+echo "leanstack: installing Debian packages: ${need[*]}"
+apt-get update -qq
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+# The Debian packages start system-wide daemons; leanstack runs its own instances, so stop those.
+for svc in redis-server memcached; do
+  if command -v systemctl >/dev/null 2>&1; then systemctl stop "$svc" >/dev/null 2>&1 || true; fi
+  service "$svc" stop >/dev/null 2>&1 || true
+done

@@ -1,0 +1,172 @@
+"""The data every backend produces and every controller consumes.
+
+An :class:`Allocation` is what a controller decides (per tier: CPU cores and replicas); an
+:class:`Observation` is what a backend reports for one control interval; a :class:`Span` is one
+RPC, in OpenTelemetry's span model. The simulator, the local backend and the Kubernetes backend
+all produce the same types, so controllers run unchanged on any of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from leanstack.microservices.app import AppSpec
+
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+"""Latency percentiles every observation reports, as keys ``p50`` ... ``p99.9``."""
+
+
+@dataclass(frozen=True)
+class TierAllocation:
+    """CPU cores for the whole tier (CFS quota over all replicas) and its worker count."""
+
+    cpu: float
+    replicas: int = 1
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """Per-tier allocation; ``tiers`` maps service name -> TierAllocation."""
+
+    tiers: dict[str, TierAllocation]
+
+    @classmethod
+    def static_max(cls, app: AppSpec) -> Allocation:
+        """Every tier at its ``max_cpu`` with its configured replicas (the static baseline)."""
+        return cls({n: TierAllocation(s.max_cpu, s.replicas) for n, s in app.services.items()})
+
+    def total_cpu(self) -> float:
+        return sum(t.cpu for t in self.tiers.values())
+
+    def with_tier(self, name: str, cpu: float | None = None,
+                  replicas: int | None = None) -> Allocation:
+        """A copy with one tier changed."""
+        cur = self.tiers[name]
+        new = replace(cur, cpu=cur.cpu if cpu is None else cpu,
+                      replicas=cur.replicas if replicas is None else replicas)
+        return Allocation({**self.tiers, name: new})
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {n: {"cpu": t.cpu, "replicas": t.replicas} for n, t in self.tiers.items()}
+
+
+@dataclass
+class ClassStats:
+    """One request class over one interval. Latencies in ms from the scheduled send time."""
+
+    completed: int = 0
+    errors: int = 0
+    throughput_rps: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=dict)  # "p50" .. "p99.9"
+    sla_ms: float = 0.0
+    sla_key: str = "p99"
+
+    @property
+    def violated(self) -> bool:
+        """True when this interval's tail latency at the SLA percentile exceeds the SLA."""
+        return self.completed > 0 and self.latency_ms.get(self.sla_key, 0.0) > self.sla_ms
+
+
+@dataclass
+class TierStats:
+    """One tier over one interval, read from cgroup files and the services themselves."""
+
+    cpu_limit: float = 0.0  # cores (quota / period)
+    cpu_used: float = 0.0  # cores, averaged over the interval
+    throttled_periods: int = 0  # CFS periods in which the tier was throttled
+    throttled_s: float = 0.0  # seconds of throttling in the interval
+    memory_bytes: int = 0
+    inflight: float = 0.0  # requests inside the tier (mean over the interval)
+    replicas: int = 1
+    rps: float = 0.0  # requests the tier served per second
+    latency_ms: dict[str, float] = field(default_factory=dict)  # tier's own span latency
+
+
+@dataclass
+class Observation:
+    """Everything a controller may look at for one control interval."""
+
+    t: float  # end of the interval, seconds since the run began
+    interval_s: float
+    classes: dict[str, ClassStats]
+    tiers: dict[str, TierStats]
+    offered_rps: float = 0.0  # the load generator's scheduled rate over the interval
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Observation:
+        return cls(
+            t=d["t"], interval_s=d["interval_s"], offered_rps=d.get("offered_rps", 0.0),
+            classes={k: ClassStats(**v) for k, v in d["classes"].items()},
+            tiers={k: TierStats(**v) for k, v in d["tiers"].items()},
+        )
+
+
+@dataclass(frozen=True)
+class Span:
+    """One RPC in OpenTelemetry's span model; times in nanoseconds since the epoch (or sim start).
+
+    ``attributes`` carries ``leanstack.class`` (request class), ``leanstack.cpu_ms`` (CPU the
+    service's own work used) and, for queue consumers, ``leanstack.queue_ms``.
+    """
+
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    service: str
+    name: str  # endpoint or storage operation
+    start_ns: int
+    end_ns: int
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    def to_otlp(self) -> str:
+        """One OTLP JSON line: a resourceSpans record holding this span."""
+        attrs = [{"key": k, "value": _otlp_value(v)} for k, v in self.attributes.items()]
+        return json.dumps({"resourceSpans": [{
+            "resource": {"attributes": [
+                {"key": "service.name", "value": {"stringValue": self.service}}]},
+            "scopeSpans": [{"scope": {"name": "leanstack"}, "spans": [{
+                "traceId": self.trace_id, "spanId": self.span_id,
+                "parentSpanId": self.parent_span_id, "name": self.name, "kind": 2,
+                "startTimeUnixNano": str(self.start_ns), "endTimeUnixNano": str(self.end_ns),
+                "attributes": attrs,
+            }]}],
+        }]}, separators=(",", ":"))
+
+    @classmethod
+    def from_otlp(cls, line: str) -> Span:
+        """Parse a line written by :meth:`to_otlp`."""
+        rs = json.loads(line)["resourceSpans"][0]
+        service = rs["resource"]["attributes"][0]["value"]["stringValue"]
+        s = rs["scopeSpans"][0]["spans"][0]
+        attrs = {a["key"]: _from_otlp_value(a["value"]) for a in s.get("attributes", [])}
+        return cls(s["traceId"], s["spanId"], s.get("parentSpanId", ""), service, s["name"],
+                   int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]), attrs)
+
+
+def _otlp_value(v: Any) -> dict[str, Any]:
+    if isinstance(v, bool):
+        return {"boolValue": v}
+    if isinstance(v, int):
+        return {"intValue": str(v)}
+    if isinstance(v, float):
+        return {"doubleValue": v}
+    return {"stringValue": str(v)}
+
+
+def _from_otlp_value(v: dict[str, Any]) -> Any:
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "boolValue" in v:
+        return bool(v["boolValue"])
+    return v.get("stringValue", "")
