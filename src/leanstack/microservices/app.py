@@ -13,7 +13,7 @@ An app file names its services (tiers) and request classes::
     work = "json"             # json | hash | text | compress | image
     cpu_ms = 0.4              # mean CPU time of the endpoint's own work, at one core
     cv = 0.5                  # coefficient of variation of that CPU time
-    calls = [["cache.get"], ["store.get", "other.read"]]  # groups in sequence, calls in a group in parallel
+    calls = [["cache.get"], ["store.get", "other.read"]]  # groups in sequence, each in parallel
     enqueue = ["worker.process"]   # asynchronous edges to queue-fed services
 
     [services.cache]

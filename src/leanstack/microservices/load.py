@@ -6,6 +6,7 @@ arrivals for the same :class:`LoadSpec` and seed.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ def assign_classes(weights: dict[str, float], n: int, seed: int = 0) -> list[str
     return [names[i] for i in idx]
 
 
+@functools.lru_cache(maxsize=8)
 def _trace_rates(path: str | None, mean_rps: float) -> np.ndarray:
     p = Path(path or "")
     if not p.is_file():
