@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -29,7 +30,9 @@ def micro_apps() -> None:
 
 
 @micro.command("validate")
-def micro_validate(app_file: str = typer.Argument(..., help="app name or path to an app .toml")) -> None:
+def micro_validate(
+    app_file: str = typer.Argument(..., help="app name or path to an app .toml"),
+) -> None:
     """Check an app file and print a one-line summary."""
     from leanstack.microservices.app import load_app
 
@@ -37,13 +40,144 @@ def micro_validate(app_file: str = typer.Argument(..., help="app name or path to
     print(f"ok: {a.name} — {len(a.services)} tiers, {len(a.classes)} request classes")
 
 
+@micro.command("run")
+def micro_run(
+    app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
+    backend: str = typer.Option("sim", help="sim | local"),
+    controller: str = typer.Option("static", help="static | hpa | any registered controller"),
+    load: str = typer.Option("poisson", help="constant | poisson | diurnal | step | trace"),
+    rps: float = typer.Option(100.0, help="mean request rate (requests/s)"),
+    duration: float = typer.Option(60.0, help="run length in seconds"),
+    out: Path = typer.Option(..., help="where to write the result JSON"),
+    trace: str | None = typer.Option(None, help="per-second rate file for --load trace"),
+    interval: float = typer.Option(1.0, help="control interval in seconds"),
+    seed: int = typer.Option(0, help="seed of the arrivals (and the simulator)"),
+    report: Path | None = typer.Option(None, help="also write an HTML report here"),
+    time_scale: float | None = typer.Option(None, help="HPA: multiply its time constants"),
+    spans: Path | None = typer.Option(None, help="write the run's spans here (OTLP JSON lines)"),
+    calibration: Path | None = typer.Option(None, help="sim: service-time model to use"),
+    amplitude: float = typer.Option(0.5, help="diurnal/step load: swing around the mean"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
+) -> None:
+    """Run one experiment: an app on a backend under open-loop load, managed by a controller."""
+    from leanstack.microservices.app import load_app
+    from leanstack.microservices.controllers import make_controller
+    from leanstack.microservices.load import LoadSpec
+    from leanstack.microservices.runner import make_backend, run_experiment
+
+    spec = load_app(app_name)
+    ctrl = make_controller(controller, time_scale=time_scale)
+    load_spec = LoadSpec(load, rps, duration, seed=seed, amplitude=amplitude, trace=trace)
+    opts: dict[str, object] = {}
+    if backend == "sim":
+        opts = {"seed": seed, "calibration": calibration, "record_spans": spans is not None}
+    elif calibration is not None:
+        raise LeanstackError("--calibration only applies to the sim backend — drop it")
+    be = make_backend(backend, interval, **opts)
+    try:
+        result = run_experiment(spec, be, ctrl, load_spec, out, report_html=report,
+                                progress=not quiet, spans_out=spans)
+    except KeyboardInterrupt:
+        err.print(f"interrupted — partial result in {out}")
+        sys.exit(130)
+    s = result["summary"]
+    print(f"{spec.name} on {backend} with {controller}: violation rate {s['violation_rate']:.1%}, "
+          f"mean CPU {s['mean_cpu']:.2f} cores, {s['requests']} requests "
+          f"({s['errors']} failed)")
+    print(f"result: {out}" + (f"  report: {report}" if report else "")
+          + (f"  spans: {spans}" if spans else ""))
+
+
+@micro.command("report")
+def micro_report(
+    result_file: Path = typer.Argument(..., help="a result JSON written by 'micro run'"),
+    out: Path = typer.Option(..., help="where to write the HTML report"),
+) -> None:
+    """Render the HTML report of an existing result."""
+    from leanstack.microservices.report import write_report
+    from leanstack.microservices.result import load_result
+
+    write_report(load_result(result_file), out)
+    print(f"report: {out}")
+
+
+@micro.command("calibrate")
+def micro_calibrate(
+    app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
+    spans: Path = typer.Option(..., help="spans from a local run (micro run --spans FILE)"),
+    out: Path = typer.Option(..., help="where to write the calibration JSON"),
+) -> None:
+    """Fit the simulator's service-time model from spans of a local run."""
+    from leanstack.microservices.app import load_app
+    from leanstack.microservices.calibrate import calibrate, save_calibration
+    from leanstack.microservices.runner import read_spans
+
+    spec = load_app(app_name)
+    model = calibrate(spec, read_spans(spans))
+    save_calibration(model, out)
+    print(f"calibration for {spec.name} from {spans}: {out}")
+
+
+@app.command("demo")
+def demo(
+    duration: float = typer.Option(90.0, help="seconds of load"),
+    rps: float = typer.Option(40.0, help="mean request rate of the diurnal load"),
+    out_dir: Path = typer.Option(Path("runs/demo"), help="where result and report go"),
+) -> None:
+    """Social network on real local processes under a diurnal load, managed by Kubernetes HPA."""
+    from leanstack.microservices.app import load_app
+    from leanstack.microservices.controllers import HPAController
+    from leanstack.microservices.load import LoadSpec
+    from leanstack.microservices.runner import make_backend, run_experiment
+
+    backend = "local"
+    try:
+        from leanstack.microservices.cgroups import check_available
+
+        check_available()
+        make_backend("local")  # fails early when the local backend is not installed
+    except (LeanstackError, ImportError) as e:
+        err.print(f"[yellow]note:[/yellow] the local backend cannot run here ({e}); "
+                  "running the demo on the simulator instead", highlight=False, soft_wrap=True)
+        backend = "sim"
+    time_scale = min(1.0, duration / 900.0)
+    spec = load_app("social-network")
+    ctrl = HPAController(time_scale=time_scale)
+    load = LoadSpec("diurnal", rps, duration, seed=0)
+    print(f"demo: {spec.name} ({len(spec.services)} tiers) on the {backend} backend, diurnal "
+          f"load around {rps:g} req/s for {duration:g} s, Kubernetes HPA with time constants "
+          f"x{time_scale:.3g} (sync {ctrl.sync_s:.3g} s, scale-down window "
+          f"{ctrl.stabilization_s:.3g} s)")
+    out_json, out_html = out_dir / "result.json", out_dir / "report.html"
+    result = run_experiment(spec, make_backend(backend), ctrl, load, out_json,
+                            report_html=out_html)
+    s = result["summary"]
+    print(f"violation rate {s['violation_rate']:.1%}, mean CPU {s['mean_cpu']:.2f} cores "
+          f"(static max: {sum(t.max_cpu for t in spec.services.values()):g}), "
+          f"{s['requests']} requests")
+    print(f"report: {out_html.resolve()}")
+
+
 def main() -> None:
     """Entry point: run the CLI, turning user errors into one line on stderr."""
     try:
-        app()
+        rc = app(standalone_mode=False)
     except LeanstackError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except typer.Abort:
+        sys.exit(130)
+    except typer.TyperException as e:  # command-line parsing: bad option, missing value, ...
+        message = e.format_message() if hasattr(e, "format_message") else str(e)
+        if "\n" in message or not message:  # help for a bare command group (maybe printed)
+            print(message, end="")
+        else:
+            ctx = getattr(e, "ctx", None)
+            hint = f" — see '{ctx.command_path} --help'" if ctx else ""
+            err.print(f"[red]error:[/red] {message}{hint}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    if isinstance(rc, int):
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,11 @@ def test_every_shipped_file_round_trips_through_the_parser():
         assert app.name == name
         for rc in app.classes.values():
             assert rc.sla.ms > 0
+
+
+def test_the_documented_example_app_is_valid():
+    doc = (Path(__file__).parents[2] / "docs" / "microservices.md").read_text()
+    example = doc.split("```toml\n")[1].split("```")[0]
+    app = parse_app(tomllib.loads(example), source="shop.toml")
+    assert app.services["mailer"].queue == "jobs"
+    assert [str(c) for c in app.endpoint(Call("web", "checkout")).enqueue] == ["mailer.send"]

@@ -72,3 +72,4 @@ def test_bad_trace_file(tmp_path: Path):
         LoadSpec("trace", trace=str(f)).arrival_times()
     with pytest.raises(LeanstackError, match="not found"):
         LoadSpec("trace", trace=str(tmp_path / "none.csv")).arrival_times()
+

@@ -65,7 +65,18 @@ class ClassStats:
 
     @property
     def violated(self) -> bool:
-        """True when this interval's tail latency at the SLA percentile exceeds the SLA."""
+        """True when this interval's tail latency at the SLA percentile exceeds the SLA.
+
+        Failed requests count as infinitely slow: when their share of the interval's requests
+        is above the tail the SLA allows (1% for p99), the SLA is violated whatever the
+        completed requests' latencies were.
+        """
+        total = self.completed + self.errors
+        if total == 0:
+            return False
+        allowed_tail = 1.0 - float(self.sla_key[1:]) / 100.0
+        if self.errors / total > allowed_tail:
+            return True
         return self.completed > 0 and self.latency_ms.get(self.sla_key, 0.0) > self.sla_ms
 
 

@@ -1,0 +1,337 @@
+"""Calibration: fit the simulator's service-time model from spans of a real run.
+
+The model is plain JSON::
+
+    {"version": 1, "app": "social-network",
+     "rpc": {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08},
+     "endpoints": {"nginx.read_home_timeline":
+                   {"dist": "gamma", "mean_ms": 0.4, "cv": 0.6, "n": 812}},
+     "storage": {"user-store.get":
+                 {"dist": "lognormal", "mean_ms": 0.09, "cv": 0.4, "n": 640}},
+     "spans": 5120, "source": "spans"}
+
+- ``endpoints``: each logic endpoint's own-work CPU, from the span attribute ``leanstack.cpu_ms``;
+- ``storage``: each storage operation's time, from the storage (client) spans' durations, their
+  far tail (beyond median + 4 MAD: waits the simulator reproduces by itself) left out;
+- ``rpc``: per-RPC CPU overheads, from each logic span's self time (duration minus the union of its
+  children, minus its own work; the lower quartile per endpoint) regressed on the logic and
+  storage answers it waited for.
+
+Given the run's observations as well (``source = "spans+cpu"``), the storage op times and RPC
+overheads come from tier CPU instead, and ``tiers.<name>.extra_ms`` holds the CPU per visit of a
+logic tier that those overheads leave unexplained (added to each visit's first segment), which
+is what makes per-tier CPU in the simulator match.
+
+Each distribution is a gamma or a lognormal with the samples' mean and coefficient of variation,
+whichever fits the samples with the higher likelihood (``constant`` when they do not vary).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import AppSpec
+from leanstack.microservices.observation import Observation, Span
+
+VERSION = 1
+DISTRIBUTIONS = ("gamma", "lognormal", "constant")
+RPC_KEYS = ("callee_ms", "caller_ms", "storage_caller_ms")
+CPU_ATTR = "leanstack.cpu_ms"
+
+
+def calibrate(app: AppSpec, spans: list[Span],
+              observations: list[Observation] | None = None) -> dict[str, Any]:
+    """Fit per-endpoint, per-storage-op and RPC-overhead service times from ``spans``.
+
+    Pass the run's ``observations`` too and tier CPU becomes the witness for what spans cannot
+    see: a storage op's time is its server's CPU per op, and the RPC overheads are what logic
+    tiers burn per visit beyond their own work, regressed on their calls per visit.
+    """
+    from leanstack.microservices.sim import DEFAULT_RPC
+
+    children: dict[str, list[Span]] = defaultdict(list)
+    for s in spans:
+        if s.parent_span_id:
+            children[s.parent_span_id].append(s)
+    cpu: dict[str, list[float]] = defaultdict(list)
+    op_ms: dict[str, list[float]] = defaultdict(list)
+    rows: dict[str, list[tuple[float, int, int]]] = defaultdict(list)  # excess, n_logic, n_store
+    calls: dict[str, list[tuple[int, int]]] = defaultdict(list)  # per tier: logic, storage calls
+    used = 0
+    for s in spans:
+        svc = app.services.get(s.service)
+        if svc is None or not (svc.is_storage or svc.has_endpoint(s.name)):
+            continue
+        used += 1
+        if s.attributes.get("error"):
+            continue
+        key = f"{s.service}.{s.name}"
+        if svc.is_storage:
+            op_ms[key].append(s.duration_ms)
+            continue
+        own = s.attributes.get(CPU_ATTR)
+        if not isinstance(own, int | float):
+            continue
+        cpu[key].append(float(own))
+        kids = [k for k in children.get(s.span_id, []) if not _is_consumer(app, k)]
+        n_store = sum(_is_storage(app, k) for k in kids)
+        calls[s.service].append((len(kids) - n_store, n_store))
+        if svc.queue is None:
+            n_logic, n_store = _visible_answers(app, kids)
+            excess = s.duration_ms - _union_ms(s, kids) - float(own)
+            rows[key].append((excess, n_logic, n_store))
+    if used == 0:
+        raise LeanstackError(f"none of the {len(spans)} spans belongs to a tier of app "
+                             f"'{app.name}' — record spans from a run of this app")
+    storage = {k: fit_distribution(_unqueued(v)) for k, v in sorted(op_ms.items())
+               if max(v) > 0}
+    rpc = _fit_rpc(rows, DEFAULT_RPC)
+    extra: dict[str, float] = {}
+    if observations:
+        per_op = _cpu_per_request_ms(observations)
+        for key, d in storage.items():
+            server = per_op.get(key.split(".", 1)[0])
+            if server:
+                storage[key] = {**d, "mean_ms": server}
+        rpc, extra = _fit_rpc_from_cpu(app, cpu, calls, per_op, rpc)
+    return {
+        "version": VERSION,
+        "app": app.name,
+        "rpc": rpc,
+        "endpoints": {k: fit_distribution(v) for k, v in sorted(cpu.items()) if max(v) > 0},
+        "storage": storage,
+        "tiers": {t: {"extra_ms": v} for t, v in sorted(extra.items())},
+        "spans": used,
+        "source": "spans+cpu" if observations else "spans",
+    }
+
+
+def fit_distribution(samples_ms: list[float]) -> dict[str, Any]:
+    """Mean, CV and the better of gamma / lognormal (by log-likelihood) for positive samples."""
+    from scipy import stats
+
+    x = np.asarray(samples_ms, dtype=float)
+    x = x[np.isfinite(x) & (x > 0)]
+    if x.size == 0:
+        raise LeanstackError("no positive samples to fit — record spans under load first")
+    mean = float(x.mean())
+    cv = float(x.std() / mean) if x.size > 1 else 0.0
+    if cv < 1e-6:
+        return {"dist": "constant", "mean_ms": mean, "cv": 0.0, "n": int(x.size)}
+    shape = 1.0 / cv**2
+    ll_gamma = stats.gamma.logpdf(x, shape, scale=mean / shape).sum()
+    sigma2 = math.log1p(cv**2)
+    ll_lognorm = stats.lognorm.logpdf(x, math.sqrt(sigma2),
+                                      scale=math.exp(math.log(mean) - sigma2 / 2)).sum()
+    dist = "gamma" if ll_gamma >= ll_lognorm else "lognormal"
+    return {"dist": dist, "mean_ms": mean, "cv": cv, "n": int(x.size)}
+
+
+def save_calibration(model: dict[str, Any], path: str | Path) -> None:
+    """Write ``model`` as JSON to ``path`` (a temp file renamed into place)."""
+    check_calibration(model, str(path))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w") as f:
+            json.dump(model, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_calibration(path: str | Path) -> dict[str, Any]:
+    """Read and validate a calibration file; a bad one is a one-line LeanstackError."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeanstackError(f"calibration file '{path}' not found — run `leanstack micro "
+                             "calibrate` to make one")
+    try:
+        model = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeanstackError(f"{path}: not valid JSON ({e}) — re-run `leanstack micro "
+                             "calibrate`") from None
+    check_calibration(model, str(path))
+    return model
+
+
+def check_calibration(model: Any, where: str = "calibration") -> None:
+    """Raise a one-line LeanstackError naming the first malformed part of ``model``."""
+    def bad(key: str, problem: str) -> LeanstackError:
+        return LeanstackError(f"{where}: {key}: {problem} — re-run `leanstack micro calibrate`")
+
+    if not isinstance(model, dict):
+        raise bad("top level", "expected a JSON object")
+    if model.get("version") != VERSION:
+        raise bad("version", f"expected {VERSION}, got {model.get('version')!r}")
+    if not isinstance(model.get("app"), str):
+        raise bad("app", "missing app name")
+    rpc = model.get("rpc")
+    if not isinstance(rpc, dict):
+        raise bad("rpc", "expected an object of RPC overheads")
+    for k, v in rpc.items():
+        if k not in RPC_KEYS:
+            raise bad(f"rpc.{k}", f"unknown key (use {', '.join(RPC_KEYS)})")
+        if not _number(v) or v < 0:
+            raise bad(f"rpc.{k}", f"expected a number >= 0, got {v!r}")
+    tiers = model.get("tiers", {})
+    if not isinstance(tiers, dict):
+        raise bad("tiers", "expected an object of per-tier corrections")
+    for k, d in tiers.items():
+        if not isinstance(d, dict) or not _number(d.get("extra_ms")):
+            raise bad(f"tiers.{k}.extra_ms", f"expected a number, got {d!r}")
+    for table in ("endpoints", "storage"):
+        entries = model.get(table)
+        if not isinstance(entries, dict):
+            raise bad(table, "expected an object of distributions")
+        for k, d in entries.items():
+            if not isinstance(d, dict) or d.get("dist") not in DISTRIBUTIONS:
+                raise bad(f"{table}.{k}.dist", f"expected one of {', '.join(DISTRIBUTIONS)}")
+            if not _number(d.get("mean_ms")) or d["mean_ms"] <= 0:
+                raise bad(f"{table}.{k}.mean_ms", f"expected a number > 0, got "
+                          f"{d.get('mean_ms')!r}")
+            if not _number(d.get("cv")) or d["cv"] < 0:
+                raise bad(f"{table}.{k}.cv", f"expected a number >= 0, got {d.get('cv')!r}")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_storage(app: AppSpec, span: Span) -> bool:
+    svc = app.services.get(span.service)
+    return svc is not None and svc.is_storage
+
+
+def _is_consumer(app: AppSpec, span: Span) -> bool:
+    """A queue consumer's span: a child of its producer in the trace, but not a call."""
+    svc = app.services.get(span.service)
+    return svc is not None and svc.queue is not None
+
+
+def _union_ms(parent: Span, kids: list[Span]) -> float:
+    """Milliseconds of ``parent`` covered by at least one child span."""
+    covered = 0
+    end = parent.start_ns
+    for s in sorted(kids, key=lambda k: k.start_ns):
+        lo, hi = max(s.start_ns, end), min(s.end_ns, parent.end_ns)
+        if hi > lo:
+            covered += hi - lo
+            end = hi
+    return covered / 1e6
+
+
+def _visible_answers(app: AppSpec, kids: list[Span]) -> tuple[int, int]:
+    """Answers whose handling shows in the parent's self time: logic and storage counts.
+
+    Overlapping children are one parallel group; only the answer of the child that ends last
+    adds to the parent's latency (the others are handled while it still waits).
+    """
+    n_logic = n_store = 0
+    last: Span | None = None
+    for s in sorted(kids, key=lambda k: k.start_ns):
+        if last is not None and s.start_ns >= last.end_ns:
+            n_store += _is_storage(app, last)
+            n_logic += not _is_storage(app, last)
+            last = None
+        if last is None or s.end_ns > last.end_ns:
+            last = s
+    if last is not None:
+        n_store += _is_storage(app, last)
+        n_logic += not _is_storage(app, last)
+    return n_logic, n_store
+
+
+def _unqueued(samples_ms: list[float]) -> list[float]:
+    """Samples up to the median + 4 median absolute deviations: round trips not stretched by
+    waiting.
+
+    A storage client span also covers the time its caller's event loop was busy with other
+    requests; the simulator produces that wait by itself, so the fit leaves that tail out.
+    """
+    x = np.asarray(samples_ms, dtype=float)
+    med = np.median(x)
+    return x[x <= med + 4 * np.median(np.abs(x - med))].tolist()
+
+
+def _cpu_per_request_ms(observations: list[Observation]) -> dict[str, float]:
+    """Per tier: CPU milliseconds per request served, over all intervals that served some."""
+    cpu_s: dict[str, float] = defaultdict(float)
+    served: dict[str, float] = defaultdict(float)
+    for o in observations:
+        for name, t in o.tiers.items():
+            if t.rps > 0:
+                cpu_s[name] += t.cpu_used * o.interval_s
+                served[name] += t.rps * o.interval_s
+    return {n: 1e3 * cpu_s[n] / served[n] for n in cpu_s if served[n] > 0}
+
+
+def _fit_rpc_from_cpu(app: AppSpec, own: dict[str, list[float]],
+                      calls: dict[str, list[tuple[int, int]]], per_visit: dict[str, float],
+                      fallback: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """RPC overheads from logic tiers' CPU per visit beyond own work vs calls per visit, and
+    per tier the CPU per visit those overheads leave unexplained (``extra_ms``, may be < 0)."""
+    from scipy import optimize
+
+    tiers, a, b = [], [], []
+    for tier, counts in calls.items():
+        if tier not in per_visit:
+            continue
+        works = [w for k, v in own.items() if k.split(".", 1)[0] == tier for w in v]
+        arr = np.asarray(counts, dtype=float)
+        queue_fed = app.services[tier].queue is not None
+        # a consumer's fixed cost per visit is taking a message (a storage answer)
+        a.append([0.0 if queue_fed else 1.0, arr[:, 0].mean(), arr[:, 1].mean() + queue_fed])
+        b.append(per_visit[tier] - float(np.mean(works)))
+        tiers.append(tier)
+    a_m, b_v = np.asarray(a).reshape(-1, 3), np.asarray(b)
+    rpc = fallback
+    if len(a) >= 3 and np.linalg.matrix_rank(a_m) == 3:
+        # least absolute deviations, x >= 0: a tier with its own extra cost does not drag the
+        # shared overheads (minimise sum(u + v) subject to A x + u - v = b)
+        n = len(b_v)
+        res = optimize.linprog(np.r_[np.zeros(3), np.ones(2 * n)],
+                               A_eq=np.hstack([a_m, np.eye(n), -np.eye(n)]), b_eq=b_v,
+                               bounds=[(0, None)] * (3 + 2 * n), method="highs")
+        if res.success:
+            rpc = dict(zip(RPC_KEYS, (float(v) for v in res.x[:3]), strict=True))
+    explained = a_m @ np.array([rpc[k] for k in RPC_KEYS])
+    return rpc, {t: float(e) for t, e in zip(tiers, b_v - explained, strict=True)}
+
+
+def _fit_rpc(rows: dict[str, list[tuple[float, int, int]]],
+             default: dict[str, float]) -> dict[str, float]:
+    """RPC overheads from per-endpoint excess time (its lower quartile, where no waiting
+    hides in it) vs the logic / storage answers the endpoint waited for.
+
+    With enough distinct endpoints a non-negative least-squares fit gives all three overheads;
+    otherwise the defaults are scaled by one factor that fits the data.
+    """
+    from scipy import optimize
+
+    if not rows:
+        return dict(default)
+    a, b = [], []
+    for samples in rows.values():
+        arr = np.asarray(samples, dtype=float)
+        a.append([1.0, arr[:, 1].mean(), arr[:, 2].mean()])
+        b.append(max(float(np.percentile(arr[:, 0], 25)), 0.0))  # the unqueued part
+    a_m, b_v = np.asarray(a), np.asarray(b)
+    if np.linalg.matrix_rank(a_m) == 3:
+        x, _ = optimize.nnls(a_m, b_v)
+        return dict(zip(RPC_KEYS, (float(v) for v in x), strict=True))
+    base = a_m @ np.array([default[k] for k in RPC_KEYS])
+    scale = float(base @ b_v / (base @ base)) if base @ base > 0 else 1.0
+    return {k: default[k] * max(scale, 0.0) for k in RPC_KEYS}

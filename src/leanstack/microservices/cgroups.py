@@ -1,0 +1,296 @@
+"""cgroup v1 CPU limits and accounting for the tiers of a local run, with stale-run cleanup.
+
+This machine mounts ``cpu``, ``cpuacct`` and ``memory`` as separate v1 hierarchies, so every tier
+gets ``leanstack/<run-id>/<tier>`` in each of them and each process is added to all three. The CPU
+limit is the CFS quota over a 100 ms period (``quota = cores * period``), changeable live. Each
+tier weighs like one ordinary process in the CFS (cpu.shares), so tiers compete with the rest of
+the machine as the processes they are.
+
+Every run writes a small state file (its runner PID and that PID's start time) in a runtime
+directory outside the repository. :func:`cleanup_stale_runs` — called at every start — kills the
+processes of runs whose runner is gone and removes their cgroups. Child processes also get
+``PR_SET_PDEATHSIG`` (see :func:`die_with_parent`) so they die with the runner even on SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from leanstack.errors import LeanstackError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+HIERARCHIES = ("cpu", "cpuacct", "memory")
+PARENT = "leanstack"
+PERIOD_US = 100_000
+MIN_QUOTA_US = 1_000
+PROCESS_WEIGHT = 1024  # cpu.shares of an ordinary process
+MAX_WEIGHT = 262_144
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class CgroupSample:
+    """Cumulative counters of one tier's cgroups at one instant."""
+
+    t: float  # time.monotonic() when read
+    cpu_ns: int  # cpuacct.usage
+    nr_periods: int
+    nr_throttled: int
+    throttled_ns: int
+    memory_bytes: int  # memory.usage_in_bytes
+
+
+def runtime_dir() -> Path:
+    """Where run state files live: /run/leanstack when writable, else the system temp dir."""
+    for base in (Path("/run"), Path(tempfile.gettempdir())):
+        d = base / "leanstack"
+        try:
+            d.mkdir(mode=0o755, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(d, os.W_OK):
+            return d
+    raise LeanstackError("no writable runtime directory for run state — make /run or "
+                         f"{tempfile.gettempdir()} writable")
+
+
+def check_available(root: Path = CGROUP_ROOT) -> None:
+    """Raise a one-line LeanstackError unless the v1 cpu, cpuacct and memory hierarchies are
+    mounted and writable here."""
+    for h in HIERARCHIES:
+        d = root / h
+        if not (d / "cgroup.procs").exists():
+            raise LeanstackError(f"cgroup v1 hierarchy '{h}' is not mounted at {d} — the local "
+                                 "backend needs cgroup v1 cpu, cpuacct and memory (or use the "
+                                 "sim backend)")
+        if not os.access(d, os.W_OK):
+            raise LeanstackError(f"cgroup hierarchy {d} is not writable — run as root (the local "
+                                 "backend sets real CPU quotas) or use the sim backend")
+
+
+def die_with_parent(cgroup_procs: list[Path] | None = None) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGKILL when its parent dies and joins the given cgroups
+    before exec, so it runs under its tier's limits from its first instruction."""
+    parent = os.getpid()
+    paths = [str(p) for p in cgroup_procs or []]
+
+    def preexec() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+        for p in paths:
+            with open(p, "w") as f:
+                f.write(str(os.getpid()))
+
+    return preexec
+
+
+class RunCgroups:
+    """The cgroups of one run: ``leanstack/<run-id>/<tier>`` in each hierarchy."""
+
+    def __init__(self, run_id: str | None = None, root: Path = CGROUP_ROOT,
+                 state_dir: Path | None = None) -> None:
+        check_available(root)
+        self.root = root
+        self.run_id = run_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.state_dir = state_dir or runtime_dir()
+        self.tiers: list[str] = []
+        self._write_state()
+
+    @property
+    def state_file(self) -> Path:
+        return self.state_dir / f"{self.run_id}.json"
+
+    def path(self, hierarchy: str, tier: str) -> Path:
+        return self.root / hierarchy / PARENT / self.run_id / tier
+
+    def procs_files(self, tier: str) -> list[Path]:
+        """The tier's ``cgroup.procs`` in every hierarchy (for :func:`die_with_parent`)."""
+        return [self.path(h, tier) / "cgroup.procs" for h in HIERARCHIES]
+
+    def create(self, tier: str, cores: float, weight: int = PROCESS_WEIGHT) -> None:
+        """Create the tier's cgroups with a CPU limit of ``cores`` and a CFS ``weight``
+        (cpu.shares; the default weighs the tier like one ordinary process)."""
+        for h in HIERARCHIES:
+            try:
+                self.path(h, tier).mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise LeanstackError(f"cannot create cgroup {self.path(h, tier)} ({e.strerror}) "
+                                     "— run as root with cgroup v1 mounted read-write") from None
+        if tier not in self.tiers:
+            self.tiers.append(tier)
+        self.set_cpu(tier, cores)
+        _write(self.path("cpu", tier) / "cpu.shares", weight)
+        _rebalance_weights(self.root)
+
+    def set_cpu(self, tier: str, cores: float) -> None:
+        """Set the tier's CFS quota to ``cores`` (takes effect at once)."""
+        if not cores > 0:
+            raise LeanstackError(f"CPU for tier '{tier}' must be above 0 cores, got {cores}")
+        quota = max(MIN_QUOTA_US, round(cores * PERIOD_US))
+        d = self.path("cpu", tier)
+        _write(d / "cpu.cfs_period_us", PERIOD_US)
+        _write(d / "cpu.cfs_quota_us", quota)
+
+    def cpu_limit(self, tier: str) -> float:
+        """The tier's current limit in cores (quota / period)."""
+        d = self.path("cpu", tier)
+        return int(_read(d / "cpu.cfs_quota_us")) / int(_read(d / "cpu.cfs_period_us"))
+
+    def add(self, tier: str, pid: int) -> None:
+        """Move a running process into the tier's cgroups."""
+        for p in self.procs_files(tier):
+            _write(p, pid)
+
+    def pids(self, tier: str) -> list[int]:
+        return _pids(self.path("cpu", tier))
+
+    def sample(self, tier: str) -> CgroupSample:
+        """Read the tier's cumulative CPU, throttling and memory counters."""
+        cpu_stat = _read(self.path("cpu", tier) / "cpu.stat")
+        stat = dict(line.split() for line in cpu_stat.splitlines())
+        return CgroupSample(
+            t=time.monotonic(),
+            cpu_ns=int(_read(self.path("cpuacct", tier) / "cpuacct.usage")),
+            nr_periods=int(stat.get("nr_periods", 0)),
+            nr_throttled=int(stat.get("nr_throttled", 0)),
+            throttled_ns=int(stat.get("throttled_time", 0)),
+            memory_bytes=int(_read(self.path("memory", tier) / "memory.usage_in_bytes")),
+        )
+
+    def remove(self) -> None:
+        """Kill whatever still runs in the run's cgroups, remove them and the state file."""
+        _remove_run(self.root, self.run_id)
+        self.state_file.unlink(missing_ok=True)
+        _rebalance_weights(self.root)
+
+    def _write_state(self) -> None:
+        state = {"run_id": self.run_id, "runner_pid": os.getpid(),
+                 "runner_start": _start_time(os.getpid())}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        tmp.rename(self.state_file)
+
+
+def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) -> list[str]:
+    """Remove the processes and cgroups of runs whose runner process is gone; return their ids.
+
+    A run without a state file (its runner crashed before writing it) counts as stale when the
+    runner PID that begins its id is not alive.
+    """
+    state_dir = state_dir or runtime_dir()
+    live: set[str] = set()
+    stale: set[str] = set()
+    for f in state_dir.glob("*.json"):
+        try:
+            st = json.loads(f.read_text())
+            alive = _start_time(int(st["runner_pid"])) == st["runner_start"]
+        except (OSError, ValueError, KeyError):
+            alive = False
+        (live if alive else stale).add(f.stem)
+    for h in HIERARCHIES:
+        parent = root / h / PARENT
+        if parent.is_dir():
+            for d in parent.iterdir():
+                if d.is_dir() and d.name not in live and not _pid_alive(d.name.split("-")[0]):
+                    stale.add(d.name)
+    for run_id in sorted(stale):
+        _remove_run(root, run_id)
+        (state_dir / f"{run_id}.json").unlink(missing_ok=True)
+    if stale:
+        _rebalance_weights(root)
+    return sorted(stale)
+
+
+def _remove_run(root: Path, run_id: str) -> None:
+    dirs = [root / h / PARENT / run_id for h in HIERARCHIES]
+    tiers = [t for d in dirs if d.is_dir() for t in d.iterdir() if t.is_dir()]
+    deadline = time.monotonic() + 5.0
+    while True:
+        pids = {pid for t in tiers for pid in _pids(t)}
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    for d in dirs:
+        for t in (t for t in (d.iterdir() if d.is_dir() else ()) if t.is_dir()):
+            _rmdir(t, deadline)
+        _rmdir(d, deadline)
+
+
+def _rebalance_weights(root: Path) -> None:
+    """Weigh each run's cgroup, and the shared parent, as the sum of the tiers below them.
+
+    Without this, every tier of every run would share the CFS weight of one process against
+    the rest of the machine (cgroup v1 weighs a group like one task of its parent): a tier is
+    meant to compete for CPU like the process it is, not as a fraction of one.
+    """
+    parent = root / "cpu" / PARENT
+    total = 0
+    for run in (d for d in parent.iterdir() if d.is_dir()) if parent.is_dir() else ():
+        with contextlib.suppress(OSError, ValueError, LeanstackError):  # a run being removed
+            weight = sum(int(_read(t / "cpu.shares")) for t in run.iterdir() if t.is_dir())
+            _write(run / "cpu.shares", min(MAX_WEIGHT, max(2, weight)))
+            total += weight
+    if parent.is_dir():
+        with contextlib.suppress(OSError, LeanstackError):
+            _write(parent / "cpu.shares", min(MAX_WEIGHT, max(PROCESS_WEIGHT, total)))
+
+
+def _rmdir(d: Path, deadline: float) -> None:
+    while d.exists():
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as e:  # EBUSY while an exiting task is still attached
+            if time.monotonic() > deadline:
+                raise LeanstackError(f"cannot remove cgroup {d} ({e.strerror}) — kill the "
+                                     "processes listed in its cgroup.procs and rmdir it") from None
+            time.sleep(0.02)
+
+
+def _pids(d: Path) -> list[int]:
+    try:
+        return [int(x) for x in _read(d / "cgroup.procs").split()]
+    except FileNotFoundError:
+        return []
+
+
+def _pid_alive(pid: str) -> bool:
+    return pid.isdigit() and Path(f"/proc/{pid}").exists()
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (guards against PID reuse)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _read(p: Path) -> str:
+    return p.read_text()
+
+
+def _write(p: Path, value: int | str) -> None:
+    try:
+        p.write_text(str(value))
+    except OSError as e:
+        raise LeanstackError(f"cannot write {value} to {p} ({e.strerror}) — check that cgroups "
+                             "are writable (run as root)") from None
+

@@ -1,0 +1,475 @@
+"""The local backend: every tier is real OS processes on this machine under cgroup v1 CPU limits.
+
+Storage tiers are ``redis-server`` / ``memcached`` processes; logic tiers are
+:mod:`~leanstack.microservices.worker` processes (``replicas`` of them sharing one port). Each
+tier has its own cgroups (:mod:`~leanstack.microservices.cgroups`) whose CFS quota is the tier's
+CPU allocation. Load comes from :class:`~leanstack.microservices.loadgen.LoadGenerator`, a
+separate process outside every tier cgroup.
+
+Each :meth:`LocalBackend.observe` waits for the load generator's next interval, then reads per
+tier the cgroup CPU / throttling / memory deltas, in-flight and served counts from the workers'
+stats endpoints (operations served from the storage servers) and tier latency from the spans the
+workers wrote in the run dir.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import AppSpec, percentile_key
+from leanstack.microservices.cgroups import (
+    CgroupSample,
+    RunCgroups,
+    check_available,
+    cleanup_stale_runs,
+    die_with_parent,
+)
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.observation import (
+    PERCENTILES,
+    Allocation,
+    ClassStats,
+    Observation,
+    Span,
+    TierStats,
+)
+from leanstack.microservices.storage import StorageServer
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class _WorkerProc:
+    """One worker process of a logic tier and its last stats reading."""
+
+    proc: subprocess.Popen
+    admin_port: int
+    last: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Tier:
+    name: str
+    kind: str
+    port: int
+    workers: list[_WorkerProc] = field(default_factory=list)
+    stopping: list[_WorkerProc] = field(default_factory=list)
+    server: StorageServer | None = None
+    last_ops: int = 0
+    last_cg: CgroupSample | None = None
+
+
+class LocalBackend:
+    """Runs an app as real processes under real CPU quotas (see the module docstring).
+
+    Needs root (writable cgroup v1). Drive it from one long-lived thread: child processes get
+    PR_SET_PDEATHSIG, which fires when the thread that started them exits. Spans written in the
+    last ~0.1 s of an interval (the workers' flush period) count in the next interval's tier
+    latency.
+    """
+
+    name = "local"
+
+    def __init__(self, interval_s: float = 1.0, run_dir: Path | None = None) -> None:
+        if not interval_s > 0:
+            raise LeanstackError(f"interval must be above 0 seconds, got {interval_s}")
+        self.interval_s = float(interval_s)
+        self._given_run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir: Path | None = None
+        self.app: AppSpec | None = None
+        self.allocation: Allocation | None = None
+        self.cgroups: RunCgroups | None = None
+        self.tiers: dict[str, _Tier] = {}
+        self._loadgen = None
+        self._t0 = 0.0
+        self._index = 0
+        self._span_offsets: dict[Path, int] = {}
+        self._closed = False
+        self._old_sigterm = None
+
+    # --- Backend protocol ---------------------------------------------------------------------
+
+    def deploy(self, app: AppSpec, allocation: Allocation) -> None:
+        """Start storage servers (each answering before the next), then the logic tiers'
+        workers callees-first, each process in its tier's cgroups; return when all are ready."""
+        if self.app is not None:
+            raise LeanstackError("this LocalBackend is already deployed — create a new one")
+        check_allocation(app, allocation)
+        check_available()
+        cleanup_stale_runs()
+        self.cgroups = RunCgroups()
+        self.app, self.allocation = app, allocation
+        atexit.register(self.close)
+        self._install_sigterm()
+        try:
+            self.run_dir = self._make_run_dir()
+            ports = _free_ports(len(app.services))
+            self.tiers = {n: _Tier(n, s.kind, p) for (n, s), p in zip(app.services.items(), ports,
+                                                                        strict=True)}
+            _write_atomic(self.run_dir / "ports.json",
+                          json.dumps({n: t.port for n, t in self.tiers.items()}).encode())
+            _write_atomic(self.run_dir / "app.pickle", pickle.dumps(app))
+            for name in deploy_order(app):
+                self.cgroups.create(name, allocation.tiers[name].cpu)
+            for name in deploy_order(app):
+                tier = self.tiers[name]
+                if app.services[name].is_storage:
+                    tier.server = StorageServer(name, tier.kind, tier.port, self.run_dir)
+                    tier.server.start(self._preexec(name))
+                    tier.server.wait_ready()
+                else:
+                    for _ in range(allocation.tiers[name].replicas):
+                        tier.workers.append(self._start_worker(tier))
+            for tier in self.tiers.values():
+                for w in tier.workers:
+                    self._wait_worker_ready(tier, w)
+        except BaseException:
+            self.close()
+            raise
+        self._t0 = time.monotonic()
+        self._baseline()
+
+    def start(self, load: LoadSpec) -> None:
+        """Start the open-loop load generator on the classes' entry URLs (a second call
+        replaces the running load; its intervals count from zero again)."""
+        app = self._deployed()
+        from leanstack.microservices.loadgen import LoadGenerator
+
+        if self._loadgen is not None:
+            self._loadgen.stop()
+        self._loadgen = LoadGenerator(self.urls(), load, app.mix(),
+                                      {n: c.sla for n, c in app.classes.items()},
+                                      interval_s=self.interval_s)
+        self._baseline()
+        self._loadgen.start()
+        self._t0 = time.monotonic()
+        self._index = 0
+
+    def set_allocation(self, allocation: Allocation) -> None:
+        """New CPU quotas at once; replicas added (they join when listening) or stopped."""
+        app = self._deployed()
+        check_allocation(app, allocation)
+        for name, ta in allocation.tiers.items():
+            self.cgroups.set_cpu(name, ta.cpu)
+            tier = self.tiers[name]
+            if app.services[name].is_storage:
+                continue
+            while len(tier.workers) < ta.replicas:
+                tier.workers.append(self._start_worker(tier))
+            while len(tier.workers) > ta.replicas:
+                w = tier.workers.pop()
+                w.proc.terminate()
+                tier.stopping.append(w)
+        self.allocation = allocation
+
+    def observe(self) -> Observation:
+        """Wait for the interval to end; return per-class and per-tier statistics for it."""
+        app = self._deployed()
+        if self._loadgen is not None:
+            report = self._loadgen.next_interval(timeout_s=5 * self.interval_s + 10.0)
+            t_end, offered, classes = report.t_end, report.offered_rps, report.classes
+        else:
+            t_end = (self._index + 1) * self.interval_s
+            time.sleep(max(0.0, self._t0 + t_end - time.monotonic()))
+            offered = 0.0
+            classes = {n: ClassStats(sla_ms=c.sla.ms, sla_key=c.sla.key)
+                       for n, c in app.classes.items()}
+        self._index += 1
+        self._check_alive()
+        by_tier = self._new_spans()
+        tiers = {name: self._tier_stats(tier, by_tier.get(name, []))
+                 for name, tier in self.tiers.items()}
+        return Observation(t=t_end, interval_s=self.interval_s, classes=classes, tiers=tiers,
+                           offered_rps=offered)
+
+    def spans(self, since_ns: int = 0) -> list[Span]:
+        """Every span the workers wrote that ended at or after ``since_ns``, by end time."""
+        if self.run_dir is None:
+            return []
+        out = []
+        for path in sorted(self.run_dir.glob("spans-*.jsonl")):
+            with open(path, "rb") as f:
+                for line in f:
+                    if line.endswith(b"\n"):
+                        s = Span.from_otlp(line)
+                        if s.end_ns >= since_ns:
+                            out.append(s)
+        return sorted(out, key=lambda s: s.end_ns)
+
+    def close(self) -> None:
+        """Stop load and every process, remove the cgroups (idempotent; also runs at exit)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+        if self._loadgen is not None:
+            with contextlib.suppress(Exception):
+                self._loadgen.stop()
+        workers = [w for t in self.tiers.values() for w in (*t.workers, *t.stopping)]
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.terminate()
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        for w in workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+        for t in self.tiers.values():
+            if t.server is not None:
+                t.server.stop()
+        if self.cgroups is not None:
+            self.cgroups.remove()
+        if self.run_dir is not None and self._given_run_dir is None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self._restore_sigterm()
+
+    # --- helpers for users and tests ----------------------------------------------------------
+
+    def urls(self) -> dict[str, str]:
+        """Request class -> the URL of its entry endpoint."""
+        app = self._deployed()
+        return {n: f"http://{HOST}:{self.tiers[c.entry.service].port}/{c.entry.endpoint}"
+                for n, c in app.classes.items()}
+
+    def pids(self) -> dict[str, list[int]]:
+        """Tier -> PIDs of its running processes."""
+        out = {}
+        for name, t in self.tiers.items():
+            if t.server is not None and t.server.proc is not None:
+                out[name] = [t.server.proc.pid]
+            else:
+                out[name] = [w.proc.pid for w in t.workers]
+        return out
+
+    # --- internals ----------------------------------------------------------------------------
+
+    def _deployed(self) -> AppSpec:
+        if self.app is None or self._closed:
+            raise LeanstackError("the local backend is not deployed (or already closed) — call "
+                                 "deploy(app, allocation) first")
+        return self.app
+
+    def _make_run_dir(self) -> Path:
+        if self._given_run_dir is None:
+            return Path(tempfile.mkdtemp(prefix="leanstack-local-"))
+        d = self._given_run_dir
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.glob("spans-*.jsonl"):
+            old.unlink()
+        return d
+
+    def _preexec(self, tier: str):
+        return die_with_parent(self.cgroups.procs_files(tier))
+
+    def _start_worker(self, tier: _Tier) -> _WorkerProc:
+        admin = _free_ports(1)[0]
+        cmd = [sys.executable, "-m", "leanstack.microservices.worker",
+               "--app", str(self.run_dir / "app.pickle"), "--service", tier.name,
+               "--port", str(tier.port), "--admin-port", str(admin),
+               "--run-dir", str(self.run_dir)]
+        log = open(self.run_dir / f"{tier.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        with log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    preexec_fn=self._preexec(tier.name), close_fds=True,
+                                    start_new_session=True)
+        return _WorkerProc(proc, admin)
+
+    def _wait_worker_ready(self, tier: _Tier, w: _WorkerProc) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if w.proc.poll() is not None:
+                break
+            try:
+                w.last = _get_json(w.admin_port, "/stats")
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise LeanstackError(f"tier '{tier.name}' did not become ready: "
+                             f"{self._log_tail(tier.name)}")
+
+    def _log_tail(self, tier: str) -> str:
+        """The last line a tier's processes logged, and where the whole log is."""
+        log = self.run_dir / f"{tier}.log"
+        lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
+        return f"{lines[-1] if lines else 'no output'} — see {log}"
+
+    def _check_alive(self) -> None:
+        """Raise a one-line error when a tier process died on its own (the run is broken)."""
+        for t in self.tiers.values():
+            procs = [w.proc for w in t.workers]
+            if t.server is not None and t.server.proc is not None:
+                procs.append(t.server.proc)
+            for p in procs:
+                if p.poll() is not None:
+                    raise LeanstackError(f"tier '{t.name}' process {p.pid} exited with code "
+                                         f"{p.returncode}: {self._log_tail(t.name)}")
+
+    def _baseline(self) -> None:
+        """Take the counters' current values as the start of the next interval."""
+        self._new_spans()
+        for name, t in self.tiers.items():
+            t.last_cg = self.cgroups.sample(name)
+            if t.server is not None:
+                t.last_ops = t.server.ops_served()
+            for w in t.workers:
+                with contextlib.suppress(OSError, ValueError):
+                    w.last = _get_json(w.admin_port, "/stats")
+
+    def _tier_stats(self, tier: _Tier, spans: list[Span]) -> TierStats:
+        cg = self.cgroups.sample(tier.name)
+        prev = tier.last_cg or cg
+        dt = max(cg.t - prev.t, 1e-9)
+        tier.last_cg = cg
+        st = TierStats(
+            cpu_limit=self.cgroups.cpu_limit(tier.name),
+            cpu_used=(cg.cpu_ns - prev.cpu_ns) / 1e9 / dt,
+            throttled_periods=cg.nr_throttled - prev.nr_throttled,
+            throttled_s=(cg.throttled_ns - prev.throttled_ns) / 1e9,
+            memory_bytes=cg.memory_bytes,
+            replicas=max(1, len(tier.workers)),
+            latency_ms=_percentiles([s.duration_ms for s in spans]),
+        )
+        if tier.server is not None:
+            ops = tier.server.ops_served()
+            st.rps = (ops - tier.last_ops) / dt
+            tier.last_ops = ops
+            st.inflight = sum(s.duration_ms for s in spans) / 1e3 / dt  # Little's law
+        else:
+            served = integral = 0.0
+            for w in tier.workers:
+                with contextlib.suppress(OSError, ValueError):
+                    now = _get_json(w.admin_port, "/stats")
+                    served += now["served"] - w.last.get("served", 0)
+                    integral += now["inflight_integral_s"] - w.last.get("inflight_integral_s", 0)
+                    w.last = now
+            st.rps = served / dt
+            st.inflight = integral / dt
+            tier.stopping = [w for w in tier.stopping if w.proc.poll() is None]
+        return st
+
+    def _new_spans(self) -> dict[str, list[Span]]:
+        """Spans written since the last call, grouped by the tier they measure."""
+        out: dict[str, list[Span]] = {}
+        if self.run_dir is None:
+            return out
+        for path in self.run_dir.glob("spans-*.jsonl"):
+            offset = self._span_offsets.get(path, 0)
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1  # a line being written is read next time
+            self._span_offsets[path] = offset + end
+            for line in data[:end].splitlines():
+                s = Span.from_otlp(line)
+                out.setdefault(s.service, []).append(s)
+        return out
+
+    def _install_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit so ``finally`` blocks and the atexit close run."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
+
+
+def check_allocation(app: AppSpec, allocation: Allocation) -> None:
+    """Raise a one-line LeanstackError unless ``allocation`` fits ``app``'s tiers."""
+    missing = [n for n in app.services if n not in allocation.tiers]
+    if missing:
+        raise LeanstackError(f"allocation has no entry for tier(s) {', '.join(missing)} — give "
+                             "every tier of the app a TierAllocation")
+    unknown = [n for n in allocation.tiers if n not in app.services]
+    if unknown:
+        raise LeanstackError(f"allocation names unknown tier(s) {', '.join(unknown)} — use "
+                             f"tiers of {app.name}")
+    for n, ta in allocation.tiers.items():
+        if not ta.cpu >= 0.01:
+            raise LeanstackError(f"tier '{n}' cpu {ta.cpu} is below the 0.01-core minimum "
+                                 "(1 ms per 100 ms CFS period) — raise it")
+        if not isinstance(ta.replicas, int) or ta.replicas < 1:
+            raise LeanstackError(f"tier '{n}' replicas {ta.replicas!r} — use a whole number >= 1")
+        if app.services[n].is_storage and ta.replicas != 1:
+            raise LeanstackError(f"storage tier '{n}' runs one server, got replicas "
+                                 f"{ta.replicas} — set replicas=1 and scale its cpu instead")
+
+
+def deploy_order(app: AppSpec) -> list[str]:
+    """Tiers callees-first: storage, then logic tiers after everything they call or feed."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        svc = app.services[name]
+        deps = [c.service for e in svc.endpoints.values() for c in (*e.calls, *e.enqueue)]
+        for d in ([svc.queue] if svc.queue else []) + deps:
+            visit(d)
+        order.append(name)
+
+    for name in sorted(app.services, key=lambda n: not app.services[n].is_storage):
+        visit(name)
+    return order
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    qs = np.percentile(np.asarray(values), PERCENTILES)
+    return {percentile_key(p): float(q) for p, q in zip(PERCENTILES, qs, strict=True)}
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _get_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=2.0) as resp:
+        return json.loads(resp.read())
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)

@@ -1,0 +1,231 @@
+"""The ExperimentResult JSON every experiment run writes, and the summary computed from it.
+
+Layout::
+
+    {"app", "backend", "controller", "duration_s", "interval_s",
+     "summary": {"violation_rate", "mean_cpu", "requests", "errors", "classes": {...}, ...},
+     "timeline": [{"t", "interval_s", "offered_rps", "classes", "tiers", "allocation"}, ...],
+     "settings": {"controller": ..., "load": ...},
+     "environment": {"wall_s", "python", "packages", "cpu_count", "command", "timestamp", ...}}
+
+A timeline entry is one control interval: the backend's Observation plus the allocation that was
+in force during it.
+
+Definitions used by the summary:
+
+- A class *violates* in an interval when it had requests (completed or failed) and either its
+  latency at the SLA percentile exceeds the SLA, or so many requests failed that the percentile
+  cannot be met (failed requests count as infinitely slow: ``errors / requests > 1 - pct / 100``).
+- ``violation_rate`` = violated intervals / measured intervals, where an interval is violated
+  when any class violates, and *measured* means at least one request completed or failed in it.
+  Empty intervals (no traffic at all) are left out of both counts.
+- Per class, ``violation_rate`` counts only intervals in which that class had requests.
+- ``mean_cpu`` = time-averaged sum of allocated cores over every interval (empty ones included).
+- Per class ``p99_ms`` (and ``tail_ms`` at the SLA percentile) is the median over measured
+  intervals of the per-interval value; ``*_worst_ms`` is the largest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from leanstack.errors import LeanstackError
+
+RESULT_KEYS = ("app", "backend", "controller", "duration_s", "summary", "timeline", "environment")
+
+
+def class_violated(stats: dict[str, Any]) -> bool | None:
+    """Whether one class's interval stats violate its SLA; ``None`` when it had no requests."""
+    completed = stats.get("completed", 0)
+    errors = stats.get("errors", 0)
+    total = completed + errors
+    if total == 0:
+        return None
+    key = stats.get("sla_key", "p99")
+    allowed_fail = 1.0 - float(key.lstrip("p")) / 100.0
+    if errors / total > allowed_fail:
+        return True
+    return completed > 0 and stats.get("latency_ms", {}).get(key, 0.0) > stats["sla_ms"]
+
+
+def interval_violated(entry: dict[str, Any]) -> bool | None:
+    """Whether any class violates in a timeline entry; ``None`` for an interval without traffic."""
+    verdicts = [class_violated(c) for c in entry["classes"].values()]
+    measured = [v for v in verdicts if v is not None]
+    if not measured:
+        return None
+    return any(measured)
+
+
+def violation_rate(timeline: list[dict[str, Any]]) -> float:
+    """Fraction of measured intervals in which any class's tail latency exceeds its SLA."""
+    verdicts = [v for v in (interval_violated(e) for e in timeline) if v is not None]
+    return sum(verdicts) / len(verdicts) if verdicts else 0.0
+
+
+def mean_cpu(timeline: list[dict[str, Any]]) -> float:
+    """Time-averaged sum of allocated cores."""
+    seconds = sum(e["interval_s"] for e in timeline)
+    if seconds == 0:
+        return 0.0
+    return sum(_alloc_total(e) * e["interval_s"] for e in timeline) / seconds
+
+
+def summarize(timeline: list[dict[str, Any]]) -> dict[str, Any]:
+    """The summary block of a result (see the module docstring for every definition)."""
+    seconds = sum(e["interval_s"] for e in timeline) or 1.0
+    verdicts = [interval_violated(e) for e in timeline]
+    measured = [v for v in verdicts if v is not None]
+    classes: dict[str, Any] = {}
+    for name in _class_names(timeline):
+        rows = [e["classes"][name] for e in timeline if name in e["classes"]]
+        classes[name] = _class_summary(rows)
+    completed = sum(c["completed"] for c in classes.values())
+    errors = sum(c["errors"] for c in classes.values())
+    return {
+        "violation_rate": violation_rate(timeline),
+        "mean_cpu": mean_cpu(timeline),
+        "mean_cpu_used": sum(_used_total(e) * e["interval_s"] for e in timeline) / seconds,
+        "requests": completed + errors,
+        "completed": completed,
+        "errors": errors,
+        "intervals": len(timeline),
+        "intervals_measured": len(measured),
+        "intervals_violated": sum(measured),
+        "mean_offered_rps": sum(e.get("offered_rps", 0.0) * e["interval_s"]
+                                for e in timeline) / seconds,
+        "mean_throughput_rps": sum(sum(c.get("throughput_rps", 0.0)
+                                       for c in e["classes"].values()) * e["interval_s"]
+                                   for e in timeline) / seconds,
+        "p99_ms": {n: c["p99_ms"] for n, c in classes.items()},
+        "classes": classes,
+    }
+
+
+def _class_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = [r for r in rows if class_violated(r) is not None]
+    with_latency = [r for r in measured if r.get("completed", 0) > 0]
+    key = rows[0].get("sla_key", "p99") if rows else "p99"
+    p99 = [r["latency_ms"].get("p99", 0.0) for r in with_latency]
+    tail = [r["latency_ms"].get(key, 0.0) for r in with_latency]
+    violated = sum(bool(class_violated(r)) for r in measured)
+    return {
+        "sla_key": key,
+        "sla_ms": rows[0].get("sla_ms", 0.0) if rows else 0.0,
+        "completed": sum(r.get("completed", 0) for r in rows),
+        "errors": sum(r.get("errors", 0) for r in rows),
+        "violation_rate": violated / len(measured) if measured else 0.0,
+        "p99_ms": statistics.median(p99) if p99 else None,
+        "p99_worst_ms": max(p99) if p99 else None,
+        "tail_ms": statistics.median(tail) if tail else None,
+        "tail_worst_ms": max(tail) if tail else None,
+    }
+
+
+def _class_names(timeline: Iterable[dict[str, Any]]) -> list[str]:
+    names: dict[str, None] = {}
+    for e in timeline:
+        names.update(dict.fromkeys(e["classes"]))
+    return list(names)
+
+
+def _alloc_total(entry: dict[str, Any]) -> float:
+    return sum(t["cpu"] for t in entry["allocation"].values())
+
+
+def _used_total(entry: dict[str, Any]) -> float:
+    return sum(t.get("cpu_used", 0.0) for t in entry["tiers"].values())
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_result(path: str | Path) -> dict[str, Any]:
+    """Read and check an ExperimentResult JSON file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LeanstackError(f"{path}: no such result file — check the path") from None
+    except json.JSONDecodeError as e:
+        raise LeanstackError(f"{path}: not valid JSON ({e}) — rerun the experiment") from None
+    missing = [k for k in RESULT_KEYS if k not in data]
+    if missing:
+        raise LeanstackError(f"{path}: not an experiment result (missing {', '.join(missing)}) "
+                             "— pass a file written by 'leanstack micro run'")
+    return data
+
+
+def build_result(app: str, backend: str, controller: str, interval_s: float,
+                 timeline: list[dict[str, Any]], settings: dict[str, Any],
+                 environment: dict[str, Any], completed: bool = True) -> dict[str, Any]:
+    """Assemble an ExperimentResult dict; ``duration_s`` is the observed time covered."""
+    return {
+        "app": app,
+        "backend": backend,
+        "controller": controller,
+        "duration_s": sum(e["interval_s"] for e in timeline),
+        "interval_s": interval_s,
+        "completed": completed,
+        "summary": summarize(timeline),
+        "timeline": timeline,
+        "settings": settings,
+        "environment": environment,
+    }
+
+
+PACKAGES = ("leanstack", "numpy", "scipy", "aiohttp", "hdrhistogram", "matplotlib", "redis",
+            "pymemcache")
+
+
+def environment(wall_s: float, command: list[str] | None = None) -> dict[str, Any]:
+    """Where and how a result was produced: versions, core count, the exact command, time."""
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    argv = sys.argv if command is None else command
+    return {
+        "wall_s": round(wall_s, 3),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "cpu_count": os.cpu_count(),
+        "command": _command_line(argv),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _command_line(argv: list[str]) -> str:
+    """The command as typed, without this machine's install path for the program itself."""
+    if not argv:
+        return ""
+    prog = Path(argv[0]).name if os.path.isabs(argv[0]) else argv[0]
+    prefix = ["python"] if prog.endswith(".py") else []
+    return shlex.join([*prefix, prog, *argv[1:]])

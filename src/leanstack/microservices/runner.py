@@ -1,0 +1,183 @@
+"""The experiment runner: deploy an app on a backend, drive load, let a controller act, record it.
+
+One run is ``deploy(initial allocation) -> start(load) -> (observe -> decide -> set_allocation)
+per control interval -> close``; the backend is closed whatever happens (an exception in the
+controller, Ctrl-C). The result is an ExperimentResult JSON (:mod:`result`) and, optionally, an
+HTML report (:mod:`report`) and the run's spans as OTLP JSON lines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import AppSpec
+from leanstack.microservices.backend import Backend
+from leanstack.microservices.controller import Controller
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.observation import Observation, Span
+from leanstack.microservices.result import (
+    build_result,
+    environment,
+    interval_violated,
+    write_json_atomic,
+)
+
+BACKENDS: dict[str, str] = {
+    "sim": "leanstack.microservices.sim:SimBackend",
+    "local": "leanstack.microservices.local:LocalBackend",
+}
+"""Backend name -> ``"module:class"``; imported only when that backend is asked for."""
+
+
+def make_backend(name: str, interval_s: float = 1.0, **opts: Any) -> Backend:
+    """Build a backend by name; options set to ``None`` keep the backend's default."""
+    if name not in BACKENDS:
+        raise LeanstackError(f"unknown backend '{name}' — use one of {', '.join(BACKENDS)}")
+    if not interval_s > 0:
+        raise LeanstackError(f"--interval must be above 0 seconds, got {interval_s}")
+    module, _, attr = BACKENDS[name].partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise LeanstackError(f"backend '{name}' is not available in this install ({e}) — "
+                             "pick another backend") from None
+    opts = {k: v for k, v in opts.items() if v is not None}
+    accepted = inspect.signature(cls).parameters
+    for k in opts:
+        if k not in accepted:
+            raise LeanstackError(f"backend '{name}' has no option '{k}' — drop it or use a "
+                                 "backend that supports it")
+    return cls(interval_s=interval_s, **opts)
+
+
+def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load: LoadSpec,
+                   out_json: str | Path, report_html: str | Path | None = None,
+                   progress: bool = True, spans_out: str | Path | None = None) -> dict[str, Any]:
+    """Run ``controller`` on ``app`` under ``load``; write and return the ExperimentResult.
+
+    The run lasts ``load.duration_s`` (rounded to whole control intervals). On Ctrl-C the
+    backend is closed, a partial result (``"completed": false``) is written, and the
+    KeyboardInterrupt propagates. ``spans_out`` writes the backend's spans as OTLP JSON lines.
+    """
+    for path in (out_json, report_html, spans_out):
+        if path is not None:
+            _check_writable(Path(path))
+    steps = max(1, round(load.duration_s / backend.interval_s))
+    timeline: list[dict[str, Any]] = []
+    wall0 = time.monotonic()
+
+    def result(completed: bool) -> dict[str, Any]:
+        settings = {"controller": controller.describe(), "load": _load_settings(load),
+                    "steps": steps}
+        return build_result(app.name, backend.name, controller.name, backend.interval_s,
+                            timeline, settings, environment(time.monotonic() - wall0),
+                            completed=completed)
+
+    try:
+        allocation = controller.reset(app, backend.interval_s)
+        backend.deploy(app, allocation)
+        backend.start(load)
+        history: list[Observation] = []
+        measured = violated = 0
+        with _progress(progress) as bar:
+            task = bar.add_task(f"{app.name} · {backend.name} · {controller.name}", total=steps,
+                                stats="")
+            for _ in range(steps):
+                obs = backend.observe()
+                history.append(obs)
+                timeline.append({**obs.to_dict(), "allocation": allocation.to_dict()})
+                new = controller.decide(history, allocation)
+                if new != allocation:
+                    backend.set_allocation(new)
+                    allocation = new
+                verdict = interval_violated(timeline[-1])
+                measured += verdict is not None
+                violated += bool(verdict)
+                stats = (f"t={obs.t:.0f}s  cpu={allocation.total_cpu():.2f}  "
+                         f"violations={violated / max(measured, 1):.0%}")
+                bar.update(task, advance=1, stats=stats)
+        if spans_out is not None:
+            write_spans(backend.spans(0), spans_out)
+    except KeyboardInterrupt:
+        backend.close()
+        write_json_atomic(result(completed=False), out_json)
+        raise
+    finally:
+        backend.close()
+    data = result(completed=True)
+    write_json_atomic(data, out_json)
+    if report_html is not None:
+        from leanstack.microservices.report import write_report
+
+        write_report(data, report_html)
+    return data
+
+
+def write_spans(spans: list[Span], path: str | Path) -> Path:
+    """Write spans as OTLP JSON lines to a temporary file, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for s in spans:
+                f.write(s.to_otlp() + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_spans(path: str | Path) -> list[Span]:
+    """Read an OTLP JSON-lines span file written by :func:`write_spans`."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeanstackError(f"{path}: no such span file — record one with "
+                             "'leanstack micro run ... --spans FILE.jsonl'")
+    spans = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            spans.append(Span.from_otlp(line))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise LeanstackError(f"{path}:{i}: not an OTLP span line ({e!r}) — pass a file "
+                                 "written by 'leanstack micro run --spans'") from None
+    if not spans:
+        raise LeanstackError(f"{path}: holds no spans — record a run with --spans first")
+    return spans
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before the run, not after it, when an output cannot be written."""
+    if path.is_dir():
+        raise LeanstackError(f"{path} is a directory — give a file name for the output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LeanstackError(f"cannot create {path.parent} ({e.strerror}) — choose another "
+                             "output path") from None
+    if not os.access(path.parent, os.W_OK):
+        raise LeanstackError(f"{path.parent} is not writable — choose another output path")
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[stats]}"),
+                    disable=not enabled, transient=False)
+
+
+def _load_settings(load: LoadSpec) -> dict[str, Any]:
+    return {"pattern": load.pattern, "rps": load.rps, "duration_s": load.duration_s,
+            "seed": load.seed, "amplitude": load.amplitude, "period_s": load.period_s,
+            "trace": Path(load.trace).name if load.trace else None}

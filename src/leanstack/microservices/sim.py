@@ -1,0 +1,647 @@
+"""A discrete-event simulator of an app file: the ``sim`` backend.
+
+It models what the local backend really runs:
+
+- each logic replica is a single-threaded asyncio process: one CPU *segment* at a time, FCFS over
+  segments, and it never blocks while waiting for downstream calls. A visit to an endpoint is a
+  start segment (callee RPC overhead + the endpoint's own work), then per downstream call one
+  response segment (the caller's RPC overhead) when the answer arrives;
+- a tier's CPU allocation is a CFS quota shared by its replicas: ``cpu * 100 ms`` of CPU per 100 ms
+  period; a segment that finds the bucket empty waits for the next period (throttling tails).
+  Exact for one replica; with several, each segment draws its quota from the shared bucket when it
+  starts (an approximation of replicas draining it side by side);
+- storage tiers (redis / memcached) are single FCFS servers with a per-operation service time,
+  under the same quota bucket;
+- call groups run in sequence, the calls of a group in parallel (fan-out / join);
+- ``enqueue`` edges are an ``rpush`` on the queue's redis tier, one after another; consumer
+  replicas pull one message at a time from a FIFO; ``wait = "pipeline"`` classes complete when
+  their last stage finishes.
+
+Arrivals come from :meth:`LoadSpec.arrival_times` and :func:`assign_classes`, the schedule the
+real load generator sends. Service times default to the app file (``cpu_ms``/``cv``, storage
+``op_cpu_ms``) plus :data:`DEFAULT_RPC`, or come from a calibration file (see ``calibrate.py``).
+
+Not modelled: contention for the host's cores between tiers (each tier is limited only by its
+own quota), network delay beyond the RPC CPU overheads, and the entry worker of a
+``wait = "pipeline"`` class holding its connection while the pipeline runs.
+
+The engine is a hand-written heap of ``(time, seq, kind, replica)`` tuples over integer endpoint
+ids with precomputed call plans, service times drawn from numpy in blocks; see
+``benchmarks/sim_speed.py`` for its speed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from heapq import heappop, heappush
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import AppSpec, percentile_key
+from leanstack.microservices.load import LoadSpec, assign_classes
+from leanstack.microservices.observation import (
+    PERCENTILES,
+    Allocation,
+    ClassStats,
+    Observation,
+    Span,
+    TierStats,
+)
+
+PERIOD_S = 0.1
+"""CFS period of every tier's quota bucket (the kernel default, 100 ms)."""
+
+DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08}
+"""RPC CPU overheads when no calibration is given: at the callee per request, at the caller per
+call to a logic tier, and at the caller per storage operation."""
+
+QUEUE_OP = "rpush"
+"""The storage operation an ``enqueue`` edge performs on the queue's redis tier."""
+
+REPLICA_START_S = 0.5
+"""Simulated time a new replica takes before it accepts work (a Python worker's start-up)."""
+
+TIMEOUT_S = 10.0
+"""Requests slower than the load generator's timeout count as errors, as on the real backend."""
+
+MEMORY_BYTES = {"logic": 40 << 20, "redis": 8 << 20, "memcached": 4 << 20}
+"""Constant memory model per replica (resident set of an idle worker or server)."""
+
+_BLOCK = 2048  # service-time draws per refill
+_START, _RESP = 0, 1  # segment actions
+_SEG, _UP = 0, 1  # heap event kinds
+# frame fields: one visit to one endpoint
+_F_EP, _F_PARENT, _F_GROUP, _F_PENDING, _F_REQ, _F_T0, _F_REP, _F_CPU, _F_SPAN, _F_MSG = range(10)
+# request fields
+_R_CLASS, _R_T0, _R_OUT, _R_ID = range(4)
+
+
+class _Replica:
+    """One worker process (or the single server of a storage tier)."""
+
+    __slots__ = ("tier", "queue", "busy", "seg", "active")
+
+    def __init__(self, tier: _Tier, active: bool) -> None:
+        self.tier = tier
+        self.queue: deque = deque()
+        self.busy = False
+        self.seg: tuple = ()
+        self.active = active
+
+
+class _Tier:
+    """A service: its replicas, its CFS quota bucket and its per-interval counters."""
+
+    __slots__ = ("name", "kind", "cpu", "unlimited", "quota", "period_end",
+                 "q_left", "thr_mark", "thr_periods", "thr_s", "busy_s", "busy_next", "starting",
+                 "active", "rr", "lat", "inflight", "inflight_area", "inflight_t", "fifo",
+                 "free", "queue_fed")
+
+    def __init__(self, name: str, kind: str, queue_fed: bool) -> None:
+        self.name, self.kind, self.queue_fed = name, kind, queue_fed
+        self.cpu, self.unlimited, self.quota = 1.0, True, PERIOD_S
+        self.period_end, self.q_left, self.thr_mark = PERIOD_S, PERIOD_S, -1.0
+        self.thr_periods, self.thr_s, self.busy_s, self.busy_next = 0, 0.0, 0.0, 0.0
+        self.starting: list[_Replica] = []
+        self.active: list[_Replica] = []
+        self.rr = 0
+        self.lat: list[float] = []
+        self.inflight, self.inflight_area, self.inflight_t = 0, 0.0, 0.0
+        self.fifo: deque = deque()
+        self.free: list[_Replica] = []
+
+    def set_cpu(self, cpu: float, replicas: int) -> None:
+        """New quota; a tier whose replicas cannot exceed it never throttles (fast path)."""
+        self.cpu = cpu
+        self.quota = cpu * PERIOD_S
+        self.unlimited = cpu >= replicas
+        self.q_left = min(self.q_left, self.quota)
+
+    def reserve(self, now: float, work: float) -> float:
+        """Run ``work`` CPU-seconds from ``now`` against the quota bucket; return the end time.
+
+        A segment runs at one core while the bucket has quota; when it empties before the
+        period ends, the tier is throttled until the next period. Replicas of one tier draw on
+        the same bucket (each reserving its segment's quota when it starts).
+        """
+        period_end = self.period_end
+        if now >= period_end:
+            period_end += (int((now - period_end) / PERIOD_S) + 1) * PERIOD_S
+            self.q_left = self.quota
+        left = self.q_left
+        if work <= left and now + work <= period_end:
+            self.q_left = left - work
+            self.period_end = period_end
+            return now + work
+        t = now
+        while True:
+            run = min(work, left, period_end - t)
+            t += run
+            work -= run
+            left -= run
+            if work <= 1e-12:
+                break
+            if left <= 1e-12 and t < period_end:
+                if self.thr_mark != period_end:
+                    self.thr_mark = period_end
+                    self.thr_periods += 1
+                    self.thr_s += period_end - t
+                t = period_end
+            period_end += PERIOD_S
+            left = self.quota
+        self.q_left = left
+        self.period_end = period_end
+        return t
+
+
+class SimBackend:
+    """The simulator backend: same app files, load schedule and Observations as ``local``."""
+
+    name = "sim"
+
+    def __init__(self, interval_s: float = 1.0, seed: int = 0,
+                 calibration: str | Path | dict | None = None, record_spans: bool = False) -> None:
+        if not interval_s > 0:
+            raise LeanstackError(f"interval_s must be above 0, got {interval_s}")
+        self.interval_s = float(interval_s)
+        self.seed = seed
+        self.record_spans = record_spans
+        self._calibration = calibration
+        self._app: AppSpec | None = None
+        self._started = False
+
+    # --- Backend protocol ------------------------------------------------------------------
+
+    def deploy(self, app: AppSpec, allocation: Allocation) -> None:
+        """Build the engine for ``app`` and apply ``allocation`` (no processes are started)."""
+        model = _service_model(app, self._calibration)
+        self._app = app
+        self._compile(app, model)
+        self._heap: list[tuple] = []
+        self._seq = 0
+        self.now = 0.0
+        self._t_end = self.interval_s
+        self._interval = 0
+        self._spans: list[Span] = []
+        self._span_seq = 0
+        for tier in self._tiers:  # replicas present at deploy are ready at once
+            ta = allocation.tiers.get(tier.name)
+            n = ta.replicas if ta is not None else app.services[tier.name].replicas
+            tier.active = [_Replica(tier, True) for _ in range(max(n, 1))]
+            tier.free = list(tier.active) if tier.queue_fed else []
+        self.set_allocation(allocation)
+
+    def start(self, load: LoadSpec) -> None:
+        """Schedule the load's arrivals; simulated time 0 is the first possible send."""
+        app = self._need_app()
+        times = load.arrival_times()
+        names = assign_classes(app.mix(), len(times), seed=load.seed)
+        index = {n: i for i, n in enumerate(self._class_names)}
+        self._arr_t = times.tolist()
+        self._arr_np = times
+        self._arr_c = [index[n] for n in names]
+        self._ai = 0
+        self._started = True
+
+    def set_allocation(self, allocation: Allocation) -> None:
+        """Apply CPU quotas now; new replicas join after REPLICA_START_S, removed ones drain."""
+        self._need_app()
+        for name, ta in allocation.tiers.items():
+            tier = self._tier_by_name.get(name)
+            if tier is None:
+                raise LeanstackError(f"allocation names unknown tier '{name}' — use tiers of "
+                                     f"app '{self._app.name}'")
+            if not ta.cpu > 0 or ta.replicas < 1:
+                raise LeanstackError(f"tier '{name}': cpu must be above 0 and replicas at least "
+                                     f"1, got cpu={ta.cpu}, replicas={ta.replicas}")
+            if tier.kind != "logic" and ta.replicas != 1:
+                raise LeanstackError(f"tier '{name}' is a {tier.kind} server: keep replicas = 1")
+            tier.set_cpu(ta.cpu, ta.replicas)
+            self._resize(tier, ta.replicas)
+
+    def observe(self) -> Observation:
+        """Advance simulated time by one interval and report it."""
+        if not self._started:
+            raise LeanstackError("observe() before start() — deploy the app and start the load")
+        t0 = self._interval * self.interval_s
+        t1 = t0 + self.interval_s
+        self._run_until(t1)
+        self._interval += 1
+        return self._collect(t0, t1)
+
+    def spans(self, since_ns: int = 0) -> list[Span]:
+        """Recorded spans (``record_spans=True``) that ended at or after ``since_ns``."""
+        if not self._app:
+            return []
+        return [s for s in self._spans if s.end_ns >= since_ns]
+
+    def close(self) -> None:
+        """Drop the engine state; idempotent (the simulator owns no processes)."""
+        self._started = False
+        self._heap = []
+        self._spans = []
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    def _need_app(self) -> AppSpec:
+        if self._app is None:
+            raise LeanstackError("the simulator has no app — call deploy(app, allocation) first")
+        return self._app
+
+    def _compile(self, app: AppSpec, model: dict[str, Any]) -> None:
+        """Turn the app into integer endpoint ids, call plans and service-time samplers."""
+        rpc = model["rpc"]
+        self._tiers = [_Tier(s.name, s.kind, s.queue is not None) for s in app.services.values()]
+        for tier, svc in zip(self._tiers, app.services.values(), strict=True):
+            tier.set_cpu(svc.max_cpu, svc.replicas)
+        self._tier_by_name = {t.name: t for t in self._tiers}
+        ids: dict[str, int] = {}
+        self._ep_name: list[str] = []
+        self._ep_tier: list[_Tier] = []
+        self._ep_dist: list[tuple[str, float, float]] = []
+        self._ep_fixed: list[float] = []  # CPU added to the start segment (callee overhead)
+        self._ep_resp: list[float] = []  # caller CPU to take this endpoint's answer
+        self._ep_logic: list[bool] = []
+        self._ep_deliver: list[int] = []  # consumer endpoint a queue push delivers to, or -1
+
+        def add(service: str, name: str, deliver: int = -1) -> int:
+            svc = app.services[service]
+            key = f"{service}.{name}" if deliver < 0 else f"{service}.{name}>{deliver}"
+            if key in ids:
+                return ids[key]
+            ids[key] = len(self._ep_name)
+            self._ep_name.append(f"{service}.{name}")
+            self._ep_tier.append(self._tier_by_name[service])
+            if svc.is_storage:
+                self._ep_dist.append(model["storage"][f"{service}.{name}"])
+                self._ep_fixed.append(0.0)
+                self._ep_resp.append(rpc["storage_caller_ms"] / 1e3)
+            else:
+                self._ep_dist.append(model["endpoints"][f"{service}.{name}"])
+                fixed = rpc["storage_caller_ms"] if svc.queue else rpc["callee_ms"]
+                fixed += model["extra_ms"].get(service, 0.0)
+                self._ep_fixed.append(max(fixed, 0.0) / 1e3)
+                self._ep_resp.append(rpc["caller_ms"] / 1e3)
+            self._ep_logic.append(not svc.is_storage)
+            self._ep_deliver.append(deliver)
+            return ids[key]
+
+        for s in app.services.values():
+            for op in _ops(app, s.name):
+                add(s.name, op)
+            for e in s.endpoints:
+                add(s.name, e)
+        self._ep_groups: list[tuple[tuple[int, ...], ...]] = [()] * len(self._ep_name)
+        for s in app.services.values():
+            for e in s.endpoints.values():
+                groups = [tuple(ids[str(c)] for c in g) for g in e.groups]
+                groups += [(add(app.services[c.service].queue, QUEUE_OP, ids[str(c)]),)
+                           for c in e.enqueue]  # one push after another, as the workers do
+                self._ep_groups[ids[f"{s.name}.{e.name}"]] = tuple(groups)
+        self._ep_groups += [()] * (len(self._ep_name) - len(self._ep_groups))
+        self._ep_queue_fed = [t.queue_fed for t in self._ep_tier]
+        self._class_names = list(app.classes)
+        self._class_entry = [ids[str(c.entry)] for c in app.classes.values()]
+        self._class_pipeline = [c.wait == "pipeline" for c in app.classes.values()]
+        self._class_lat: list[list[float]] = [[] for _ in self._class_names]
+        self._class_err = [0] * len(self._class_names)
+        seeds = np.random.SeedSequence(self.seed).spawn(len(self._ep_name))
+        self._rngs = [np.random.default_rng(s) for s in seeds]
+        self._draws: list[list[float]] = [[] for _ in self._ep_name]
+
+    def _refill(self, ep: int) -> list[float]:
+        """A block of service-time draws (seconds) for endpoint ``ep``."""
+        kind, mean_ms, cv = self._ep_dist[ep]
+        rng = self._rngs[ep]
+        mean = mean_ms / 1e3
+        if cv <= 0 or kind == "constant":
+            block = np.full(_BLOCK, mean)
+        elif kind == "lognormal":
+            sigma2 = math.log1p(cv * cv)
+            block = rng.lognormal(math.log(mean) - sigma2 / 2, math.sqrt(sigma2), _BLOCK)
+        else:
+            shape = 1.0 / (cv * cv)
+            block = rng.gamma(shape, mean / shape, _BLOCK)
+        draws = block.tolist()
+        self._draws[ep] = draws
+        return draws
+
+    def _resize(self, tier: _Tier, n: int) -> None:
+        """Grow (new replicas join after REPLICA_START_S) or shrink (removed ones drain) a tier.
+
+        A removed replica takes no new work; segments it already holds still run and count.
+        """
+        starting = tier.starting
+        while starting and len(tier.active) + len(starting) > n:
+            starting.pop()  # its start-up event finds it gone and does nothing
+        while len(tier.active) > n:
+            rep = tier.active.pop()
+            rep.active = False
+            if rep in tier.free:
+                tier.free.remove(rep)
+        while len(tier.active) + len(starting) < n:
+            rep = _Replica(tier, False)
+            starting.append(rep)
+            self._seq += 1
+            heappush(self._heap, (self.now + REPLICA_START_S, self._seq, _UP, rep))
+
+    # --- the engine -----------------------------------------------------------------------
+
+    def _run_until(self, t_end: float) -> None:
+        """Process arrivals and events before simulated time ``t_end``."""
+        self._t_end = t_end
+        heap = self._heap
+        arr_t, arr_c = self._arr_t, self._arr_c
+        n = len(arr_t)
+        ai = self._ai
+        visit, seg_done = self._visit, self._seg_done
+        entries = self._class_entry
+        inf = math.inf
+        while True:
+            ta = arr_t[ai] if ai < n else inf
+            if heap and heap[0][0] <= ta:
+                if heap[0][0] >= t_end:
+                    break
+                t, _, kind, rep = heappop(heap)
+                self.now = t
+                if kind == _SEG:
+                    seg_done(rep, t)
+                else:
+                    self._replica_up(rep, t)
+            else:
+                if ta >= t_end:
+                    break
+                self.now = ta
+                cid = arr_c[ai]
+                visit(entries[cid], None, [cid, ta, 1, ai], ta)
+                ai += 1
+        self._ai = ai
+        self.now = t_end
+
+    def _visit(self, ep: int, parent: list | None, req: list, now: float) -> None:
+        """A request reaches endpoint ``ep``: queue its start segment on a replica."""
+        tier = self._ep_tier[ep]
+        active = tier.active
+        if len(active) == 1:
+            rep = active[0]
+        else:
+            tier.rr = i = (tier.rr + 1) % len(active)
+            rep = active[i]
+        draws = self._draws[ep] or self._refill(ep)
+        work = draws.pop()
+        tier.inflight_area += tier.inflight * (now - tier.inflight_t)
+        tier.inflight_t = now
+        tier.inflight += 1
+        frame = [ep, parent, 0, 0, req, now, rep, work, self._new_span_id(), None]
+        seg = (work + self._ep_fixed[ep], frame, _START)
+        if rep.busy:
+            rep.queue.append(seg)
+        else:
+            rep.busy = True
+            self._start(rep, seg, now)
+
+    def _start(self, rep: _Replica, seg: tuple, now: float) -> None:
+        """Run one CPU segment on an idle replica; its end goes on the heap."""
+        tier = rep.tier
+        cost = seg[0]
+        end = now + cost if tier.unlimited else tier.reserve(now, cost)
+        spill = end - self._t_end  # CPU that falls into the next interval
+        if spill > 0:
+            spill = min(spill, cost)
+            tier.busy_next += spill
+            tier.busy_s += cost - spill
+        else:
+            tier.busy_s += cost
+        rep.seg = seg
+        self._seq += 1
+        heappush(self._heap, (end, self._seq, _SEG, rep))
+
+    def _seg_done(self, rep: _Replica, now: float) -> None:
+        """A segment ended: continue its visit, then start the replica's next segment."""
+        _, frame, action = rep.seg
+        groups = self._ep_groups[frame[_F_EP]]
+        if action == _START:
+            if groups:
+                self._issue(frame, groups[0], now)
+            else:
+                self._finish(frame, now)
+        else:
+            frame[_F_PENDING] -= 1
+            if frame[_F_PENDING] == 0:
+                g = frame[_F_GROUP] + 1
+                if g < len(groups):
+                    frame[_F_GROUP] = g
+                    self._issue(frame, groups[g], now)
+                else:
+                    self._finish(frame, now)
+        if rep.queue:
+            self._start(rep, rep.queue.popleft(), now)
+        else:
+            rep.busy = False
+
+    def _issue(self, frame: list, group: tuple[int, ...], now: float) -> None:
+        frame[_F_PENDING] = len(group)
+        req = frame[_F_REQ]
+        visit = self._visit
+        for ep in group:
+            visit(ep, frame, req, now)
+
+    def _finish(self, frame: list, now: float) -> None:
+        """A visit ended: answer the caller, deliver a queued message, or complete a request."""
+        ep = frame[_F_EP]
+        tier = self._ep_tier[ep]
+        tier.inflight_area += tier.inflight * (now - tier.inflight_t)
+        tier.inflight_t = now
+        tier.inflight -= 1
+        tier.lat.append(now - frame[_F_T0])
+        if self.record_spans:
+            self._record_span(frame, now)
+        parent = frame[_F_PARENT]
+        req = frame[_F_REQ]
+        if parent is not None:
+            deliver = self._ep_deliver[ep]
+            if deliver >= 0:
+                req[_R_OUT] += 1
+                self._deliver(deliver, (deliver, req, now, parent[_F_SPAN]))
+            rep = parent[_F_REP]
+            seg = (self._ep_resp[ep], parent, _RESP)
+            if rep.busy:
+                rep.queue.append(seg)
+            else:
+                rep.busy = True
+                self._start(rep, seg, now)
+            return
+        req[_R_OUT] -= 1
+        if self._ep_queue_fed[ep]:
+            self._consumer_free(frame[_F_REP], now)
+        elif not self._class_pipeline[req[_R_CLASS]]:
+            self._complete(req, now)
+            return
+        if req[_R_OUT] == 0 and self._class_pipeline[req[_R_CLASS]]:
+            self._complete(req, now)
+
+    def _complete(self, req: list, now: float) -> None:
+        latency = now - req[_R_T0]
+        cid = req[_R_CLASS]
+        if latency > TIMEOUT_S:
+            self._class_err[cid] += 1
+        else:
+            self._class_lat[cid].append(latency)
+
+    def _deliver(self, ep: int, msg: tuple) -> None:
+        """A message ``(endpoint, request, enqueued at, producer span)`` lands in the FIFO of a
+        queue-fed tier; a free consumer takes it."""
+        tier = self._ep_tier[ep]
+        if tier.free:
+            self._consume(tier.free.pop(), msg, msg[2])
+        else:
+            tier.fifo.append(msg)
+
+    def _consume(self, rep: _Replica, msg: tuple, now: float) -> None:
+        """A consumer replica starts the visit for one message (it holds no other)."""
+        ep, req = msg[0], msg[1]
+        tier = rep.tier
+        draws = self._draws[ep] or self._refill(ep)
+        work = draws.pop()
+        tier.inflight_area += tier.inflight * (now - tier.inflight_t)
+        tier.inflight_t = now
+        tier.inflight += 1
+        frame = [ep, None, 0, 0, req, now, rep, work, self._new_span_id(), msg]
+        seg = (work + self._ep_fixed[ep], frame, _START)
+        if rep.busy:
+            rep.queue.append(seg)
+        else:
+            rep.busy = True
+            self._start(rep, seg, now)
+
+    def _consumer_free(self, rep: _Replica, now: float) -> None:
+        tier = rep.tier
+        if not rep.active:
+            return
+        if tier.fifo:
+            self._consume(rep, tier.fifo.popleft(), now)
+        else:
+            tier.free.append(rep)
+
+    def _replica_up(self, rep: _Replica, now: float) -> None:
+        tier = rep.tier
+        if rep not in tier.starting:
+            return
+        tier.starting.remove(rep)
+        rep.active = True
+        tier.active.append(rep)
+        if tier.queue_fed:
+            self._consumer_free(rep, now)
+
+    def _new_span_id(self) -> int:
+        if not self.record_spans:
+            return 0
+        self._span_seq += 1
+        return self._span_seq
+
+    def _record_span(self, frame: list, now: float) -> None:
+        ep = frame[_F_EP]
+        req = frame[_F_REQ]
+        parent = frame[_F_PARENT]
+        attrs: dict[str, Any] = {"leanstack.class": self._class_names[req[_R_CLASS]]}
+        if self._ep_logic[ep]:
+            attrs["leanstack.cpu_ms"] = frame[_F_CPU] * 1e3
+        msg = frame[_F_MSG]
+        if msg is not None:  # a consumer: its parent is the producer, as in the workers' traces
+            attrs["leanstack.queue_ms"] = (frame[_F_T0] - msg[2]) * 1e3
+            parent_id = msg[3]
+        else:
+            parent_id = parent[_F_SPAN] if parent is not None else 0
+        service, name = self._ep_name[ep].split(".", 1)
+        self._spans.append(Span(
+            trace_id=f"{req[_R_ID] + 1:032x}", span_id=f"{frame[_F_SPAN]:016x}",
+            parent_span_id=f"{parent_id:016x}" if parent_id else "",
+            service=service, name=name, start_ns=round(frame[_F_T0] * 1e9),
+            end_ns=round(now * 1e9), attributes=attrs))
+
+    # --- reporting ------------------------------------------------------------------------
+
+    def _collect(self, t0: float, t1: float) -> Observation:
+        """Turn the interval's counters into an Observation and reset them."""
+        app = self._need_app()
+        dt = t1 - t0
+        classes = {}
+        for i, name in enumerate(self._class_names):
+            lat = self._class_lat[i]
+            sla = app.classes[name].sla
+            classes[name] = ClassStats(
+                completed=len(lat), errors=self._class_err[i], throughput_rps=len(lat) / dt,
+                latency_ms=_percentiles_ms(lat), sla_ms=sla.ms, sla_key=sla.key)
+            self._class_lat[i] = []
+            self._class_err[i] = 0
+        tiers = {}
+        for tier in self._tiers:
+            tier.inflight_area += tier.inflight * (t1 - tier.inflight_t)
+            tier.inflight_t = t1
+            n_active = len(tier.active)
+            tiers[tier.name] = TierStats(
+                cpu_limit=tier.cpu, cpu_used=tier.busy_s / dt, throttled_periods=tier.thr_periods,
+                throttled_s=tier.thr_s, memory_bytes=MEMORY_BYTES[tier.kind] * max(n_active, 1),
+                inflight=tier.inflight_area / dt, replicas=n_active, rps=len(tier.lat) / dt,
+                latency_ms=_percentiles_ms(tier.lat))
+            tier.busy_s, tier.busy_next = tier.busy_next, 0.0
+            tier.thr_s = tier.inflight_area = 0.0
+            tier.thr_periods = 0
+            tier.lat = []
+        offered = np.count_nonzero((self._arr_np >= t0) & (self._arr_np < t1)) / dt
+        return Observation(t=t1, interval_s=dt, classes=classes, tiers=tiers,
+                           offered_rps=float(offered))
+
+
+def _percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
+    if not latencies_s:
+        return {}
+    values = np.percentile(np.asarray(latencies_s) * 1e3, PERCENTILES)
+    return {percentile_key(p): float(v) for p, v in zip(PERCENTILES, values, strict=True)}
+
+
+def _ops(app: AppSpec, service: str) -> list[str]:
+    """Storage operations called on ``service`` anywhere in the app."""
+    ops = {c.endpoint for s in app.services.values() for e in s.endpoints.values()
+           for c in e.calls if c.service == service}
+    return sorted(ops)
+
+
+def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[str, Any]:
+    """Per-endpoint and per-storage-op distributions ``(kind, mean_ms, cv)``, RPC overheads and
+    per-tier extra CPU per visit.
+
+    Defaults come from the app file; a calibration (a dict or a file from ``calibrate``)
+    overrides every entry it has.
+    """
+    from leanstack.microservices.calibrate import check_calibration, load_calibration
+
+    endpoints = {f"{s.name}.{e.name}": ("gamma", e.cpu_ms, e.cv)
+                 for s in app.services.values() for e in s.endpoints.values()}
+    storage = {}
+    for s in app.services.values():
+        if s.is_storage:
+            for op in (*_ops(app, s.name), QUEUE_OP):
+                storage[f"{s.name}.{op}"] = ("gamma", s.op_cpu_ms, 0.5)
+    rpc = dict(DEFAULT_RPC)
+    extra_ms: dict[str, float] = {}
+    if calibration is not None:
+        if isinstance(calibration, dict):
+            check_calibration(calibration)
+            calib = calibration
+        else:
+            calib = load_calibration(calibration)
+        if calib.get("app") != app.name:
+            raise LeanstackError(f"calibration is for app '{calib.get('app')}', not "
+                                 f"'{app.name}' — calibrate from spans of this app")
+        rpc.update(calib.get("rpc", {}))
+        for table, target in (("endpoints", endpoints), ("storage", storage)):
+            for key, d in calib.get(table, {}).items():
+                if key in target:
+                    target[key] = (d["dist"], d["mean_ms"], d["cv"])
+        extra_ms = {t: d["extra_ms"] for t, d in calib.get("tiers", {}).items()}
+    return {"endpoints": endpoints, "storage": storage, "rpc": rpc, "extra_ms": extra_ms}

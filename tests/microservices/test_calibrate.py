@@ -1,0 +1,220 @@
+"""Calibration: distributions and RPC overheads recovered from spans; the file format."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import load_app, parse_app
+from leanstack.microservices.calibrate import (
+    calibrate,
+    fit_distribution,
+    load_calibration,
+    save_calibration,
+)
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.observation import Allocation, Span
+from leanstack.microservices.sim import SimBackend
+
+
+def two_tier():
+    return parse_app({
+        "name": "two",
+        "services": {
+            "front": {"endpoints": {"in": {"cpu_ms": 1.0, "calls": [["back.x"], ["db.get"]]}}},
+            "back": {"endpoints": {"x": {"cpu_ms": 2.0, "calls": [["db.set"]]}}},
+            "db": {"kind": "redis"},
+        },
+        "classes": {"req": {"entry": "front.in", "weight": 1, "sla": {"percentile": 99,
+                                                                       "ms": 50}}},
+    })
+
+
+def synthetic_spans(rng: np.random.Generator, n: int, own_ms: np.ndarray, db_ms: np.ndarray,
+                    rpc_ms: float) -> list[Span]:
+    """front.in (own work + rpc_ms self time) with one db.get child per trace."""
+    spans = []
+    t = 0
+    for i in range(n):
+        own, db = int(own_ms[i] * 1e6), int(db_ms[i] * 1e6)
+        rpc = int(rpc_ms * 1e6)
+        root = Span(f"{i:032x}", f"{2 * i:016x}", "", "front", "in", t, t + own + rpc + db,
+                    {"leanstack.class": "req", "leanstack.cpu_ms": own_ms[i]})
+        child = Span(f"{i:032x}", f"{2 * i + 1:016x}", root.span_id, "db", "get", t + own,
+                     t + own + db, {"leanstack.class": "req"})
+        spans += [root, child]
+        t += 10_000_000
+    return spans
+
+
+def test_fit_recovers_gamma_and_lognormal():
+    rng = np.random.default_rng(0)
+    g = fit_distribution(rng.gamma(4.0, 0.5, 20000).tolist())  # mean 2, cv 0.5
+    assert g["dist"] == "gamma"
+    assert g["mean_ms"] == pytest.approx(2.0, rel=0.03)
+    assert g["cv"] == pytest.approx(0.5, rel=0.05)
+    ln = fit_distribution(rng.lognormal(0.0, 0.8, 20000).tolist())
+    assert ln["dist"] == "lognormal"
+    assert ln["cv"] == pytest.approx(np.sqrt(np.exp(0.64) - 1), rel=0.1)
+    const = fit_distribution([0.7] * 10)
+    assert const == {"dist": "constant", "mean_ms": 0.7, "cv": 0.0, "n": 10}
+    with pytest.raises(LeanstackError, match="no positive samples"):
+        fit_distribution([0.0, -1.0])
+
+
+def test_calibrate_recovers_known_distributions_from_synthetic_spans():
+    rng = np.random.default_rng(1)
+    n = 5000
+    db_ms = rng.gamma(25.0, 0.2 / 25.0, n)  # 0.2 ms, cv 0.2 ...
+    db_ms[rng.random(n) < 0.15] += 20.0  # ... and a queueing tail the fit must leave out
+    spans = synthetic_spans(rng, n, own_ms=rng.gamma(4.0, 0.75, n), db_ms=db_ms, rpc_ms=0.4)
+    spans.append(Span("f" * 32, "e" * 16, "", "ghost", "x", 0, 1, {}))  # not in the app: ignored
+    model = calibrate(two_tier(), spans)
+    assert model["app"] == "two" and model["spans"] == 2 * n
+    front = model["endpoints"]["front.in"]
+    assert front["dist"] == "gamma" and front["n"] == n
+    assert front["mean_ms"] == pytest.approx(3.0, rel=0.03)
+    assert front["cv"] == pytest.approx(0.5, rel=0.05)
+    db = model["storage"]["db.get"]
+    assert db["mean_ms"] == pytest.approx(0.2, rel=0.1)
+    assert db["cv"] < 0.3
+    # one endpoint, one storage call: the 0.4 ms self time is spread over the default overheads
+    rpc = model["rpc"]
+    assert rpc["callee_ms"] + rpc["storage_caller_ms"] == pytest.approx(0.4, rel=0.02)
+
+
+def test_calibrating_simulator_spans_recovers_the_simulators_model():
+    app = load_app("social-network")
+    truth = {"callee_ms": 0.35, "caller_ms": 0.15, "storage_caller_ms": 0.05}
+    sim = SimBackend(seed=2, record_spans=True,
+                     calibration={"version": 1, "app": app.name, "rpc": truth,
+                                  "endpoints": {}, "storage": {}})
+    sim.deploy(app, Allocation.static_max(app))
+    sim.start(LoadSpec("poisson", rps=50, duration_s=20))  # light load: little queueing
+    for _ in range(20):
+        sim.observe()
+    model = calibrate(app, sim.spans())
+    for key, value in truth.items():
+        assert model["rpc"][key] == pytest.approx(value, rel=0.25, abs=0.02), key
+    text = model["endpoints"]["text.process"]
+    assert text["mean_ms"] == pytest.approx(0.8, rel=0.15)
+    assert text["cv"] == pytest.approx(0.5, rel=0.2)
+    assert model["storage"]["user-store.get"]["mean_ms"] == pytest.approx(0.03, rel=0.2)
+
+
+def test_tier_cpu_calibrates_overheads_storage_time_and_tier_extras():
+    app = load_app("social-network")
+    truth = {"callee_ms": 0.6, "caller_ms": 0.3, "storage_caller_ms": 0.12}
+    load = LoadSpec("poisson", rps=100, duration_s=15)
+    alloc = Allocation.static_max(app)
+
+    def simulate(calibration: dict) -> tuple[list, list]:
+        sim = SimBackend(seed=5, record_spans=True, calibration=calibration)
+        sim.deploy(app, alloc)
+        sim.start(load)
+        return [sim.observe() for _ in range(15)], sim.spans()
+
+    obs, spans = simulate({
+        "version": 1, "app": app.name, "rpc": truth, "endpoints": {},
+        "storage": {"user-store.get": {"dist": "gamma", "mean_ms": 0.05, "cv": 0.5}},
+        "tiers": {"post-storage": {"extra_ms": 0.5}}})
+    model = calibrate(app, spans, obs)
+    assert model["source"] == "spans+cpu"
+    for key, value in truth.items():
+        assert model["rpc"][key] == pytest.approx(value, rel=0.2), key
+    # user-store serves only get: its CPU per op is the op time
+    assert model["storage"]["user-store.get"]["mean_ms"] == pytest.approx(0.05, rel=0.1)
+    extras = {t: d["extra_ms"] for t, d in model["tiers"].items()}
+    assert extras["post-storage"] == pytest.approx(0.5, abs=0.1)
+    assert max(abs(v) for t, v in extras.items() if t != "post-storage") < 0.1
+    # closing the loop: the calibrated simulator burns the same CPU per tier
+    again, _ = simulate(model)
+    for tier in app.services:
+        used = sum(o.tiers[tier].cpu_used for o in obs)
+        assert sum(o.tiers[tier].cpu_used for o in again) == pytest.approx(used, rel=0.05), tier
+
+
+def test_calibration_changes_the_simulation(tmp_path):
+    app = two_tier()
+    model = {"version": 1, "app": "two", "rpc": {},
+             "endpoints": {"back.x": {"dist": "constant", "mean_ms": 20.0, "cv": 0.0}},
+             "storage": {}}
+    path = tmp_path / "calib.json"
+    save_calibration(model, path)
+    load = LoadSpec("constant", rps=10, duration_s=3)
+    p50 = {}
+    for name, calib in (("default", None), ("slow", path)):
+        sim = SimBackend(calibration=calib)
+        sim.deploy(app, Allocation.static_max(app))
+        sim.start(load)
+        p50[name] = [sim.observe() for _ in range(3)][-1].classes["req"].latency_ms["p50"]
+    assert p50["slow"] > p50["default"] + 17.0
+
+
+def test_save_and_load_round_trip_atomically(tmp_path):
+    model = calibrate(two_tier(), synthetic_spans(np.random.default_rng(3), 50,
+                                                  np.full(50, 1.0), np.full(50, 0.1), 0.2))
+    path = tmp_path / "sub" / "calib.json"
+    save_calibration(model, path)
+    assert load_calibration(path) == json.loads(json.dumps(model))
+    assert [p.name for p in path.parent.iterdir()] == ["calib.json"]  # no temp file left
+    with pytest.raises(LeanstackError):
+        save_calibration({"version": 1}, tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "not valid JSON"),
+    ("[]", "expected a JSON object"),
+    ('{"version": 9, "app": "x", "rpc": {}, "endpoints": {}, "storage": {}}', "version"),
+    ('{"version": 1, "app": "x", "rpc": {"callee_ms": -1}, "endpoints": {}, "storage": {}}',
+     "rpc.callee_ms"),
+    ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {"a.b": {"dist": "weibull"}},'
+     ' "storage": {}}', "endpoints.a.b.dist"),
+    ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {},'
+     ' "storage": {"s.get": {"dist": "gamma", "mean_ms": 0, "cv": 1}}}', "storage.s.get.mean_ms"),
+    ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {}, "storage": {},'
+     ' "tiers": {"a": {"extra_ms": "x"}}}', "tiers.a.extra_ms"),
+])
+def test_bad_calibration_file_is_a_one_line_error(tmp_path, content, message):
+    path = tmp_path / "calib.json"
+    path.write_text(content)
+    with pytest.raises(LeanstackError, match=message) as info:
+        load_calibration(path)
+    assert "\n" not in str(info.value) and "calibrate" in str(info.value)
+
+
+def test_spans_of_another_app_are_an_error():
+    ghost = Span("f" * 32, "e" * 16, "", "ghost", "x", 0, 1, {})
+    with pytest.raises(LeanstackError, match="none of the 1 spans belongs to a tier of app 'two'"):
+        calibrate(two_tier(), [ghost])
+
+
+def test_missing_calibration_file(tmp_path):
+    with pytest.raises(LeanstackError, match="not found"):
+        load_calibration(tmp_path / "nope.json")
+    app = two_tier()
+    with pytest.raises(LeanstackError, match="not found"):
+        SimBackend(calibration=tmp_path / "nope.json").deploy(app, Allocation.static_max(app))
+
+
+def test_calibrating_a_pipeline_skips_consumers_as_calls_and_failed_spans():
+    app = load_app("video-pipeline")
+    sim = SimBackend(seed=1, record_spans=True)
+    sim.deploy(app, Allocation.static_max(app))
+    sim.start(LoadSpec("poisson", rps=20, duration_s=20))
+    for _ in range(20):
+        sim.observe()
+    spans = sim.spans()
+    failed = Span("a" * 32, "b" * 16, "", "upload", "meta", 0, 10**9,
+                  {"leanstack.class": "read-meta", "leanstack.cpu_ms": 500.0, "error": True})
+    model = calibrate(app, [*spans, failed])
+    assert "video-queue.rpush" in model["storage"]
+    assert model["endpoints"]["face-detect.detect"]["mean_ms"] == pytest.approx(10.0, rel=0.1)
+    assert model["endpoints"]["upload.meta"]["mean_ms"] == pytest.approx(0.3, rel=0.15)
+    # consumer spans hang under their producer but are not calls: the overheads stay put
+    assert model["rpc"]["callee_ms"] == pytest.approx(0.3, abs=0.03)
+    assert model["rpc"]["storage_caller_ms"] == pytest.approx(0.08, abs=0.015)

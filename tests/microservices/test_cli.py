@@ -1,0 +1,122 @@
+"""The ``leanstack micro run / report / calibrate`` commands: bad input is one line with a
+non-zero exit; a short simulator run writes a valid result and report; spans feed calibration."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from leanstack import cli
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``leanstack ARGS`` in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["leanstack", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+RUN = ("micro", "run", "--app", "social-network", "--backend", "sim", "--quiet")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--controller", "magic", "--out", "r.json"), "unknown controller 'magic'"),
+    (("--backend", "cloud", "--out", "r.json"), "unknown backend 'cloud'"),
+    (("--load", "bursty", "--out", "r.json"), "unknown load pattern 'bursty'"),
+    (("--rps", "fast", "--out", "r.json"), "Invalid value for '--rps'"),
+    (("--rps", "-5", "--out", "r.json"), "--rps must be above 0"),
+    (("--duration", "10",), "Missing option '--out'"),
+    (("--load", "trace", "--out", "r.json"), "needs a trace file"),
+    (("--controller", "static", "--time-scale", "0.1", "--out", "r.json"), "drop --time-scale"),
+    (("--interval", "0", "--out", "r.json"), "--interval must be above 0"),
+])
+def test_run_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, message):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, *RUN, *args)
+    assert code != 0
+    assert message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_unknown_app_and_missing_files_are_one_line(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "run", "--app", "no-such-app",
+                           "--out", str(tmp_path / "r.json"))
+    assert code == 2 and "unknown app 'no-such-app'" in err and err.count("\n") == 1
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "calibrate", "--app", "social-network",
+                           "--spans", str(tmp_path / "none.jsonl"), "--out",
+                           str(tmp_path / "c.json"))
+    assert code == 2 and "no such span file" in err and err.count("\n") == 1
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "report", str(tmp_path / "none.json"),
+                           "--out", str(tmp_path / "r.html"))
+    assert code == 2 and "no such result file" in err and err.count("\n") == 1
+
+
+def test_real_entry_point_exit_code_and_single_line():
+    p = subprocess.run([sys.executable, "-m", "leanstack.cli", "micro", "run", "--app",
+                        "social-network", "--controller", "nope", "--out", "x.json"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: unknown controller 'nope'")
+    assert p.stderr.count("\n") == 1
+
+
+def test_sim_run_writes_result_report_and_spans_that_calibrate(monkeypatch, capsys, tmp_path):
+    pytest.importorskip("leanstack.microservices.sim")
+    res, html, spans = tmp_path / "r.json", tmp_path / "r.html", tmp_path / "s.jsonl"
+    code, out, err = run_cli(monkeypatch, capsys, *RUN, "--controller", "hpa", "--load",
+                             "diurnal", "--rps", "80", "--duration", "20", "--time-scale", "0.1",
+                             "--out", str(res), "--report", str(html), "--spans", str(spans))
+    assert code == 0, err
+    assert "violation rate" in out and str(res) in out
+    data = json.loads(res.read_text())
+    assert data["backend"] == "sim" and data["controller"] == "hpa"
+    assert len(data["timeline"]) == 20 and data["duration_s"] == 20
+    assert data["summary"]["requests"] > 1000
+    assert set(data["summary"]["p99_ms"]) == {"read-home-timeline", "read-user-timeline",
+                                               "compose-post"}
+    assert data["settings"]["controller"]["sync_period_s"] == pytest.approx(1.5)
+    assert data["environment"]["command"].startswith("leanstack micro run")
+    page = html.read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 4
+    assert "time_scale" in page
+
+    code, out, err = run_cli(monkeypatch, capsys, "micro", "report", str(res), "--out",
+                             str(tmp_path / "again.html"))
+    assert code == 0 and (tmp_path / "again.html").read_text().count("<img") == 4
+
+    calib = tmp_path / "calib.json"
+    code, out, err = run_cli(monkeypatch, capsys, "micro", "calibrate", "--app",
+                             "social-network", "--spans", str(spans), "--out", str(calib))
+    assert code == 0, err
+    model = json.loads(calib.read_text())
+    assert "home-timeline.read" in model["endpoints"]
+
+
+def test_demo_falls_back_to_the_simulator_when_cgroups_are_not_writable(monkeypatch, capsys,
+                                                                        tmp_path):
+    pytest.importorskip("leanstack.microservices.sim")
+    from leanstack.errors import LeanstackError
+    from leanstack.microservices import cgroups
+
+    def not_writable():
+        raise LeanstackError("cgroup hierarchy is not writable — run as root")
+
+    monkeypatch.setattr(cgroups, "check_available", not_writable)
+    code, out, err = run_cli(monkeypatch, capsys, "demo", "--duration", "15", "--out-dir",
+                             str(tmp_path / "demo"))
+    assert code == 0, err
+    assert "not writable" in err and "simulator instead" in err
+    assert "on the sim backend" in out and "x0.0167" in out
+    report = tmp_path / "demo" / "report.html"
+    assert f"report: {report.resolve()}" in out
+    data = json.loads((tmp_path / "demo" / "result.json").read_text())
+    assert data["controller"] == "hpa" and data["settings"]["load"]["pattern"] == "diurnal"

@@ -1,0 +1,296 @@
+"""The simulator backend: queueing theory, CPU quotas, call structure, determinism, errors."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import load_app, parse_app
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.observation import PERCENTILES, Allocation, Observation, Span
+from leanstack.microservices.sim import REPLICA_START_S, SimBackend
+
+NO_RPC = {"version": 1, "rpc": {"callee_ms": 0.0, "caller_ms": 0.0, "storage_caller_ms": 0.0},
+          "endpoints": {}, "storage": {}}
+
+
+def one_tier(cpu_ms: float, cv: float, replicas: int = 1, max_cpu: float = 1.0):
+    return parse_app({
+        "name": "one",
+        "services": {"svc": {"replicas": replicas, "max_cpu": max_cpu,
+                             "endpoints": {"run": {"cpu_ms": cpu_ms, "cv": cv}}}},
+        "classes": {"req": {"entry": "svc.run", "weight": 1, "sla": {"percentile": 99,
+                                                                      "ms": 100}}},
+    })
+
+
+def fan_app(groups: list[list[str]]):
+    """front -> a.x (10 ms) and b.x (10 ms), grouped as ``groups``; no other work."""
+    return parse_app({
+        "name": "fan",
+        "services": {
+            "front": {"endpoints": {"in": {"cpu_ms": 0.0, "cv": 0.0, "calls": groups}}},
+            "a": {"endpoints": {"x": {"cpu_ms": 10.0, "cv": 0.0}}},
+            "b": {"endpoints": {"x": {"cpu_ms": 10.0, "cv": 0.0}}},
+        },
+        "classes": {"req": {"entry": "front.in", "weight": 1, "sla": {"percentile": 99,
+                                                                       "ms": 100}}},
+    })
+
+
+def pipeline_app():
+    """upload (1 ms) -> queue -> stage1 (5 ms) -> queue -> stage2 (7 ms); all deterministic."""
+    return parse_app({
+        "name": "pipe",
+        "services": {
+            "upload": {"endpoints": {
+                "ingest": {"cpu_ms": 1.0, "cv": 0.0, "enqueue": ["stage1.run"]},
+                "peek": {"cpu_ms": 1.0, "cv": 0.0, "enqueue": ["stage1.run"]}}},
+            "stage1": {"queue": "q", "endpoints": {
+                "run": {"cpu_ms": 5.0, "cv": 0.0, "enqueue": ["stage2.run"]}}},
+            "stage2": {"queue": "q", "endpoints": {"run": {"cpu_ms": 7.0, "cv": 0.0}}},
+            "q": {"kind": "redis", "op_cpu_ms": 0.0},
+        },
+        "classes": {
+            "process": {"entry": "upload.ingest", "weight": 1, "wait": "pipeline",
+                        "sla": {"percentile": 99, "ms": 100}},
+            "ack": {"entry": "upload.peek", "weight": 1, "sla": {"percentile": 99, "ms": 100}},
+        },
+    })
+
+
+def run(app, load: LoadSpec, allocation: Allocation | None = None, interval_s: float = 1.0,
+        seed: int = 0, calibration=None, record_spans: bool = False,
+        intervals: int | None = None) -> tuple[SimBackend, list[Observation]]:
+    if calibration is not None and isinstance(calibration, dict):
+        calibration = {**calibration, "app": app.name}
+    sim = SimBackend(interval_s=interval_s, seed=seed, calibration=calibration,
+                     record_spans=record_spans)
+    sim.deploy(app, allocation or Allocation.static_max(app))
+    sim.start(load)
+    n = intervals if intervals is not None else math.ceil(load.duration_s / interval_s)
+    obs = [sim.observe() for _ in range(n)]
+    return sim, obs
+
+
+def test_mm1_matches_queueing_theory():
+    lam, mu = 100.0, 200.0  # requests/s, exponential service of 5 ms at one core
+    app = one_tier(cpu_ms=1e3 / mu, cv=1.0)
+    sim, obs = run(app, LoadSpec("poisson", rps=lam, duration_s=300, seed=3), interval_s=300,
+                   calibration=NO_RPC, record_spans=True)
+    durations = np.array([s.duration_ms for s in sim.spans()])
+    assert durations.size > 25000
+    expected_mean_ms = 1e3 / (mu - lam)  # M/M/1 sojourn time: exponential with rate mu - lam
+    assert durations.mean() == pytest.approx(expected_mean_ms, rel=0.07)
+    lat = obs[0].classes["req"].latency_ms
+    assert lat["p50"] == pytest.approx(expected_mean_ms * math.log(2), rel=0.08)
+    assert lat["p99"] == pytest.approx(expected_mean_ms * math.log(100), rel=0.1)
+    assert obs[0].tiers["svc"].cpu_used == pytest.approx(lam / mu, rel=0.03)
+
+
+def test_halving_cpu_raises_latency_and_throttles():
+    app = one_tier(cpu_ms=5.0, cv=1.0)
+    load = LoadSpec("poisson", rps=60, duration_s=60, seed=1)
+    _, full = run(app, load, interval_s=60)
+    _, half = run(app, load, Allocation.static_max(app).with_tier("svc", cpu=0.5), interval_s=60)
+    # A CFS quota slows a single-threaded replica only once its bucket runs dry: the median
+    # moves a little, the tail a lot.
+    half_lat, full_lat = half[0].classes["req"].latency_ms, full[0].classes["req"].latency_ms
+    assert half_lat["p50"] > 1.05 * full_lat["p50"]
+    assert half_lat["p99"] > 2.0 * full_lat["p99"]
+    assert full[0].tiers["svc"].throttled_periods == 0
+    assert half[0].tiers["svc"].throttled_periods > 0
+    assert half[0].tiers["svc"].cpu_limit == 0.5
+
+
+def test_quota_bucket_throttles_exactly_like_cfs():
+    # 80 ms segments under a 50 ms-per-100 ms quota, each arriving at a period start:
+    # run 50 ms, throttled 50 ms, run 30 ms -> 130 ms, one throttled period per request.
+    app = one_tier(cpu_ms=80.0, cv=0.0)
+    alloc = Allocation.static_max(app).with_tier("svc", cpu=0.5)
+    _, obs = run(app, LoadSpec("constant", rps=2, duration_s=10), alloc, calibration=NO_RPC)
+    for o in obs:
+        ts = o.tiers["svc"]
+        assert o.classes["req"].latency_ms["p50"] == pytest.approx(130.0, abs=1e-6)
+        assert ts.throttled_periods == 2
+        assert ts.throttled_s == pytest.approx(0.1, abs=1e-9)
+        assert ts.cpu_used == pytest.approx(0.16, abs=1e-9)
+    _, unthrottled = run(app, LoadSpec("constant", rps=2, duration_s=10), calibration=NO_RPC)
+    assert unthrottled[3].classes["req"].latency_ms["p99"] == pytest.approx(80.0, abs=1e-6)
+    assert unthrottled[3].tiers["svc"].throttled_periods == 0
+
+
+def test_replicas_share_the_tier_quota():
+    app = one_tier(cpu_ms=5.0, cv=1.0, replicas=3, max_cpu=3.0)
+    alloc = Allocation.static_max(app).with_tier("svc", cpu=0.8)
+    _, obs = run(app, LoadSpec("poisson", rps=400, duration_s=5), alloc)  # demand ~2 cores
+    for o in obs[1:]:
+        assert o.tiers["svc"].cpu_used <= 0.8 * 1.05
+        assert o.tiers["svc"].throttled_periods >= 9
+        assert o.tiers["svc"].replicas == 3
+    _, roomy = run(app, LoadSpec("poisson", rps=400, duration_s=5))
+    assert roomy[2].tiers["svc"].cpu_used > 1.5
+
+
+def test_parallel_fan_out_takes_the_max_not_the_sum():
+    load = LoadSpec("constant", rps=5, duration_s=4)
+    _, par = run(fan_app([["a.x", "b.x"]]), load, calibration=NO_RPC)
+    _, seq = run(fan_app([["a.x"], ["b.x"]]), load, calibration=NO_RPC)
+    assert par[1].classes["req"].latency_ms["p99"] == pytest.approx(10.0, abs=1e-6)
+    assert seq[1].classes["req"].latency_ms["p99"] == pytest.approx(20.0, abs=1e-6)
+
+
+def test_rpc_overheads_are_charged_at_caller_and_callee():
+    rpc = {"callee_ms": 0.5, "caller_ms": 0.25, "storage_caller_ms": 0.0}
+    _, obs = run(fan_app([["a.x"], ["b.x"]]), LoadSpec("constant", rps=5, duration_s=3),
+                 calibration={**NO_RPC, "rpc": rpc})
+    # front: 0.5 in + 2 x 0.25 answers; a, b: 0.5 in + 10 each
+    assert obs[1].classes["req"].latency_ms["p50"] == pytest.approx(22.0, abs=1e-6)
+    assert obs[1].tiers["front"].cpu_used == pytest.approx(5 * 1.0e-3, rel=1e-6)
+
+
+def test_async_pipeline_completes_through_every_stage():
+    app = pipeline_app()
+    sim, obs = run(app, LoadSpec("constant", rps=10, duration_s=5), calibration=NO_RPC,
+                   intervals=6, record_spans=True)
+    done = sum(o.classes["process"].completed for o in obs)
+    acked = sum(o.classes["ack"].completed for o in obs)
+    assert done + acked == 50
+    assert obs[2].classes["process"].latency_ms["p50"] == pytest.approx(13.0, abs=1e-6)
+    assert obs[2].classes["ack"].latency_ms["p50"] == pytest.approx(1.0, abs=1e-6)
+    assert sum(o.tiers["stage2"].rps for o in obs) == 50  # every message reached the last stage
+    assert sum(o.tiers["q"].rps for o in obs) == 100  # one push per enqueue edge
+    spans = sim.spans()
+    by_id = {s.span_id: s for s in spans}
+    stage2 = [s for s in spans if s.service == "stage2"]
+    assert len(stage2) == 50
+    for s in stage2:  # linked to its producer, as the workers' traces are
+        producer = by_id[s.parent_span_id]
+        assert producer.service == "stage1" and producer.trace_id == s.trace_id
+        assert s.start_ns > producer.start_ns and s.attributes["leanstack.queue_ms"] >= 0
+
+
+def test_consumers_pull_one_message_at_a_time():
+    app = pipeline_app()
+    # 100 rps x 7 ms = 0.7 core of stage2 work, but the queue is fed at 10 ms spacing by stage1's
+    # 5 ms consumer: with one consumer each, the backlog stays small; squeeze stage2 to see it.
+    alloc = Allocation.static_max(app).with_tier("stage2", cpu=0.3)
+    _, obs = run(app, LoadSpec("constant", rps=50, duration_s=4), alloc, calibration=NO_RPC)
+    ack = [o.classes["ack"].latency_ms["p99"] for o in obs]
+    proc = [o.classes["process"].latency_ms.get("p99", 0.0) for o in obs]
+    assert max(ack) < 2.0  # the producer never waits for consumers
+    assert proc[-1] > 3 * proc[0] > 0  # stage2 (0.35 core of demand on 0.3) falls behind
+    assert obs[-1].tiers["stage2"].inflight == pytest.approx(1.0, abs=0.01)
+
+
+def test_more_consumer_replicas_drain_a_queue():
+    app = pipeline_app()
+    load = LoadSpec("constant", rps=200, duration_s=3)  # stage2: 1.4 cores of demand
+    one = Allocation.static_max(app).with_tier("stage2", cpu=2.0)
+    _, slow = run(app, load, one, calibration=NO_RPC)
+    _, fast = run(app, load, one.with_tier("stage2", replicas=2), calibration=NO_RPC)
+    assert slow[-1].tiers["stage2"].cpu_used == pytest.approx(1.0, abs=0.01)  # one consumer
+    assert fast[-1].tiers["stage2"].cpu_used == pytest.approx(1.4, rel=0.05)
+    assert fast[-1].classes["process"].latency_ms["p99"] < 20.0
+    assert slow[-1].classes["process"].latency_ms["p99"] > 500.0
+
+
+def test_requests_past_the_timeout_count_as_errors():
+    app = one_tier(cpu_ms=100.0, cv=0.0)  # 2 cores of demand on one single-threaded replica
+    _, obs = run(app, LoadSpec("constant", rps=20, duration_s=30), calibration=NO_RPC)
+    assert obs[5].classes["req"].errors == 0
+    late = obs[-1].classes["req"]
+    assert late.errors == 10 and late.completed == 0  # served 10/s, every one > TIMEOUT_S late
+    assert late.latency_ms == {}
+
+
+def test_same_seed_same_results_and_other_seed_differs():
+    app = load_app("social-network")
+    load = LoadSpec("poisson", rps=300, duration_s=5, seed=4)
+    a = [o.to_dict() for o in run(app, load, seed=7)[1]]
+    b = [o.to_dict() for o in run(app, load, seed=7)[1]]
+    c = [o.to_dict() for o in run(app, load, seed=8)[1]]
+    assert a == b
+    assert a != c
+
+
+def test_observation_has_every_field_the_local_backend_reports():
+    app = load_app("social-network")
+    _, obs = run(app, LoadSpec("poisson", rps=300, duration_s=3))
+    o = obs[-1]
+    assert o.t == 3.0 and o.interval_s == 1.0
+    assert o.offered_rps == pytest.approx(300, rel=0.2)
+    assert set(o.tiers) == set(app.services)
+    assert set(o.classes) == set(app.classes)
+    keys = {f"p{p:g}" for p in PERCENTILES}
+    for name, cs in o.classes.items():
+        assert set(cs.latency_ms) == keys
+        assert cs.sla_ms == app.classes[name].sla.ms and cs.sla_key == "p99"
+        assert cs.throughput_rps == cs.completed > 0
+    for name, ts in o.tiers.items():
+        assert ts.cpu_limit == app.services[name].max_cpu
+        assert 0 < ts.cpu_used < ts.cpu_limit
+        assert ts.memory_bytes > 0 and ts.rps > 0 and ts.inflight > 0
+        assert set(ts.latency_ms) == keys
+    assert Observation.from_dict(o.to_dict()) == o
+
+
+def test_new_replica_joins_after_start_delay():
+    app = one_tier(cpu_ms=5.0, cv=1.0, replicas=1, max_cpu=4.0)
+    sim = SimBackend(interval_s=1.0)
+    sim.deploy(app, Allocation.static_max(app))
+    sim.start(LoadSpec("poisson", rps=300, duration_s=8))  # 1.5 cores of demand
+    first = sim.observe()
+    assert first.tiers["svc"].cpu_used <= 1.0 + 1e-9  # one single-threaded replica
+    sim.set_allocation(Allocation.static_max(app).with_tier("svc", replicas=3))
+    assert REPLICA_START_S < 1.0
+    later = [sim.observe() for _ in range(4)]
+    assert later[0].tiers["svc"].replicas == 3
+    assert later[0].tiers["svc"].cpu_used > 1.2  # the new replicas drain the backlog
+    # the first replica's own backlog drains at its share of the load; then the tail is short
+    assert later[-1].classes["req"].latency_ms["p99"] < first.classes["req"].latency_ms["p99"] / 5
+    sim.set_allocation(Allocation.static_max(app).with_tier("svc", replicas=1))
+    assert sim.observe().tiers["svc"].replicas == 1
+
+
+def test_spans_record_class_cpu_and_parents():
+    app = load_app("social-network")
+    sim, _ = run(app, LoadSpec("poisson", rps=100, duration_s=2), record_spans=True)
+    spans = sim.spans()
+    by_id = {s.span_id: s for s in spans}
+    roots = [s for s in spans if not s.parent_span_id]
+    assert roots and all(s.service == "nginx" for s in roots)
+    for s in spans:
+        assert s.attributes["leanstack.class"] in app.classes
+        if s.parent_span_id:
+            parent = by_id[s.parent_span_id]
+            assert parent.trace_id == s.trace_id
+            assert parent.start_ns <= s.start_ns <= s.end_ns <= parent.end_ns
+        if not app.services[s.service].is_storage:
+            assert s.attributes["leanstack.cpu_ms"] > 0
+    assert Span.from_otlp(spans[0].to_otlp()) == spans[0]
+    later = sim.spans(since_ns=1_000_000_000)
+    assert 0 < len(later) < len(spans)
+
+
+def test_bad_use_gives_one_line_errors():
+    app = one_tier(cpu_ms=1.0, cv=0.5)
+    sim = SimBackend()
+    with pytest.raises(LeanstackError, match="deploy"):
+        sim.start(LoadSpec())
+    sim.deploy(app, Allocation.static_max(app))
+    with pytest.raises(LeanstackError, match="start"):
+        sim.observe()
+    with pytest.raises(LeanstackError, match="unknown tier 'nope'"):
+        sim.set_allocation(Allocation({"nope": Allocation.static_max(app).tiers["svc"]}))
+    with pytest.raises(LeanstackError, match="cpu must be above 0"):
+        sim.set_allocation(Allocation.static_max(app).with_tier("svc", cpu=0.0))
+    with pytest.raises(LeanstackError, match="for app 'other'"):
+        SimBackend(calibration={**NO_RPC, "app": "other"}).deploy(app, Allocation.static_max(app))
+    with pytest.raises(LeanstackError, match="interval_s"):
+        SimBackend(interval_s=0)
+    sim.close()
+    sim.close()
