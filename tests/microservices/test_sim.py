@@ -62,13 +62,43 @@ def pipeline_app():
     })
 
 
+def two_tiers():
+    """Classes ``a`` and ``b`` on tiers ``a`` and ``b``: 5 ms of deterministic work each."""
+    return parse_app({
+        "name": "two",
+        "services": {n: {"endpoints": {"x": {"cpu_ms": 5.0, "cv": 0.0}}} for n in "ab"},
+        "classes": {n: {"entry": f"{n}.x", "weight": 1, "sla": {"percentile": 99, "ms": 100}}
+                    for n in "ab"},
+    })
+
+
+def storage_app(kind: str):
+    """``front.get`` calls ``[[cache.get, store.get]]`` (10 ms each); ``front.ping`` calls
+    nothing (1 ms). ``cache`` is a ``kind`` server, ``store`` a redis server."""
+    return parse_app({
+        "name": "store",
+        "services": {
+            "front": {"endpoints": {"get": {"cpu_ms": 0.0, "cv": 0.0,
+                                            "calls": [["cache.get", "store.get"]]},
+                                    "ping": {"cpu_ms": 1.0, "cv": 0.0}}},
+            "cache": {"kind": kind, "op_cpu_ms": 10.0},
+            "store": {"kind": "redis", "op_cpu_ms": 10.0},
+        },
+        "classes": {
+            "get": {"entry": "front.get", "weight": 1, "sla": {"percentile": 99, "ms": 100}},
+            "ping": {"entry": "front.ping", "weight": 1, "sla": {"percentile": 99, "ms": 100}},
+        },
+    })
+
+
 def run(app, load: LoadSpec, allocation: Allocation | None = None, interval_s: float = 1.0,
         seed: int = 0, calibration=None, record_spans: bool = False,
-        intervals: int | None = None) -> tuple[SimBackend, list[Observation]]:
+        intervals: int | None = None,
+        host_cores: float | None = None) -> tuple[SimBackend, list[Observation]]:
     if calibration is not None and isinstance(calibration, dict):
         calibration = {**calibration, "app": app.name}
     sim = SimBackend(interval_s=interval_s, seed=seed, calibration=calibration,
-                     record_spans=record_spans)
+                     record_spans=record_spans, host_cores=host_cores)
     sim.deploy(app, allocation or Allocation.static_max(app))
     sim.start(load)
     n = intervals if intervals is not None else math.ceil(load.duration_s / interval_s)
@@ -135,6 +165,73 @@ def test_replicas_share_the_tier_quota():
     assert roomy[2].tiers["svc"].cpu_used > 1.5
 
 
+def mean_latency_ms(sim: SimBackend) -> float:
+    return float(np.mean([s.duration_ms for s in sim.spans()]))
+
+
+def test_tiers_share_the_host_cores_like_one_md1_queue():
+    # Two tiers, 90 req/s each of 5 ms: 0.45 core apiece, 0.9 together. Apart, each is an
+    # M/D/1 queue at rho 0.45; on one shared core they are one M/D/1 queue at rho 0.9.
+    # Pollaczek-Khinchine: W = S + lam S^2 / (2 (1 - rho)).
+    app, load = two_tiers(), LoadSpec("poisson", rps=180, duration_s=200, seed=2)
+    sim, _ = run(app, load, interval_s=200, calibration=NO_RPC, record_spans=True, host_cores=1)
+    assert mean_latency_ms(sim) == pytest.approx(5 + 180 * 25e-3 / (2 * 0.1), rel=0.12)
+    apart, _ = run(app, load, interval_s=200, calibration=NO_RPC, record_spans=True)
+    assert mean_latency_ms(apart) == pytest.approx(5 + 90 * 25e-3 / (2 * 0.55), rel=0.05)
+    two, _ = run(app, load, interval_s=200, calibration=NO_RPC, record_spans=True,
+                 host_cores=2)  # a core per replica: the host never binds
+    assert mean_latency_ms(two) == mean_latency_ms(apart)
+
+
+def test_fractional_host_cores_slow_segments_but_not_their_cpu():
+    app = one_tier(cpu_ms=5.0, cv=0.0)
+    load = LoadSpec("constant", rps=10, duration_s=5)
+    _, obs = run(app, load, calibration=NO_RPC, host_cores=0.5)
+    assert obs[2].classes["req"].latency_ms["p50"] == pytest.approx(10.0, abs=1e-6)
+    assert obs[2].tiers["svc"].cpu_used == pytest.approx(0.05, abs=1e-9)
+
+
+def test_a_throttled_segment_frees_its_host_core():
+    # Tier a is squeezed to 0.1 core and spends most of each period throttled; tier b must
+    # not wait for those throttled segments on the one host core.
+    app = two_tiers()
+    alloc = Allocation.static_max(app).with_tier("a", cpu=0.1)
+    load = LoadSpec("constant", rps=40, duration_s=10)
+    _, obs = run(app, load, alloc, calibration=NO_RPC, host_cores=1)
+    assert sum(o.tiers["a"].throttled_periods for o in obs) > 20
+    assert obs[5].classes["b"].latency_ms["p99"] < 11.0  # at most one 5 ms segment ahead
+
+
+def test_calibrated_host_cores_apply_unless_overridden():
+    app, load = two_tiers(), LoadSpec("poisson", rps=160, duration_s=20, seed=4)
+    calib = {**NO_RPC, "host_cores": 1}
+    _, from_calib = run(app, load, interval_s=20, calibration=calib)
+    _, explicit = run(app, load, interval_s=20, calibration=NO_RPC, host_cores=1)
+    _, unlimited = run(app, load, interval_s=20, calibration=calib, host_cores=math.inf)
+    p99 = [o[0].classes["a"].latency_ms["p99"] for o in (from_calib, explicit, unlimited)]
+    assert p99[0] == p99[1]
+    assert p99[2] < 0.5 * p99[0]
+    with pytest.raises(LeanstackError, match="host_cores must be above 0"):
+        SimBackend(host_cores=0)
+
+
+def test_memcached_calls_block_the_caller_and_run_one_by_one():
+    ten_ms = {"dist": "constant", "mean_ms": 10.0, "cv": 0.0}
+    calib = {**NO_RPC, "storage": {"cache.get": ten_ms, "store.get": ten_ms}}
+    load = LoadSpec("constant", rps=4, duration_s=5)
+    _, mc = run(storage_app("memcached"), load, calibration=calib)
+    _, rd = run(storage_app("redis"), load, calibration=calib)
+    # the memcached get finishes before the redis get is sent; two redis gets overlap
+    assert mc[3].classes["get"].latency_ms["p50"] == pytest.approx(20.0, abs=1e-6)
+    assert rd[3].classes["get"].latency_ms["p50"] == pytest.approx(10.0, abs=1e-6)
+    busy = LoadSpec("poisson", rps=40, duration_s=20, seed=5)
+    _, mc = run(storage_app("memcached"), busy, interval_s=20, calibration=calib)
+    _, rd = run(storage_app("redis"), busy, interval_s=20, calibration=calib)
+    # a ping that lands while front waits on memcached waits too; with redis it does not
+    assert rd[0].classes["ping"].latency_ms["p99"] < 3.0  # at most behind another ping
+    assert mc[0].classes["ping"].latency_ms["p99"] > 5.0
+
+
 def test_parallel_fan_out_takes_the_max_not_the_sum():
     load = LoadSpec("constant", rps=5, duration_s=4)
     _, par = run(fan_app([["a.x", "b.x"]]), load, calibration=NO_RPC)
@@ -150,6 +247,15 @@ def test_rpc_overheads_are_charged_at_caller_and_callee():
     # front: 0.5 in + 2 x 0.25 answers; a, b: 0.5 in + 10 each
     assert obs[1].classes["req"].latency_ms["p50"] == pytest.approx(22.0, abs=1e-6)
     assert obs[1].tiers["front"].cpu_used == pytest.approx(5 * 1.0e-3, rel=1e-6)
+
+
+def test_every_call_and_the_entry_take_the_rpc_delay_without_cpu():
+    rpc = {"callee_ms": 0.0, "caller_ms": 0.0, "storage_caller_ms": 0.0, "delay_ms": 1.5}
+    _, obs = run(fan_app([["a.x"], ["b.x"]]), LoadSpec("constant", rps=5, duration_s=3),
+                 calibration={**NO_RPC, "rpc": rpc})
+    # the load generator -> front, front -> a, front -> b: three delays on the path
+    assert obs[1].classes["req"].latency_ms["p50"] == pytest.approx(24.5, abs=1e-6)
+    assert obs[1].tiers["a"].cpu_used == pytest.approx(5 * 10e-3, rel=1e-6)
 
 
 def test_async_pipeline_completes_through_every_stage():

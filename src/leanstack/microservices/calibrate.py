@@ -8,7 +8,7 @@ The model is plain JSON::
                    {"dist": "gamma", "mean_ms": 0.4, "cv": 0.6, "n": 812}},
      "storage": {"user-store.get":
                  {"dist": "lognormal", "mean_ms": 0.09, "cv": 0.4, "n": 640}},
-     "spans": 5120, "source": "spans"}
+     "spans": 5120, "source": "spans", "host_cores": 2}
 
 - ``endpoints``: each logic endpoint's own-work CPU, from the span attribute ``leanstack.cpu_ms``;
 - ``storage``: each storage operation's time, from the storage (client) spans' durations, their
@@ -17,10 +17,16 @@ The model is plain JSON::
   children, minus its own work; the lower quartile per endpoint) regressed on the logic and
   storage answers it waited for.
 
-Given the run's observations as well (``source = "spans+cpu"``), the storage op times and RPC
-overheads come from tier CPU instead, and ``tiers.<name>.extra_ms`` holds the CPU per visit of a
-logic tier that those overheads leave unexplained (added to each visit's first segment), which
-is what makes per-tier CPU in the simulator match.
+Given the run's observations as well (``source = "spans+cpu"``), the storage op times (the
+server's CPU per call) and RPC overheads come from tier CPU instead, and
+``tiers.<name>.extra_ms`` holds the CPU per visit of a logic tier that those overheads leave
+unexplained (added to each visit's first segment), which is what makes per-tier CPU in the
+simulator match. ``rpc.delay_ms`` is then the wall time every call takes without costing CPU
+(loopback network, wake-ups, client queues), chosen so that the simulator's per-class median
+latencies under the run's allocation and rate add up to the observed ones.
+
+``host_cores`` is the core count of the machine the spans come from: the simulator shares that
+many cores between all tiers by default.
 
 Each distribution is a gamma or a lognormal with the samples' mean and coefficient of variation,
 whichever fits the samples with the higher likelihood (``constant`` when they do not vary).
@@ -45,17 +51,25 @@ from leanstack.microservices.observation import Observation, Span
 VERSION = 1
 DISTRIBUTIONS = ("gamma", "lognormal", "constant")
 RPC_KEYS = ("callee_ms", "caller_ms", "storage_caller_ms")
+RPC_OPTIONAL = ("delay_ms",)  # fitted only from observations
 CPU_ATTR = "leanstack.cpu_ms"
+DELAY_FIT_S = 30.0  # simulated seconds per trial when fitting the per-call delay
+DELAY_MAX_MS = 5.0
 
 
-def calibrate(app: AppSpec, spans: list[Span],
-              observations: list[Observation] | None = None) -> dict[str, Any]:
+def calibrate(app: AppSpec, spans: list[Span], observations: list[Observation] | None = None,
+              host_cores: float | None = None) -> dict[str, Any]:
     """Fit per-endpoint, per-storage-op and RPC-overhead service times from ``spans``.
 
     Pass the run's ``observations`` too and tier CPU becomes the witness for what spans cannot
     see: a storage op's time is its server's CPU per op, and the RPC overheads are what logic
     tiers burn per visit beyond their own work, regressed on their calls per visit.
+    ``host_cores``: cores of the machine that ran it (default: this machine's).
     """
+    if host_cores is None:
+        host_cores = os.cpu_count() or 1
+    if not (_number(host_cores) and host_cores > 0):
+        raise LeanstackError(f"host_cores must be a number above 0, got {host_cores!r}")
     from leanstack.microservices.sim import DEFAULT_RPC
 
     children: dict[str, list[Span]] = defaultdict(list)
@@ -98,12 +112,13 @@ def calibrate(app: AppSpec, spans: list[Span],
     extra: dict[str, float] = {}
     if observations:
         per_op = _cpu_per_request_ms(observations)
+        per_call = _storage_cpu_per_call_ms(app, spans, observations)
         for key, d in storage.items():
-            server = per_op.get(key.split(".", 1)[0])
+            server = per_call.get(key.split(".", 1)[0])
             if server:
                 storage[key] = {**d, "mean_ms": server}
         rpc, extra = _fit_rpc_from_cpu(app, cpu, calls, per_op, rpc)
-    return {
+    model = {
         "version": VERSION,
         "app": app.name,
         "rpc": rpc,
@@ -112,7 +127,34 @@ def calibrate(app: AppSpec, spans: list[Span],
         "tiers": {t: {"extra_ms": v} for t, v in sorted(extra.items())},
         "spans": used,
         "source": "spans+cpu" if observations else "spans",
+        "host_cores": host_cores,
     }
+    if observations:
+        model["rpc"]["delay_ms"] = _fit_delay_ms(app, model, observations)
+    return model
+
+
+def observations_of(result_path: str | Path,
+                    app: AppSpec) -> tuple[list[Observation], float | None]:
+    """The observations in an experiment result's timeline and the core count of the machine
+    that ran it (``None`` when the result does not say)."""
+    from leanstack.microservices.result import load_result
+
+    result = load_result(result_path)
+    if result["app"] != app.name:
+        raise LeanstackError(f"{result_path}: a result of app '{result['app']}', not "
+                             f"'{app.name}' — pass the result of the run the spans come from")
+    try:
+        observations = [Observation.from_dict(e) for e in result["timeline"]]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise LeanstackError(f"{result_path}: malformed timeline entry ({type(e).__name__}: "
+                             f"{e}) — pass a file written by 'leanstack micro run'") from None
+    if not observations:
+        raise LeanstackError(f"{result_path}: the timeline is empty — pass the result of a run "
+                             "that observed at least one interval")
+    cores = result["environment"].get("cpu_count") if isinstance(
+        result["environment"], dict) else None
+    return observations, cores if _number(cores) and cores > 0 else None
 
 
 def fit_distribution(samples_ms: list[float]) -> dict[str, Any]:
@@ -182,10 +224,13 @@ def check_calibration(model: Any, where: str = "calibration") -> None:
     if not isinstance(rpc, dict):
         raise bad("rpc", "expected an object of RPC overheads")
     for k, v in rpc.items():
-        if k not in RPC_KEYS:
-            raise bad(f"rpc.{k}", f"unknown key (use {', '.join(RPC_KEYS)})")
+        if k not in RPC_KEYS + RPC_OPTIONAL:
+            raise bad(f"rpc.{k}", f"unknown key (use {', '.join(RPC_KEYS + RPC_OPTIONAL)})")
         if not _number(v) or v < 0:
             raise bad(f"rpc.{k}", f"expected a number >= 0, got {v!r}")
+    host_cores = model.get("host_cores")
+    if host_cores is not None and not (_number(host_cores) and host_cores > 0):
+        raise bad("host_cores", f"expected a number > 0, got {host_cores!r}")
     tiers = model.get("tiers", {})
     if not isinstance(tiers, dict):
         raise bad("tiers", "expected an object of per-tier corrections")
@@ -276,6 +321,83 @@ def _cpu_per_request_ms(observations: list[Observation]) -> dict[str, float]:
                 cpu_s[name] += t.cpu_used * o.interval_s
                 served[name] += t.rps * o.interval_s
     return {n: 1e3 * cpu_s[n] / served[n] for n in cpu_s if served[n] > 0}
+
+
+def _class_p50s(observations: list[Observation]) -> dict[str, float]:
+    """Per class: the median over intervals (with completions) of the interval's p50."""
+    out = {}
+    for name in observations[0].classes:
+        vals = [o.classes[name].latency_ms["p50"] for o in observations
+                if name in o.classes and o.classes[name].completed]
+        if vals:
+            out[name] = float(np.median(vals))
+    return out
+
+
+def _fit_delay_ms(app: AppSpec, model: dict[str, Any], observations: list[Observation]) -> float:
+    """The per-call wall-time delay (no CPU) that makes the simulator's per-class median
+    latencies add up to the observed ones, under the observed allocation and mean rate.
+
+    Bisection over simulations of the same length (at most DELAY_FIT_S): latency grows with
+    the delay, and ~0.05 ms resolution is far below the run-to-run noise.
+    """
+    from leanstack.microservices.load import LoadSpec
+    from leanstack.microservices.observation import Allocation, TierAllocation
+    from leanstack.microservices.sim import SimBackend
+
+    target = _class_p50s(observations)
+    first = observations[0]
+    rate = float(np.mean([o.offered_rps for o in observations]))
+    seconds = min(sum(o.interval_s for o in observations), DELAY_FIT_S)
+    if not target or rate <= 0 or any(n not in first.tiers for n in app.services):
+        return 0.0
+    alloc = Allocation({n: TierAllocation(t.cpu_limit, max(t.replicas, 1))
+                        for n, t in first.tiers.items() if n in app.services})
+    load = LoadSpec("poisson", rps=rate, duration_s=seconds, seed=0)
+
+    def excess(delay_ms: float) -> float:
+        sim = SimBackend(interval_s=first.interval_s, calibration={
+            **model, "rpc": {**model["rpc"], "delay_ms": delay_ms}})
+        sim.deploy(app, alloc)
+        sim.start(load)
+        obs = [sim.observe() for _ in range(max(int(seconds / first.interval_s), 1))]
+        got = _class_p50s(obs)
+        return sum(got.get(c, 0.0) - v for c, v in target.items())
+
+    lo, hi = 0.0, DELAY_MAX_MS
+    if excess(lo) >= 0:
+        return 0.0
+    if excess(hi) <= 0:
+        return hi
+    for _ in range(7):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if excess(mid) < 0 else (lo, mid)
+    return (lo + hi) / 2
+
+
+def _storage_cpu_per_call_ms(app: AppSpec, spans: list[Span],
+                             observations: list[Observation]) -> dict[str, float]:
+    """Per storage tier: its CPU rate over the observations / its call rate in the spans.
+
+    Calls, not the server's own operation count: a redis pipeline (``zadd`` trims its set too)
+    is one call of several commands, and the simulator charges per call.
+    """
+    t0 = min((s.start_ns for s in spans), default=0)
+    t1 = max((s.end_ns for s in spans), default=0)
+    seconds = sum(o.interval_s for o in observations)
+    if t1 <= t0 or seconds <= 0:
+        return {}
+    calls: dict[str, int] = defaultdict(int)
+    for s in spans:
+        if _is_storage(app, s):
+            calls[s.service] += 1
+    out = {}
+    for name, n in calls.items():
+        cpu_s = sum(o.tiers[name].cpu_used * o.interval_s for o in observations
+                    if name in o.tiers)
+        if cpu_s > 0:
+            out[name] = 1e3 * (cpu_s / seconds) / (n / ((t1 - t0) / 1e9))
+    return out
 
 
 def _fit_rpc_from_cpu(app: AppSpec, own: dict[str, list[float]],

@@ -167,12 +167,16 @@ def _tier_figure(tl: list[dict[str, Any]]) -> Figure:
         name = tiers[i]
         alloc = [e["allocation"][name]["cpu"] for e in tl]
         used = [e["tiers"].get(name, {}).get("cpu_used", 0.0) for e in tl]
-        ax.fill_between(t, used, step="pre", alpha=0.4, color="#ff7f0e")
-        ax.step(t, alloc, where="pre", lw=1.0, color="#1f77b4")
+        ax.fill_between(t, used, step="pre", alpha=0.4, color="#ff7f0e", label="used")
+        ax.step(t, alloc, where="pre", lw=1.0, color="#1f77b4", label="allocated")
         ax.set_title(name, fontsize=8, loc="left")
         ax.set_ylim(0, max(max(alloc), max(used), 0.1) * 1.15)
         ax.tick_params(labelsize=7)
-    fig.tight_layout()
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", ncols=2, fontsize=8)
+    fig.supxlabel("time (s)", fontsize=8)
+    fig.supylabel("CPU cores", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return fig
 
 

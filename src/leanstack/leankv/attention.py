@@ -1,0 +1,90 @@
+"""Attention over the store: each (request, KV head) attends to its own variable-length set of
+kept tokens, gathered and de-quantized into one padded batch. Registered with transformers as
+the ``leankv`` attention implementation."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+import torch
+
+ATTENTION_NAME = "leankv"
+# The LeanKVCache whose update() ran last in this context; its layer owns the coming attention.
+ACTIVE_CACHE: ContextVar[Any] = ContextVar("leankv_active_cache", default=None)
+
+
+def sparse_attention(query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
+                     pos: torch.Tensor, num_kv_heads: int, q_pos: torch.Tensor,
+                     mask: torch.Tensor | None, scaling: float,
+                     query_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention where KV head ``g = b * num_kv_heads + h`` sees only its tokens.
+
+    ``query`` is [B, Hq, Q, D]; ``k, v`` [n, D] hold every kept token, ``group[i]`` its (request,
+    head) and ``pos[i]`` its cache index; ``q_pos`` [Q] are the queries' cache indices. ``mask``
+    is transformers' 4D mask over cache indices (bool, or float with 0 = attend) or None for
+    plain causal. Returns the output [B, Q, Hq, D] and the attention mass each token received
+    (summed over the queries, each scaled by ``query_weight`` [Q] if given, and the query heads
+    that share its KV head).
+    """
+    b_size, hq, q_len, dim = query.shape
+    heads = num_kv_heads
+    n_groups = b_size * heads
+    rep = hq // heads
+    order = torch.argsort(pos, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    counts = torch.bincount(group, minlength=n_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(group)
+    slot[order] = torch.arange(group.numel(), device=group.device) - starts[group[order]]
+    width = max(int(counts.max()) if group.numel() else 0, 1)
+    keys = torch.zeros(n_groups, width, dim, dtype=torch.float32, device=query.device)
+    vals = torch.zeros_like(keys)
+    kpos = torch.full((n_groups, width), -1, dtype=torch.int64, device=query.device)
+    keys[group, slot] = k.float()
+    vals[group, slot] = v.float()
+    kpos[group, slot] = pos
+    qh = query.float().reshape(n_groups, rep * q_len, dim)
+    logits = torch.bmm(qh, keys.transpose(1, 2)) * scaling
+    qp = q_pos.repeat(rep)  # row r = head_in_group * Q + q
+    allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= qp.view(1, -1, 1))
+    if mask is not None:
+        m = mask[:, 0]
+        m = m if m.dtype == torch.bool else m == 0
+        m = m.repeat_interleave(heads, 0)  # [B*H, Q, T]
+        idx = kpos.clamp_min(0).unsqueeze(1).expand(-1, q_len, -1)
+        allowed &= torch.gather(m, 2, idx).repeat(1, rep, 1)
+    logits = logits.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(logits, -1).nan_to_num(0.0)  # rows with nothing visible give zeros
+    out = torch.bmm(probs, vals).reshape(b_size, hq, q_len, dim).transpose(1, 2)
+    if query_weight is not None:
+        probs = probs * query_weight.repeat(rep).view(1, -1, 1)
+    mass = probs.sum(1)[group, slot]
+    return out.to(query.dtype), mass
+
+
+def leankv_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                     value: torch.Tensor, attention_mask: torch.Tensor | None,
+                     scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """transformers attention function: attend over the LeanKV store when ``key`` came from a
+    :class:`LeanKVCache`, otherwise fall back to SDPA (so other caches keep working)."""
+    cache = ACTIVE_CACHE.get()
+    layer = cache.layers[module.layer_idx] if cache is not None else None
+    if layer is None or not layer.owns(key):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      scaling=scaling, dropout=dropout, **kwargs)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+    return layer.attend(query, attention_mask, scaling), None
+
+
+def register_attention() -> None:
+    """Make ``leankv`` a known attention implementation (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION_NAME, leankv_attention)
+    AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)

@@ -1,0 +1,90 @@
+"""LeanKV settings: the precision of each tier, the two significance thresholds, and presets."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from leanstack.errors import LeanstackError
+from leanstack.leankv.quant import RAW_BITS, check_bits
+
+
+@dataclass(frozen=True)
+class LeanKVConfig:
+    """How LeanKV compresses a KV cache.
+
+    Tokens live in three stored tiers plus "pruned". The first ``sink_tokens`` tokens and the
+    most recent ``recent_window`` stay in the *full* tier (``full_bits``: 16 or 32). Older tokens
+    are ranked per request and KV head by significance: the smallest set covering ``hi_mass`` of
+    the head's attention mass goes to the *high* tier (``hi_bits`` = key bits, value bits), the
+    set up to ``keep_mass`` to the *low* tier (``lo_bits``), the rest is pruned. Tokens are only
+    ever demoted. Re-tiering runs every ``retier_every`` new tokens. ``score_decay`` below 1
+    weighs recent queries' attention more (an exponential observation window); 1 accumulates.
+    """
+
+    hi_bits: tuple[int, int] = (8, 4)
+    lo_bits: tuple[int, int] = (4, 2)
+    hi_mass: float = 0.9
+    keep_mass: float = 0.99
+    sink_tokens: int = 4
+    recent_window: int = 32
+    full_bits: int = 16
+    group: int = 64
+    page_bytes: int = 2048
+    retier_every: int = 16
+    score_decay: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("hi_bits", "lo_bits"):
+            pair = getattr(self, name)
+            if not (isinstance(pair, tuple | list) and len(pair) == 2):
+                raise LeanstackError(f"{name} must be (key_bits, value_bits), got {pair!r}")
+            object.__setattr__(self, name, tuple(int(b) for b in pair))
+            for b in getattr(self, name):
+                check_bits(b)
+        if self.full_bits not in RAW_BITS:
+            raise LeanstackError(f"full_bits must be 16 or 32, got {self.full_bits}")
+        if not 0.0 <= self.hi_mass <= self.keep_mass <= 1.0:
+            raise LeanstackError(
+                f"need 0 <= hi_mass <= keep_mass <= 1, got {self.hi_mass} and {self.keep_mass}"
+            )
+        for name in ("sink_tokens", "recent_window"):
+            if getattr(self, name) < 0:
+                raise LeanstackError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 < self.score_decay <= 1.0:
+            raise LeanstackError(f"score_decay must be in (0, 1], got {self.score_decay}")
+        for name in ("group", "page_bytes", "retier_every"):
+            if getattr(self, name) <= 0:
+                raise LeanstackError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> LeanKVConfig:
+        """A named preset (``lossless``, ``balanced``, ``aggressive``, ``exact``) with overrides."""
+        if name not in PRESETS:
+            raise LeanstackError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+        return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LeanKVConfig:
+        """Build from a dict (e.g. JSON), naming any unknown key."""
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise LeanstackError(f"unknown LeanKV setting {key!r}: use one of {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRESETS: dict[str, LeanKVConfig] = {
+    # Everything at full fp32 precision, nothing pruned: reproduces the dense cache.
+    "exact": LeanKVConfig(full_bits=32, hi_bits=(32, 32), lo_bits=(32, 32), hi_mass=1.0,
+                          keep_mass=1.0),
+    # Everything kept at K8V4 (keys need the bits) except the last 0.1% of each head's mass.
+    "lossless": LeanKVConfig(hi_bits=(8, 4), lo_bits=(8, 4), hi_mass=0.9, keep_mass=0.999),
+    # Prune the last 1% of each head's attention mass.
+    "balanced": LeanKVConfig(hi_bits=(8, 4), lo_bits=(8, 4), hi_mass=0.9, keep_mass=0.99),
+    # Low-significance tokens at K4V2, the last 10% of the mass pruned.
+    "aggressive": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 2), hi_mass=0.6, keep_mass=0.9),
+}

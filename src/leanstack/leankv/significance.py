@@ -1,0 +1,70 @@
+"""Token significance and per-head tier assignment.
+
+Significance of a token is the attention mass it has received, divided by how many queries
+could see it (so old and new tokens compare fairly). Per request and KV head, tokens are ranked
+by significance and kept until their cumulative share of the head's total reaches a threshold:
+a head whose attention is concentrated keeps few tokens, a diffuse head keeps many.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from leanstack.leankv.config import LeanKVConfig
+from leanstack.leankv.store import PRUNED, TIER_FULL, TIER_HI, TIER_LO
+
+
+def normalized_significance(score: torch.Tensor, pos: torch.Tensor, seq_len: int,
+                            decay: float = 1.0) -> torch.Tensor:
+    """Accumulated (optionally decayed) attention mass per query that could see the token."""
+    seen = (seq_len - pos).clamp_min(1).to(score.dtype)
+    if decay < 1.0:
+        seen = (1 - decay ** seen) / (1 - decay)
+    return score / seen
+
+
+def cumulative_share(group: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rank tokens within each group by significance (descending); return, per token, the share
+    of its group's total mass held by the tokens ranked strictly above it, and the group total."""
+    order = torch.argsort(sig, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    g, s = group[order], sig[order]
+    n_groups = int(group.max()) + 1 if group.numel() else 0
+    total = torch.zeros(n_groups, dtype=sig.dtype, device=sig.device).index_add_(0, group, sig)
+    csum = torch.cumsum(s, 0)
+    counts = torch.bincount(g, minlength=n_groups)
+    group_start = torch.cumsum(counts, 0) - counts
+    before_group = torch.where(group_start > 0, csum[(group_start - 1).clamp_min(0)],
+                               torch.zeros_like(total))
+    above = csum - s - before_group[g]
+    share = torch.empty_like(sig)
+    share[order] = above / total[g].clamp_min(1e-30)
+    return share, total
+
+
+def assign_tiers(config: LeanKVConfig, group: torch.Tensor, pos: torch.Tensor,
+                 score: torch.Tensor, tier: torch.Tensor, seq_len: int,
+                 first_valid: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+    """New tier (0 full, 1 high, 2 low, 3 pruned) of each token; never promotes.
+
+    ``group`` identifies the (request, KV head) of each token, ``first_valid[b]`` is the first
+    non-padding position of request ``b`` (sinks count from there).
+    """
+    rel = pos - first_valid[batch]
+    protected = ((rel >= 0) & (rel < config.sink_tokens)) | (pos >= seq_len - config.recent_window)
+    sig = normalized_significance(score, pos, seq_len, config.score_decay)
+    sig = torch.where(rel < 0, torch.zeros_like(sig), sig)  # padding never matters
+    # Shares are of the mass of the tokens up for decision: sinks often draw most of a head's
+    # attention and would otherwise let the thresholds prune nearly everything else.
+    sig = torch.where(protected, torch.zeros_like(sig), sig)
+    share, _ = cumulative_share(group, sig)
+    new = torch.full_like(tier, PRUNED)
+    new = torch.where(share < config.keep_mass, torch.full_like(tier, TIER_LO), new)
+    new = torch.where(share < config.hi_mass, torch.full_like(tier, TIER_HI), new)
+    new = torch.where(sig <= 0, torch.full_like(tier, PRUNED), new)  # never attended to
+    if config.keep_mass >= 1.0:  # keep everything that is not padding
+        new = torch.where((new == PRUNED) & (rel >= 0), torch.full_like(tier, TIER_LO), new)
+    if config.hi_mass >= 1.0:
+        new = torch.where(new == TIER_LO, torch.full_like(tier, TIER_HI), new)
+    new = torch.where(protected & (rel >= 0), torch.full_like(tier, TIER_FULL), new)
+    return torch.maximum(new, tier)

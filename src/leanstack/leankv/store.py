@@ -1,0 +1,137 @@
+"""The paged KV store: per (request, layer, KV head, tier) page tables over one :class:`PagePool`.
+
+Tier 0 is the full-precision tier, 1 the high tier, 2 the low tier; a page of a lower tier holds
+more tokens because its records are smaller. All reads and writes for a layer touch every
+request and head at once through flat index tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from leanstack.errors import LeanstackError
+from leanstack.leankv.config import LeanKVConfig
+from leanstack.leankv.pages import PagePool
+from leanstack.leankv.records import RecordLayout
+
+TIER_FULL, TIER_HI, TIER_LO, PRUNED = 0, 1, 2, 3
+NUM_TIERS = 3
+
+
+@dataclass
+class TokenRecords:
+    """Stored tokens of one layer and tier, flattened across requests and heads."""
+
+    records: torch.Tensor  # uint8 [n, record size]
+    batch: torch.Tensor  # int64 [n] request index
+    head: torch.Tensor  # int64 [n] KV head index
+    byte_base: torch.Tensor  # int64 [n] where each record starts in the pool's flat bytes
+
+
+class KVStore:
+    """Paged storage for ``batch_size`` requests of a model with the given shape."""
+
+    def __init__(self, config: LeanKVConfig, num_layers: int, num_kv_heads: int, head_dim: int,
+                 batch_size: int, device: str | torch.device = "cpu", initial_pages: int = 64):
+        bits = [(config.full_bits, config.full_bits), config.hi_bits, config.lo_bits]
+        self.layouts = [RecordLayout(head_dim, kb, vb, config.group) for kb, vb in bits]
+        if head_dim % self.layouts[0].group:
+            raise LeanstackError(f"group {config.group} must divide head_dim {head_dim}")
+        self.tokens_per_page = [config.page_bytes // lay.size for lay in self.layouts]
+        if min(self.tokens_per_page) < 1:
+            biggest = max(lay.size for lay in self.layouts)
+            raise LeanstackError(
+                f"page_bytes {config.page_bytes} is smaller than one record ({biggest} B): "
+                "raise page_bytes"
+            )
+        self.num_layers, self.num_kv_heads, self.batch_size = num_layers, num_kv_heads, batch_size
+        self.pool = PagePool(initial_pages, config.page_bytes, device)
+        self.length = torch.zeros(batch_size * num_layers * num_kv_heads * NUM_TIERS,
+                                  dtype=torch.int64, device=device)
+
+    def table_ids(self, layer: int, tier: int) -> torch.Tensor:
+        """Table ids of (every request, every KV head) of ``layer`` and ``tier``, request-major."""
+        dev = self.length.device
+        b = torch.arange(self.batch_size, device=dev).repeat_interleave(self.num_kv_heads)
+        h = torch.arange(self.num_kv_heads, device=dev).repeat(self.batch_size)
+        return ((b * self.num_layers + layer) * self.num_kv_heads + h) * NUM_TIERS + tier
+
+    def _bytes_index(self, base: torch.Tensor, size: int) -> torch.Tensor:
+        return base.unsqueeze(1) + torch.arange(size, device=base.device)
+
+    def _locate(self, tables: torch.Tensor, index: torch.Tensor, tier: int) -> torch.Tensor:
+        """Byte base of token ``index[i]`` within table ``tables[i]``."""
+        uniq, inverse = torch.unique(tables, return_inverse=True)
+        pages, counts = self.pool.pages_of(uniq)
+        first = torch.cumsum(counts, 0) - counts
+        tpp = self.tokens_per_page[tier]
+        page = pages[first[inverse] + index // tpp]
+        return page * self.pool.page_bytes + (index % tpp) * self.layouts[tier].size
+
+    def append(self, layer: int, tier: int, batch: torch.Tensor, head: torch.Tensor,
+               records: torch.Tensor) -> None:
+        """Append encoded records of ``tier`` to the tables of (batch[i], head[i])."""
+        if records.shape[0] == 0:
+            return
+        tables = ((batch * self.num_layers + layer) * self.num_kv_heads + head) * NUM_TIERS + tier
+        order = torch.argsort(tables, stable=True)
+        tables, records = tables[order], records[order]
+        uniq, counts = torch.unique_consecutive(tables, return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(tables.numel(), device=tables.device) - starts.repeat_interleave(counts)
+        old = self.length[uniq]
+        tpp = self.tokens_per_page[tier]
+        need = (old + counts + tpp - 1) // tpp - (old + tpp - 1) // tpp
+        shortfall = int(need.sum()) - self.pool.num_free
+        if shortfall > 0:
+            self.pool.grow(max(2 * self.pool.num_pages, self.pool.num_pages + shortfall))
+        self.pool.allocate(uniq, need, first_slot=(old + tpp - 1) // tpp)
+        self.length[uniq] = old + counts
+        base = self._locate(tables, old.repeat_interleave(counts) + rank, tier)
+        flat = self.pool.data.view(-1)
+        flat[self._bytes_index(base, records.shape[1])] = records
+
+    def read(self, layer: int, tier: int) -> TokenRecords:
+        """Every stored record of ``layer`` and ``tier``, with its request and head."""
+        tables = self.table_ids(layer, tier)
+        lengths = self.length[tables]
+        n = int(lengths.sum())
+        size, tpp = self.layouts[tier].size, self.tokens_per_page[tier]
+        if n == 0:
+            empty = torch.zeros(0, dtype=torch.int64, device=tables.device)
+            return TokenRecords(torch.zeros(0, size, dtype=torch.uint8), empty, empty, empty)
+        pages, page_counts = self.pool.pages_of(tables)
+        first_page = torch.cumsum(page_counts, 0) - page_counts
+        starts = torch.cumsum(lengths, 0) - lengths
+        which = torch.repeat_interleave(torch.arange(tables.numel(), device=tables.device), lengths)
+        index = torch.arange(n, device=tables.device) - starts[which]
+        # Gather whole pages (row copies), view them as records, keep the filled slots.
+        rows = self.pool.data[pages][:, :tpp * size].reshape(-1, size)
+        records = rows[first_page[which] * tpp + index]
+        page = pages[first_page[which] + index // tpp]
+        base = page * self.pool.page_bytes + (index % tpp) * size
+        return TokenRecords(records, which // self.num_kv_heads, which % self.num_kv_heads, base)
+
+    def write_scores(self, tier: int, byte_base: torch.Tensor, scores: torch.Tensor) -> None:
+        """Overwrite the significance score field of the records at ``byte_base``."""
+        off = self.layouts[tier].score_offset
+        raw = scores.to(torch.float32).reshape(-1, 1).view(torch.uint8)
+        self.pool.data.view(-1)[self._bytes_index(byte_base + off, 4)] = raw
+
+    def clear(self, layer: int, tier: int) -> None:
+        """Drop every token of ``layer`` and ``tier`` and free their pages."""
+        tables = self.table_ids(layer, tier)
+        self.pool.free(tables)
+        self.length[tables] = 0
+
+    def tokens_held(self) -> int:
+        """Records stored, over all requests, layers, heads and tiers."""
+        return int(self.length.sum())
+
+    def bytes_held(self) -> int:
+        """Bytes this store really holds: its pages (slack included) plus page tables and
+        per-table token counts."""
+        return (self.pool.num_allocated * self.pool.page_bytes + self.pool.table_bytes()
+                + self.length.numel() * self.length.element_size())

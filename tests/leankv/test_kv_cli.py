@@ -1,0 +1,87 @@
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from leanstack.errors import LeanstackError
+from leanstack.leankv.cli import build_config, kv_app
+
+KEYS = {"compression", "ppl_fp16", "ppl", "ppl_increase_pct", "kl", "top1_agreement",
+        "retrieval_acc_fp16", "retrieval_acc"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny")
+    text = ("the grass is green sky blue sun yellow here we go there and back again pass key "
+            "remember it what find info hidden inside a lot of irrelevant text memorize")
+    words = text.split(" ")
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab |= {str(d): len(vocab) + d for d in range(10)} | {"<unk>": len(vocab) + 10}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<unk>")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_kv_eval_writes_all_metrics(tiny_model_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(["the grass is green and the sky is blue"] * 20))
+    out = tmp_path / "res" / "eval.json"
+    result = CliRunner().invoke(kv_app, [
+        "eval", "--preset", "aggressive", "--out", str(out), "--model", str(tiny_model_dir),
+        "--text", str(text), "--prefix", "40", "--decode", "24", "--passkey-trials", "1",
+        "--passkey-length", "40", "--window", "4", "--hi-bits", "8,8"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert set(data) >= KEYS
+    assert data["config"]["hi_bits"] == [8, 8] and data["config"]["recent_window"] == 4
+    assert data["ppl"] > 0 and 0 <= data["top1_agreement"] <= 1
+    assert "| aggressive |" in result.output
+    assert not [p for p in out.parent.iterdir() if p != out]  # no temp files left
+
+
+def test_exact_preset_has_no_loss(tiny_model_dir, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(["we go there and back again"] * 20))
+    out = tmp_path / "exact.json"
+    result = CliRunner().invoke(kv_app, [
+        "eval", "--preset", "exact", "--out", str(out), "--model", str(tiny_model_dir),
+        "--text", str(text), "--prefix", "20", "--decode", "20", "--passkey-trials", "0"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert abs(data["ppl_increase_pct"]) < 1e-3 and data["top1_agreement"] == 1.0
+
+
+def test_bad_cli_input_is_one_line_error(tmp_path):
+    with pytest.raises(LeanstackError, match="KEY,VALUE"):
+        build_config("balanced", hi_bits="8")
+    result = CliRunner().invoke(kv_app, ["eval", "--preset", "nope", "--out", str(tmp_path / "x")])
+    assert isinstance(result.exception, LeanstackError)
+    assert "unknown preset" in str(result.exception)
+    result = CliRunner().invoke(kv_app, ["eval", "--out", str(tmp_path / "x"), "--text",
+                                         str(tmp_path / "missing.txt")])
+    assert "not found" in str(result.exception)
+
+
+def test_kv_chat_one_prompt(tiny_model_dir):
+    result = CliRunner().invoke(kv_app, ["chat", "--model", str(tiny_model_dir), "--prompt",
+                                         "the sky", "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
+    assert "kv cache:" in result.output
+
+
+def test_kv_chat_repl_reads_stdin_until_eof(tiny_model_dir):
+    result = CliRunner().invoke(kv_app, ["chat", "--model", str(tiny_model_dir),
+                                         "--max-new-tokens", "2"], input="the sky\n\nwe go\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.count("kv cache:") == 2  # two questions, the blank line skipped

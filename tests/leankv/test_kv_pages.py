@@ -1,0 +1,118 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leanstack.errors import LeanstackError
+from leanstack.leankv.pages import FREE, PagePool, PoolExhausted
+
+
+def check_invariants(pool: PagePool) -> None:
+    owned = pool.owner != FREE
+    assert pool.num_allocated + pool.num_free == pool.num_pages
+    assert bool(((pool.slot == FREE) == ~owned).all())
+    # the free stack holds exactly the free pages, each once
+    stack = pool.free_stack[:pool.num_free]
+    assert sorted(stack.tolist()) == torch.nonzero(~owned).squeeze(1).tolist()
+    # no page owned twice: each (table, slot) pair appears once and slots run 0..n-1
+    pairs = torch.stack([pool.owner[owned], pool.slot[owned]], 1)
+    assert torch.unique(pairs, dim=0).shape[0] == pairs.shape[0]
+    for t in torch.unique(pool.owner[owned]).tolist():
+        slots = sorted(pool.slot[pool.owner == t].tolist())
+        assert slots == list(range(len(slots)))
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("alloc"), st.lists(st.tuples(st.integers(0, 7), st.integers(0, 4)),
+                                             max_size=5, unique_by=lambda x: x[0])),
+        st.tuples(st.just("free"), st.lists(st.integers(0, 7), max_size=3)),
+        st.tuples(st.just("compact"), st.just(None)),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(ops=ops)
+def test_pool_invariants_under_random_operations(ops):
+    pool = PagePool(24, 8)
+    model: dict[int, list[int]] = {}  # table -> page ids in slot order (a reference free list)
+    content: dict[int, list[bytes]] = {}
+    stamp = 0
+    for op, arg in ops:
+        if op == "alloc":
+            tables = torch.tensor([t for t, _ in arg], dtype=torch.int64)
+            counts = torch.tensor([c for _, c in arg], dtype=torch.int64)
+            want = int(counts.sum())
+            if want > pool.num_free:
+                with pytest.raises(PoolExhausted):
+                    pool.allocate(tables, counts)
+                continue
+            ids = pool.allocate(tables, counts).tolist()
+            i = 0
+            for t, c in arg:
+                for pid in ids[i:i + c]:
+                    stamp += 1
+                    pool.data[pid] = stamp % 256
+                    model.setdefault(t, []).append(pid)
+                    content.setdefault(t, []).append(bytes([stamp % 256] * 8))
+                i += c
+        elif op == "free":
+            freed = pool.free(torch.tensor(arg, dtype=torch.int64))
+            assert freed == sum(len(model.pop(t, [])) for t in set(arg))
+            for t in set(arg):
+                content.pop(t, None)
+        else:
+            mapping = pool.compact()
+            assert pool.is_compact()
+            model = {t: [int(mapping[p]) for p in ps] for t, ps in model.items()}
+        check_invariants(pool)
+        tables = torch.tensor(sorted(model), dtype=torch.int64)
+        pages, counts = pool.pages_of(tables)
+        assert counts.tolist() == [len(model[t]) for t in sorted(model)]
+        assert pages.tolist() == [p for t in sorted(model) for p in model[t]]
+        # contents follow their pages through compaction
+        assert [bytes(pool.data[p].tolist()) for p in pages.tolist()] == [
+            b for t in sorted(model) for b in content[t]]
+
+
+def test_allocate_is_batched_and_appends_slots():
+    pool = PagePool(10, 4)
+    first = pool.allocate(torch.tensor([5, 2]), torch.tensor([2, 3]))
+    assert first.tolist() == [0, 1, 2, 3, 4]
+    pool.allocate(torch.tensor([2]), torch.tensor([1]))
+    pages, counts = pool.pages_of(torch.tensor([2, 5, 9]))
+    assert counts.tolist() == [4, 2, 0]
+    assert pool.slot[pages[:4]].tolist() == [0, 1, 2, 3]
+
+
+def test_compaction_makes_free_space_contiguous_and_keeps_contents():
+    pool = PagePool(8, 2)
+    pool.allocate(torch.tensor([0, 1, 2]), torch.tensor([2, 2, 2]))
+    pool.data[:6] = torch.arange(6, dtype=torch.uint8).unsqueeze(1)
+    pool.free(torch.tensor([0]))
+    assert not pool.is_compact()
+    pool.compact()
+    assert pool.is_compact()
+    pages, _ = pool.pages_of(torch.tensor([1, 2]))
+    assert pool.data[pages, 0].tolist() == [2, 3, 4, 5]
+
+
+def test_exhaustion_and_grow():
+    pool = PagePool(2, 4)
+    with pytest.raises(PoolExhausted, match="exhausted"):
+        pool.allocate(torch.tensor([0]), torch.tensor([3]))
+    assert pool.num_free == 2  # a failed allocation takes nothing
+    pool.allocate(torch.tensor([1]), torch.tensor([1]))
+    pool.grow(5)
+    assert pool.free_stack.numel() == 5
+    pool.free(torch.tensor([1]))
+    assert pool.allocate(torch.tensor([0]), torch.tensor([3])).numel() == 3
+    assert pool.table_bytes() == 3 * 16
+    check_invariants(pool)
+
+
+def test_bad_pool_shape():
+    with pytest.raises(LeanstackError, match="page pool"):
+        PagePool(4, 0)

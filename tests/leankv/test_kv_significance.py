@@ -1,0 +1,67 @@
+import torch
+
+from leanstack.leankv.config import LeanKVConfig
+from leanstack.leankv.significance import assign_tiers, cumulative_share
+from leanstack.leankv.store import PRUNED, TIER_FULL, TIER_HI, TIER_LO
+
+
+def test_cumulative_share_ranks_within_each_group():
+    group = torch.tensor([0, 0, 0, 1, 1])
+    sig = torch.tensor([0.2, 0.5, 0.3, 1.0, 3.0])
+    share, total = cumulative_share(group, sig)
+    assert torch.allclose(total, torch.tensor([1.0, 4.0]))
+    assert torch.allclose(share, torch.tensor([0.8, 0.0, 0.5, 0.75, 0.0]))
+
+
+def test_concentrated_head_keeps_fewer_tokens_than_diffuse_head():
+    n = 40
+    cfg = LeanKVConfig(sink_tokens=0, recent_window=0, hi_mass=0.5, keep_mass=0.9)
+    pos = torch.arange(n).repeat(2)
+    group = torch.arange(2).repeat_interleave(n)
+    concentrated = torch.zeros(n)
+    concentrated[:3] = torch.tensor([10.0, 5.0, 1.0])
+    diffuse = torch.ones(n)
+    score = torch.cat([concentrated, diffuse]) * (n - pos)  # undo the per-query normalisation
+    tier = torch.full((2 * n,), TIER_FULL)
+    new = assign_tiers(cfg, group, pos, score, tier, n, torch.zeros(1, dtype=torch.int64),
+                       torch.zeros(2 * n, dtype=torch.int64))
+    kept = (new != PRUNED).view(2, n).sum(1)
+    assert kept[0] <= 3 and kept[1] >= 0.85 * n
+    assert new[0] == TIER_HI  # the most significant token is at high precision
+    assert set(new[n:].tolist()) >= {TIER_HI, TIER_LO, PRUNED}
+
+
+def test_sinks_and_recent_window_stay_full_and_padding_is_pruned():
+    cfg = LeanKVConfig(sink_tokens=2, recent_window=3, hi_mass=0.0, keep_mass=0.0)
+    pos = torch.arange(12)
+    first_valid = torch.tensor([2])
+    new = assign_tiers(cfg, torch.zeros(12, dtype=torch.int64), pos, torch.ones(12),
+                       torch.zeros(12, dtype=torch.int64), 12, first_valid,
+                       torch.zeros(12, dtype=torch.int64))
+    assert new[:2].tolist() == [PRUNED, PRUNED]  # padding
+    assert new[2:4].tolist() == [TIER_FULL, TIER_FULL]  # sinks count from the first real token
+    assert new[-3:].tolist() == [TIER_FULL] * 3
+    assert set(new[4:9].tolist()) == {PRUNED}
+
+
+def test_tiers_only_ever_demote():
+    cfg = LeanKVConfig(sink_tokens=0, recent_window=0, hi_mass=1.0, keep_mass=1.0)
+    tier = torch.tensor([TIER_LO, TIER_HI, PRUNED, TIER_FULL])
+    new = assign_tiers(cfg, torch.zeros(4, dtype=torch.int64), torch.arange(4),
+                       torch.ones(4), tier, 10, torch.zeros(1, dtype=torch.int64),
+                       torch.zeros(4, dtype=torch.int64))
+    assert new.tolist() == [TIER_LO, TIER_HI, PRUNED, TIER_HI]
+
+
+def test_a_heavy_sink_does_not_eat_the_budget():
+    # the sink draws 95% of the attention; the thresholds apply to the rest
+    n = 20
+    cfg = LeanKVConfig(sink_tokens=1, recent_window=0, hi_mass=0.5, keep_mass=0.9)
+    score = torch.full((n,), 0.05 / (n - 1))
+    score[0] = 0.95
+    score = score * (n - torch.arange(n))
+    new = assign_tiers(cfg, torch.zeros(n, dtype=torch.int64), torch.arange(n), score,
+                       torch.zeros(n, dtype=torch.int64), n, torch.zeros(1, dtype=torch.int64),
+                       torch.zeros(n, dtype=torch.int64))
+    assert new[0] == TIER_FULL
+    assert int((new != PRUNED).sum()) >= 0.9 * (n - 1)
