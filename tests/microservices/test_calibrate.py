@@ -119,16 +119,20 @@ def test_tier_cpu_calibrates_overheads_storage_time_and_tier_extras():
         sim.start(load)
         return [sim.observe() for _ in range(15)], sim.spans()
 
+    idle = {n: {"idle_cpu": 0.004} for n, s in app.services.items() if not s.is_storage}
     obs, spans = simulate({
         "version": 1, "app": app.name, "rpc": truth, "endpoints": {},
         "storage": {"user-store.get": {"dist": "gamma", "mean_ms": 0.05, "cv": 0.5}},
-        "tiers": {"post-storage": {"extra_ms": 0.5}}})
+        "tiers": {**idle, "post-storage": {"extra_ms": 0.5, "idle_cpu": 0.004}}})
     model = calibrate(app, spans, obs)
     assert model["source"] == "spans+cpu"
     for key, value in truth.items():
         assert model["rpc"][key] == pytest.approx(value, rel=0.2), key
     # user-store serves only get: its CPU per op is the op time
     assert model["storage"]["user-store.get"]["mean_ms"] == pytest.approx(0.05, rel=0.1)
+    # idle CPU per logic process: the intercept of CPU vs request rate, pooled over tiers
+    for tier in idle:
+        assert model["tiers"][tier]["idle_cpu"] == pytest.approx(0.004, abs=0.0015), tier
     extras = {t: d["extra_ms"] for t, d in model["tiers"].items()}
     assert extras["post-storage"] == pytest.approx(0.5, abs=0.1)
     assert max(abs(v) for t, v in extras.items() if t != "post-storage") < 0.1

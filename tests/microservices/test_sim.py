@@ -11,7 +11,7 @@ from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app, parse_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import PERCENTILES, Allocation, Observation, Span
-from leanstack.microservices.sim import REPLICA_START_S, SimBackend
+from leanstack.microservices.sim import CARRY_S, OVERRUN_S, REPLICA_START_S, SimBackend
 
 NO_RPC = {"version": 1, "rpc": {"callee_ms": 0.0, "caller_ms": 0.0, "storage_caller_ms": 0.0},
           "endpoints": {}, "storage": {}}
@@ -136,21 +136,57 @@ def test_halving_cpu_raises_latency_and_throttles():
     assert half[0].tiers["svc"].cpu_limit == 0.5
 
 
-def test_quota_bucket_throttles_exactly_like_cfs():
-    # 80 ms segments under a 50 ms-per-100 ms quota, each arriving at a period start:
-    # run 50 ms, throttled 50 ms, run 30 ms -> 130 ms, one throttled period per request.
+def cfs_reference_ms(start: float, work: float, quota: float, phase: float,
+                     step: float = 1e-5) -> float:
+    """Brute-force CFS bandwidth in 10 us steps: a full bucket (quota + CARRY_S) at ``start``;
+    the task runs while the bucket is positive and, once it empties mid-run, OVERRUN_S more;
+    periods of 100 ms end at ``phase + k * 100 ms`` and refill the bucket up to quota +
+    CARRY_S."""
+    t, left, running = start, quota + CARRY_S, True
+    boundary = phase + math.ceil((start - phase) / 0.1 + 1e-9) * 0.1
+    while work > 1e-9:
+        if t >= boundary - 1e-12:
+            boundary += 0.1
+            left = min(left + quota, quota + CARRY_S)
+            running = left > 0
+        if running and left > -OVERRUN_S + 1e-12:
+            work -= step
+            left -= step
+        else:
+            running = False
+        t += step
+    return (t - start) * 1e3
+
+
+def test_quota_bucket_throttles_like_cfs_with_tick_overrun():
+    # 80 ms segments under a 50 ms-per-100 ms quota, one every 500 ms: each is throttled once
+    # or twice, the way a brute-force reference of the kernel's rule says.
+    assert (OVERRUN_S, CARRY_S) == (0.002, 0.001)
     app = one_tier(cpu_ms=80.0, cv=0.0)
     alloc = Allocation.static_max(app).with_tier("svc", cpu=0.5)
-    _, obs = run(app, LoadSpec("constant", rps=2, duration_s=10), alloc, calibration=NO_RPC)
+    sim, obs = run(app, LoadSpec("constant", rps=2, duration_s=10), alloc, calibration=NO_RPC)
+    phase = sim.period_phases["svc"]
+    assert 0 < phase <= 0.1
+    expected = cfs_reference_ms(0.0, 0.08, 0.05, phase)
+    assert 80.0 + 20.0 < expected < 80.0 + 100.0
     for o in obs:
         ts = o.tiers["svc"]
-        assert o.classes["req"].latency_ms["p50"] == pytest.approx(130.0, abs=1e-6)
-        assert ts.throttled_periods == 2
-        assert ts.throttled_s == pytest.approx(0.1, abs=1e-9)
+        assert o.classes["req"].latency_ms["p50"] == pytest.approx(expected, abs=0.05)
+        assert ts.throttled_periods >= 2
+        assert ts.throttled_s == pytest.approx(2 * (expected - 80.0) / 1e3, abs=1e-4)
         assert ts.cpu_used == pytest.approx(0.16, abs=1e-9)
     _, unthrottled = run(app, LoadSpec("constant", rps=2, duration_s=10), calibration=NO_RPC)
     assert unthrottled[3].classes["req"].latency_ms["p99"] == pytest.approx(80.0, abs=1e-6)
     assert unthrottled[3].tiers["svc"].throttled_periods == 0
+
+
+def test_tiers_get_different_period_phases_from_the_seed():
+    app = two_tiers()
+    a, b = SimBackend(seed=1), SimBackend(seed=2)
+    for sim in (a, b):
+        sim.deploy(app, Allocation.static_max(app))
+    assert a.period_phases["a"] != a.period_phases["b"]
+    assert a.period_phases != b.period_phases
 
 
 def test_replicas_share_the_tier_quota():

@@ -19,11 +19,12 @@ The model is plain JSON::
 
 Given the run's observations as well (``source = "spans+cpu"``), the storage op times (the
 server's CPU per call) and RPC overheads come from tier CPU instead, and
-``tiers.<name>.extra_ms`` holds the CPU per visit of a logic tier that those overheads leave
-unexplained (added to each visit's first segment), which is what makes per-tier CPU in the
-simulator match. ``rpc.delay_ms`` is then the wall time every call takes without costing CPU
-(loopback network, wake-ups, client queues), chosen so that the simulator's per-class median
-latencies under the run's allocation and rate add up to the observed ones.
+``tiers.<name>.idle_cpu`` the cores a process of that tier burns whatever the load (see
+``_idle_cpu``), ``tiers.<name>.extra_ms`` the CPU per visit of a logic tier that those
+overheads leave unexplained (added to each visit's first segment), which is what makes per-tier
+CPU in the simulator match. ``rpc.delay_ms`` is then the wall time every call takes without
+costing CPU (loopback network, wake-ups, client queues), chosen so that the simulator's
+per-class median latencies under the run's allocation and rate add up to the observed ones.
 
 ``host_cores`` is the core count of the machine the spans come from: the simulator shares that
 many cores between all tiers by default.
@@ -110,9 +111,11 @@ def calibrate(app: AppSpec, spans: list[Span], observations: list[Observation] |
                if max(v) > 0}
     rpc = _fit_rpc(rows, DEFAULT_RPC)
     extra: dict[str, float] = {}
+    idle: dict[str, float] = {}
     if observations:
-        per_op = _cpu_per_request_ms(observations)
-        per_call = _storage_cpu_per_call_ms(app, spans, observations)
+        idle = _idle_cpu(app, observations)
+        per_op = _cpu_per_request_ms(observations, idle)
+        per_call = _storage_cpu_per_call_ms(app, spans, observations, idle)
         for key, d in storage.items():
             server = per_call.get(key.split(".", 1)[0])
             if server:
@@ -124,7 +127,8 @@ def calibrate(app: AppSpec, spans: list[Span], observations: list[Observation] |
         "rpc": rpc,
         "endpoints": {k: fit_distribution(v) for k, v in sorted(cpu.items()) if max(v) > 0},
         "storage": storage,
-        "tiers": {t: {"extra_ms": v} for t, v in sorted(extra.items())},
+        "tiers": {t: {"extra_ms": extra.get(t, 0.0), "idle_cpu": idle.get(t, 0.0)}
+                  for t in sorted(extra.keys() | idle.keys())},
         "spans": used,
         "source": "spans+cpu" if observations else "spans",
         "host_cores": host_cores,
@@ -235,8 +239,10 @@ def check_calibration(model: Any, where: str = "calibration") -> None:
     if not isinstance(tiers, dict):
         raise bad("tiers", "expected an object of per-tier corrections")
     for k, d in tiers.items():
-        if not isinstance(d, dict) or not _number(d.get("extra_ms")):
+        if not isinstance(d, dict) or not _number(d.get("extra_ms", 0.0)):
             raise bad(f"tiers.{k}.extra_ms", f"expected a number, got {d!r}")
+        if not _number(d.get("idle_cpu", 0.0)) or d.get("idle_cpu", 0.0) < 0:
+            raise bad(f"tiers.{k}.idle_cpu", f"expected a number >= 0, got {d.get('idle_cpu')!r}")
     for table in ("endpoints", "storage"):
         entries = model.get(table)
         if not isinstance(entries, dict):
@@ -311,14 +317,44 @@ def _unqueued(samples_ms: list[float]) -> list[float]:
     return x[x <= med + 4 * np.median(np.abs(x - med))].tolist()
 
 
-def _cpu_per_request_ms(observations: list[Observation]) -> dict[str, float]:
-    """Per tier: CPU milliseconds per request served, over all intervals that served some."""
+def _idle_cpu(app: AppSpec, observations: list[Observation]) -> dict[str, float]:
+    """Per tier: the CPU (cores) it burns whatever the load (span flushes, stats, a server's
+    timers), per replica of its kind.
+
+    Each tier's CPU regressed on its request rate across intervals gives an intercept; the
+    median intercept over the tiers of one kind (logic, redis, memcached) is that kind's idle
+    CPU per process, kept below half of any tier's mean use. Needs at least 10 intervals.
+    """
+    if len(observations) < 10:
+        return {}
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    means: dict[str, float] = {}
+    for name, svc in app.services.items():
+        rows = [(o.tiers[name].rps, o.tiers[name].cpu_used / max(o.tiers[name].replicas, 1))
+                for o in observations if name in o.tiers]
+        x, y = np.asarray(rows, dtype=float).reshape(-1, 2).T
+        if x.size < 10 or np.ptp(x) <= 0:
+            continue
+        by_kind[svc.kind].append(float(np.polyfit(x, y, 1)[1]))
+        means[name] = float(y.mean())
+    out = {}
+    for name, mean in means.items():
+        per_kind = float(np.median(by_kind[app.services[name].kind]))
+        out[name] = min(max(per_kind, 0.0), 0.5 * mean)
+    return out
+
+
+def _cpu_per_request_ms(observations: list[Observation],
+                        idle: dict[str, float]) -> dict[str, float]:
+    """Per tier: CPU milliseconds per request served beyond its idle CPU, over all intervals
+    that served some."""
     cpu_s: dict[str, float] = defaultdict(float)
     served: dict[str, float] = defaultdict(float)
     for o in observations:
         for name, t in o.tiers.items():
             if t.rps > 0:
-                cpu_s[name] += t.cpu_used * o.interval_s
+                busy = t.cpu_used - idle.get(name, 0.0) * max(t.replicas, 1)
+                cpu_s[name] += busy * o.interval_s
                 served[name] += t.rps * o.interval_s
     return {n: 1e3 * cpu_s[n] / served[n] for n in cpu_s if served[n] > 0}
 
@@ -375,9 +411,10 @@ def _fit_delay_ms(app: AppSpec, model: dict[str, Any], observations: list[Observ
     return (lo + hi) / 2
 
 
-def _storage_cpu_per_call_ms(app: AppSpec, spans: list[Span],
-                             observations: list[Observation]) -> dict[str, float]:
-    """Per storage tier: its CPU rate over the observations / its call rate in the spans.
+def _storage_cpu_per_call_ms(app: AppSpec, spans: list[Span], observations: list[Observation],
+                             idle: dict[str, float]) -> dict[str, float]:
+    """Per storage tier: its CPU rate beyond idle over the observations / its call rate in the
+    spans.
 
     Calls, not the server's own operation count: a redis pipeline (``zadd`` trims its set too)
     is one call of several commands, and the simulator charges per call.
@@ -393,8 +430,8 @@ def _storage_cpu_per_call_ms(app: AppSpec, spans: list[Span],
             calls[s.service] += 1
     out = {}
     for name, n in calls.items():
-        cpu_s = sum(o.tiers[name].cpu_used * o.interval_s for o in observations
-                    if name in o.tiers)
+        cpu_s = sum((o.tiers[name].cpu_used - idle.get(name, 0.0)) * o.interval_s
+                    for o in observations if name in o.tiers)
         if cpu_s > 0:
             out[name] = 1e3 * (cpu_s / seconds) / (n / ((t1 - t0) / 1e9))
     return out

@@ -7,11 +7,15 @@ It models what the local backend really runs:
   start segment (callee RPC overhead + the endpoint's own work), then per downstream call one
   response segment (the caller's RPC overhead) when the answer arrives;
 - a tier's CPU allocation is a CFS quota shared by its replicas: ``cpu * 100 ms`` of CPU per 100 ms
-  period; a segment that finds the bucket empty waits for the next period (throttling tails).
+  period; a segment that finds the bucket empty waits for the next period (throttling tails),
+  and one that empties it runs on until the kernel's next tick (``OVERRUN_S``, a debt the next
+  period repays); up to ``CARRY_S`` of unused quota survives a period boundary.
   Exact for one replica; with several, each segment draws its quota from the shared bucket when it
   starts (an approximation of replicas draining it side by side);
 - storage tiers (redis / memcached) are single FCFS servers with a per-operation service time,
   under the same quota bucket;
+- a calibrated ``idle_cpu`` per process (span flushes, stats, a server's timers) is spread
+  evenly: it is reported in ``cpu_used`` and taken off the quota bucket;
 - the host's cores (``host_cores``, by default the calibrated machine's core count) are shared by
   every tier: a segment whose replica is ready waits in one FIFO run queue until one of the
   cores is free (an M/G/c view of the kernel's run queue; segments are far shorter than a CFS
@@ -65,6 +69,14 @@ from leanstack.microservices.observation import (
 PERIOD_S = 0.1
 """CFS period of every tier's quota bucket (the kernel default, 100 ms)."""
 
+OVERRUN_S = 0.002
+"""How long a segment runs on after its tier's quota bucket is empty: the kernel checks the
+bucket at scheduler ticks (4 ms at the usual HZ=250), so half a tick on average."""
+
+CARRY_S = 0.001
+"""Quota a tier keeps across a period boundary: since Linux 5.4 a run queue keeps up to
+``min_cfs_rq_runtime`` (1 ms) of its local slice when the period refills the pool."""
+
 DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08, "delay_ms": 0.0}
 """RPC overheads when no calibration is given: CPU at the callee per request, at the caller per
 call to a logic tier and per storage operation, and the wall-time delay of every call."""
@@ -115,12 +127,14 @@ class _Tier:
     __slots__ = ("name", "kind", "cpu", "unlimited", "quota", "period_end",
                  "q_left", "thr_mark", "thr_periods", "thr_s", "busy_s", "busy_next", "starting",
                  "active", "rr", "lat", "inflight", "inflight_area", "inflight_t", "fifo",
-                 "free", "queue_fed")
+                 "free", "queue_fed", "phase", "idle")
 
     def __init__(self, name: str, kind: str, queue_fed: bool) -> None:
         self.name, self.kind, self.queue_fed = name, kind, queue_fed
         self.cpu, self.unlimited, self.quota = 1.0, True, PERIOD_S
         self.period_end, self.q_left, self.thr_mark = PERIOD_S, PERIOD_S, -1.0
+        self.phase = PERIOD_S
+        self.idle = 0.0  # cores each process burns whatever the load (from the calibration)
         self.thr_periods, self.thr_s, self.busy_s, self.busy_next = 0, 0.0, 0.0, 0.0
         self.starting: list[_Replica] = []
         self.active: list[_Replica] = []
@@ -131,44 +145,50 @@ class _Tier:
         self.free: list[_Replica] = []
 
     def set_cpu(self, cpu: float, replicas: int) -> None:
-        """New quota; a tier whose replicas cannot exceed it never throttles (fast path)."""
+        """New quota, less what its processes burn idle; a tier whose replicas cannot exceed it
+        never throttles (fast path)."""
         self.cpu = cpu
-        self.quota = cpu * PERIOD_S
+        self.quota = max(cpu - self.idle * replicas, 0.1 * cpu) * PERIOD_S
         self.unlimited = cpu >= replicas
-        self.q_left = min(self.q_left, self.quota)
+        self.q_left = min(self.q_left, self.quota + CARRY_S)
 
     def reserve(self, now: float, work: float) -> float:
         """Run ``work`` CPU-seconds from ``now`` against the quota bucket; return the end time.
 
-        A segment runs at one core while the bucket has quota; when it empties before the
-        period ends, the tier is throttled until the next period. Replicas of one tier draw on
-        the same bucket (each reserving its segment's quota when it starts).
+        A segment runs at one core while the bucket has quota. The kernel notices an empty
+        bucket only at its next scheduler tick, so a segment that empties it runs on for
+        OVERRUN_S more (half a tick on average); that debt comes out of the next period's quota.
+        Once the bucket is empty the tier is throttled until a period refills it (up to the
+        quota plus CARRY_S). Replicas of one
+        tier draw on the same bucket (each reserving its segment's quota when it starts).
         """
         period_end = self.period_end
-        if now >= period_end:
-            period_end += (int((now - period_end) / PERIOD_S) + 1) * PERIOD_S
-            self.q_left = self.quota
         left = self.q_left
+        if now >= period_end:
+            n = int((now - period_end) / PERIOD_S) + 1
+            period_end += n * PERIOD_S
+            left = min(left + n * self.quota, self.quota + CARRY_S)
         if work <= left and now + work <= period_end:
             self.q_left = left - work
             self.period_end = period_end
             return now + work
         t = now
         while True:
-            run = min(work, left, period_end - t)
-            t += run
-            work -= run
-            left -= run
-            if work <= 1e-12:
-                break
-            if left <= 1e-12 and t < period_end:
+            if left > 1e-12:
+                run = min(work, left + OVERRUN_S, period_end - t)
+                t += run
+                work -= run
+                left -= run
+                if work <= 1e-12:
+                    break
+            if t < period_end:  # the bucket is empty: throttled for the rest of the period
                 if self.thr_mark != period_end:
                     self.thr_mark = period_end
                     self.thr_periods += 1
                     self.thr_s += period_end - t
                 t = period_end
             period_end += PERIOD_S
-            left = self.quota
+            left = min(left + self.quota, self.quota + CARRY_S)
         self.q_left = left
         self.period_end = period_end
         return t
@@ -221,6 +241,9 @@ class SimBackend:
             n = ta.replicas if ta is not None else app.services[tier.name].replicas
             tier.active = [_Replica(tier, True) for _ in range(max(n, 1))]
             tier.free = list(tier.active) if tier.queue_fed else []
+        phases = np.random.default_rng([self.seed, 1]).uniform(0.0, PERIOD_S, len(self._tiers))
+        for tier, phase in zip(self._tiers, phases, strict=True):
+            tier.phase = tier.period_end = float(phase) or PERIOD_S
         self.set_allocation(allocation)
 
     def start(self, load: LoadSpec) -> None:
@@ -261,6 +284,13 @@ class SimBackend:
         self._interval += 1
         return self._collect(t0, t1)
 
+    @property
+    def period_phases(self) -> dict[str, float]:
+        """Per tier: when (s) its first CFS period ends. Each cgroup's period timer runs at its
+        own phase, so work a throttled caller releases at its period start lands at a random
+        point of its callees' periods. Empty before ``deploy``."""
+        return {t.name: t.phase for t in self._tiers} if self._app else {}
+
     def spans(self, since_ns: int = 0) -> list[Span]:
         """Recorded spans (``record_spans=True``) that ended at or after ``since_ns``."""
         if not self._app:
@@ -285,6 +315,7 @@ class SimBackend:
         rpc = model["rpc"]
         self._tiers = [_Tier(s.name, s.kind, s.queue is not None) for s in app.services.values()]
         for tier, svc in zip(self._tiers, app.services.values(), strict=True):
+            tier.idle = model["idle_cpu"].get(tier.name, 0.0)
             tier.set_cpu(svc.max_cpu, svc.replicas)
         self._tier_by_name = {t.name: t for t in self._tiers}
         ids: dict[str, int] = {}
@@ -668,7 +699,8 @@ class SimBackend:
             tier.inflight_t = t1
             n_active = len(tier.active)
             tiers[tier.name] = TierStats(
-                cpu_limit=tier.cpu, cpu_used=tier.busy_s / dt, throttled_periods=tier.thr_periods,
+                cpu_limit=tier.cpu, cpu_used=tier.busy_s / dt + tier.idle * max(n_active, 1),
+                throttled_periods=tier.thr_periods,
                 throttled_s=tier.thr_s, memory_bytes=MEMORY_BYTES[tier.kind] * max(n_active, 1),
                 inflight=tier.inflight_area / dt, replicas=n_active, rps=len(tier.lat) / dt,
                 latency_ms=_percentiles_ms(tier.lat))
@@ -697,7 +729,8 @@ def _ops(app: AppSpec, service: str) -> list[str]:
 
 def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[str, Any]:
     """Per-endpoint and per-storage-op distributions ``(kind, mean_ms, cv)``, RPC overheads,
-    per-tier extra CPU per visit and the calibrated host's cores (``None`` without one).
+    per-tier extra CPU per visit and idle CPU per process, and the calibrated host's cores
+    (``None`` without one).
 
     Defaults come from the app file; a calibration (a dict or a file from ``calibrate``)
     overrides every entry it has.
@@ -713,6 +746,7 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
                 storage[f"{s.name}.{op}"] = ("gamma", s.op_cpu_ms, 0.5)
     rpc = dict(DEFAULT_RPC)
     extra_ms: dict[str, float] = {}
+    idle_cpu: dict[str, float] = {}
     host_cores = None
     if calibration is not None:
         if isinstance(calibration, dict):
@@ -728,7 +762,8 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
             for key, d in calib.get(table, {}).items():
                 if key in target:
                     target[key] = (d["dist"], d["mean_ms"], d["cv"])
-        extra_ms = {t: d["extra_ms"] for t, d in calib.get("tiers", {}).items()}
+        extra_ms = {t: d.get("extra_ms", 0.0) for t, d in calib.get("tiers", {}).items()}
+        idle_cpu = {t: d.get("idle_cpu", 0.0) for t, d in calib.get("tiers", {}).items()}
         host_cores = calib.get("host_cores")
     return {"endpoints": endpoints, "storage": storage, "rpc": rpc, "extra_ms": extra_ms,
-            "host_cores": host_cores}
+            "idle_cpu": idle_cpu, "host_cores": host_cores}
