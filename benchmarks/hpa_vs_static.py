@@ -36,7 +36,7 @@ def settings(quick: bool) -> dict[str, dict[str, Any]]:
     return {
         "sim": {"rps": 600.0, "duration_s": 300.0 if quick else 1800.0,
                 "time_scale": 1.0, "seeds": [0] if quick else [0, 1, 2]},
-        "local": {"rps": 40.0, "duration_s": 40.0 if quick else 120.0,
+        "local": {"rps": 100.0, "duration_s": 40.0 if quick else 180.0,
                   "time_scale": 0.1, "seeds": [0]},
     }
 

@@ -130,7 +130,7 @@ def micro_calibrate(
 @app.command("demo")
 def demo(
     duration: float = typer.Option(90.0, help="seconds of load"),
-    rps: float = typer.Option(40.0, help="mean request rate of the diurnal load"),
+    rps: float = typer.Option(100.0, help="mean request rate of the diurnal load"),
     out_dir: Path = typer.Option(Path("runs/demo"), help="where result and report go"),
 ) -> None:
     """Social network on real local processes under a diurnal load, managed by Kubernetes HPA."""

@@ -173,6 +173,9 @@ class RunCgroups:
         """Kill whatever still runs in the run's cgroups, remove them and the state file."""
         _remove_run(self.root, self.run_id)
         self.state_file.unlink(missing_ok=True)
+        for h in HIERARCHIES:  # the shared parent goes too once no other run is under it
+            with contextlib.suppress(OSError):
+                (self.root / h / PARENT).rmdir()
         _rebalance_weights(self.root)
 
     def _write_state(self) -> None:
