@@ -30,7 +30,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -40,6 +39,7 @@ from leanstack.microservices.app import AppSpec, load_app
 from leanstack.microservices.calibrate import calibrate
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Observation, Span, TierAllocation
+from leanstack.microservices.result import write_json_atomic
 from leanstack.microservices.sim import SimBackend
 
 RESULTS = Path(__file__).parent / "results" / "sim_fidelity.json"
@@ -124,7 +124,7 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
         if saved:
             if name == "max":
                 write_spans(spans, data / "spans.jsonl")
-            _write_atomic(saved, json.dumps({**level, "obs": [o.to_dict() for o in obs]}))
+            write_json_atomic({**level, "obs": [o.to_dict() for o in obs]}, saved)
         return level, spans
 
     levels = {}
@@ -224,7 +224,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_atomic(RESULTS, json.dumps(result, indent=1))
+    write_json_atomic(result, RESULTS)
 
     print(f"social-network, Poisson {args.rps:g} req/s, {duration:g} s per run "
           f"(first {WARMUP} s dropped); load average around the local runs: "
@@ -258,14 +258,6 @@ def _ms(v: float | None) -> str:
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:+.0%}"
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,10 @@ instead of an hour); writes ``benchmarks/results/sim_speed.json`` and prints a M
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -28,6 +26,7 @@ from pathlib import Path
 from leanstack.microservices.app import app_names, load_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation
+from leanstack.microservices.result import write_json_atomic
 from leanstack.microservices.sim import SimBackend
 
 RESULTS = Path(__file__).parent / "results" / "sim_speed.json"
@@ -92,7 +91,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_atomic(RESULTS, json.dumps(result, indent=1))
+    write_json_atomic(result, RESULTS)
 
     print("| app | simulated s | spans | host cores | requests | wall s | requests / wall s | "
           "requests / CPU s |")
@@ -108,14 +107,6 @@ def main() -> None:
           f"the host model ({HOST_CORES:g} cores): {host_row['requests_per_s']:,.0f} requests/s.")
     print(f"wrote {RESULTS.relative_to(Path(__file__).parent.parent)}")
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

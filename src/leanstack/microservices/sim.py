@@ -470,12 +470,19 @@ class SimBackend:
         else:
             tier.rr = i = (tier.rr + 1) % len(active)
             rep = active[i]
+        self._begin(rep, ep, parent, req, None, now)
+
+    def _begin(self, rep: _Replica, ep: int, parent: list | None, req: list,
+               msg: tuple | None, now: float) -> None:
+        """Open a visit to ``ep`` on replica ``rep``: draw its work, count it in flight and
+        run (or queue) its start segment. ``msg`` is the queue message of a consumer visit."""
+        tier = rep.tier
         draws = self._draws[ep] or self._refill(ep)
         work = draws.pop()
         tier.inflight_area += tier.inflight * (now - tier.inflight_t)
         tier.inflight_t = now
         tier.inflight += 1
-        frame = [ep, parent, 0, 0, req, now, rep, work, self._new_span_id(), None]
+        frame = [ep, parent, 0, 0, req, now, rep, work, self._new_span_id(), msg]
         seg = (work + self._ep_fixed[ep], frame, _START)
         if rep.busy:
             rep.queue.append(seg)
@@ -618,20 +625,7 @@ class SimBackend:
 
     def _consume(self, rep: _Replica, msg: tuple, now: float) -> None:
         """A consumer replica starts the visit for one message (it holds no other)."""
-        ep, req = msg[0], msg[1]
-        tier = rep.tier
-        draws = self._draws[ep] or self._refill(ep)
-        work = draws.pop()
-        tier.inflight_area += tier.inflight * (now - tier.inflight_t)
-        tier.inflight_t = now
-        tier.inflight += 1
-        frame = [ep, None, 0, 0, req, now, rep, work, self._new_span_id(), msg]
-        seg = (work + self._ep_fixed[ep], frame, _START)
-        if rep.busy:
-            rep.queue.append(seg)
-        else:
-            rep.busy = True
-            self._start(rep, seg, now)
+        self._begin(rep, msg[0], None, msg[1], msg, now)
 
     def _consumer_free(self, rep: _Replica, now: float) -> None:
         tier = rep.tier
