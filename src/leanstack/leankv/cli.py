@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 
 kv_app = typer.Typer(help="LeanKV: KV-cache compression (evaluate, chat).", no_args_is_help=True)
@@ -40,20 +39,6 @@ def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = 
         "hi_mass": hi_mass, "keep_mass": keep_mass, "recent_window": window,
         "sink_tokens": sinks}.items() if v is not None}
     return LeanKVConfig.preset(preset, **overrides)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to a temp file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _environment() -> dict[str, Any]:
@@ -122,7 +107,7 @@ def kv_eval(
         "retrieval_acc": acc, "passkey_trials": passkey_trials,
         "tier_counts": fid.tier_counts, "environment": _environment(),
     }
-    write_json_atomic(out, result)
+    write_json(out, result, indent=2)
     print(markdown_row(result, header=True))
     print(f"wrote {out}")
 

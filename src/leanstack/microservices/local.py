@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from leanstack.atomic import write_bytes
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec, percentile_key
 from leanstack.microservices.cgroups import (
@@ -125,9 +126,9 @@ class LocalBackend:
             ports = _free_ports(len(app.services))
             self.tiers = {n: _Tier(n, s.kind, p) for (n, s), p in zip(app.services.items(), ports,
                                                                         strict=True)}
-            _write_atomic(self.run_dir / "ports.json",
+            write_bytes(self.run_dir / "ports.json",
                           json.dumps({n: t.port for n, t in self.tiers.items()}).encode())
-            _write_atomic(self.run_dir / "app.pickle", pickle.dumps(app))
+            write_bytes(self.run_dir / "app.pickle", pickle.dumps(app))
             for name in deploy_order(app):
                 self.cgroups.create(name, allocation.tiers[name].cpu)
             for name in deploy_order(app):
@@ -467,9 +468,3 @@ def _free_ports(n: int) -> list[int]:
 def _get_json(port: int, path: str) -> dict:
     with urllib.request.urlopen(f"http://{HOST}:{port}{path}", timeout=2.0) as resp:
         return json.loads(resp.read())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.rename(path)

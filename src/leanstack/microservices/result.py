@@ -33,13 +33,13 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 
 RESULT_KEYS = ("app", "backend", "controller", "duration_s", "summary", "timeline", "environment")
@@ -150,18 +150,7 @@ def _used_total(entry: dict[str, Any]) -> float:
 
 def write_json_atomic(data: Any, path: str | Path) -> Path:
     """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, data)
 
 
 def load_result(path: str | Path) -> dict[str, Any]:
