@@ -177,3 +177,14 @@ def test_each_tier_weighs_like_one_process(run):
     assert int((run.path("cpu", "a") / "cpu.shares").read_text()) == 1024
     assert int((run_dir / "cpu.shares").read_text()) == 2048
     assert int((run_dir.parent / "cpu.shares").read_text()) >= 2048
+
+
+def test_unwritable_hierarchy_is_a_one_line_error(tmp_path, monkeypatch):
+    for h in ("cpu", "cpuacct", "memory"):
+        (tmp_path / h).mkdir()
+        (tmp_path / h / "cgroup.procs").write_text("")
+    check_available(tmp_path)  # mounted and writable: fine
+    monkeypatch.setattr("os.access", lambda path, mode: False)  # as a non-root user sees it
+    with pytest.raises(LeanstackError, match="not writable — run as root") as e:
+        check_available(tmp_path)
+    assert "\n" not in str(e.value)
