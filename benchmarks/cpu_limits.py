@@ -32,6 +32,7 @@ from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend
 from leanstack.microservices.observation import Allocation, Observation
 from leanstack.microservices.result import environment, write_json_atomic
+from stats_format import cell, median_or_none
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "cpu_limits"
@@ -102,8 +103,8 @@ def step_row(app, backend: LocalBackend, tier: str, cores: float, obs: list[Obse
         classes[name] = {
             "completed": sum(c.completed for c in stats),
             "errors": sum(o.classes[name].errors for o in obs),
-            "p50_ms_median": _median([c.latency_ms.get("p50") for c in stats]),
-            "p99_ms_median": _median([c.latency_ms.get("p99") for c in stats]),
+            "p50_ms_median": median_or_none([c.latency_ms.get("p50") for c in stats]),
+            "p99_ms_median": median_or_none([c.latency_ms.get("p99") for c in stats]),
             "p99_ms_max": max((c.latency_ms.get("p99", 0.0) for c in stats), default=None),
             "entry_span_p99_ms": float(np.percentile(spans, 99)) if spans else None,
         }
@@ -115,18 +116,9 @@ def step_row(app, backend: LocalBackend, tier: str, cores: float, obs: list[Obse
         "tier_throttled_periods_per_s": sum(s.throttled_periods for s in t) / seconds,
         "tier_throttled_s_per_s": sum(s.throttled_s for s in t) / seconds,
         "tier_rps": statistics.fmean(s.rps for s in t),
-        "tier_p99_ms_median": _median([s.latency_ms.get("p99") for s in t]),
+        "tier_p99_ms_median": median_or_none([s.latency_ms.get("p99") for s in t]),
         "offered_rps": statistics.fmean(o.offered_rps for o in obs),
     }
-
-
-def _median(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return float(statistics.median(xs)) if xs else None
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -136,9 +128,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["steps"]:
         cells = [f"{r['cores']:g}"]
-        cells += [_fmt(r["classes"][c]["p99_ms_median"]) for c in classes]
-        cells += [_fmt(r["tier_cpu_used"], 2), _fmt(r["tier_throttled_periods_per_s"]),
-                  _fmt(r["tier_throttled_s_per_s"], 3), _fmt(r["tier_p99_ms_median"]),
+        cells += [cell(r["classes"][c]["p99_ms_median"]) for c in classes]
+        cells += [cell(r["tier_cpu_used"], 2), cell(r["tier_throttled_periods_per_s"]),
+                  cell(r["tier_throttled_s_per_s"], 3), cell(r["tier_p99_ms_median"]),
                   str(sum(c["errors"] for c in r["classes"].values()))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

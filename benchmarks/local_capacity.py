@@ -27,6 +27,7 @@ from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend
 from leanstack.microservices.observation import Allocation
 from leanstack.microservices.result import environment, write_json_atomic
+from stats_format import cell, median_or_none
 
 RESULTS = Path(__file__).parent / "results"
 NAME = "local_capacity"
@@ -66,8 +67,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 classes[name] = {
                     "completed": sum(c.completed for c in cs),
                     "errors": sum(c.errors for c in cs),
-                    "p50_ms_median": _median([c.latency_ms.get("p50") for c in done]),
-                    "p99_ms_median": _median([c.latency_ms.get("p99") for c in done]),
+                    "p50_ms_median": median_or_none([c.latency_ms.get("p50") for c in done]),
+                    "p99_ms_median": median_or_none([c.latency_ms.get("p99") for c in done]),
                     "sla_ms": app.classes[name].sla.ms,
                 }
             completed = sum(c["completed"] for c in classes.values())
@@ -96,25 +97,16 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             "max_sustained_rps": max(sustained) if sustained else None}
 
 
-def _median(xs: list[float | None]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return float(statistics.median(xs)) if xs else None
-
-
-def _fmt(x: float | None, digits: int = 1) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
-
-
 def markdown(result: dict[str, Any]) -> str:
     classes = list(result["rates"][0]["classes"])
     head = ["offered rps", "throughput rps", *(f"{c} p50/p99 ms" for c in classes),
             "cpu used (cores)", "errors %", "sustained"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rates"]:
-        cells = [f"{r['rps']:g}", _fmt(r["throughput_rps"])]
-        cells += [f"{_fmt(r['classes'][c]['p50_ms_median'])} / "
-                  f"{_fmt(r['classes'][c]['p99_ms_median'])}" for c in classes]
-        cells += [_fmt(r["cpu_used"], 2), _fmt(100 * r["error_share"], 2),
+        cells = [f"{r['rps']:g}", cell(r["throughput_rps"])]
+        cells += [f"{cell(r['classes'][c]['p50_ms_median'])} / "
+                  f"{cell(r['classes'][c]['p99_ms_median'])}" for c in classes]
+        cells += [cell(r["cpu_used"], 2), cell(100 * r["error_share"], 2),
                   "yes" if r["sustained"] else "no"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
