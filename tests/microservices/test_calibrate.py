@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -20,6 +19,8 @@ from leanstack.microservices.calibrate import (
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Span
 from leanstack.microservices.sim import SimBackend
+
+from .helpers import run_cli
 
 
 def two_tier():
@@ -234,19 +235,6 @@ def test_calibration_records_the_host_core_count():
     assert calibrate(two_tier(), spans, host_cores=4)["host_cores"] == 4
     with pytest.raises(LeanstackError, match="host_cores must be a number above 0"):
         calibrate(two_tier(), spans, host_cores=0)
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    from leanstack import cli
-
-    monkeypatch.setattr(sys, "argv", ["leanstack", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_calibrates_from_spans_and_the_result_of_the_same_run(monkeypatch, capsys, tmp_path):

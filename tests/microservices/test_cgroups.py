@@ -20,6 +20,8 @@ from leanstack.microservices.cgroups import (
     die_with_parent,
 )
 
+from .helpers import alive
+
 
 def _writable() -> bool:
     try:
@@ -45,12 +47,7 @@ def _cores(run: RunCgroups, tier: str, seconds: float) -> tuple[float, int]:
     return (b.cpu_ns - a.cpu_ns) / 1e9 / (b.t - a.t), b.nr_throttled - a.nr_throttled
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+
 
 
 @pytest.fixture
@@ -127,7 +124,7 @@ def test_stale_run_of_a_dead_runner_is_cleaned_up(tmp_path):
     runner.kill()
     runner.wait()
     stale_dir = cgroups.CGROUP_ROOT / "cpu" / cgroups.PARENT / info["run_id"]
-    assert stale_dir.exists() and _alive(info["pid"])  # no PDEATHSIG: it survived the runner
+    assert stale_dir.exists() and alive(info["pid"])  # no PDEATHSIG: it survived the runner
     live = RunCgroups(state_dir=tmp_path)  # a live run must survive the cleanup
     try:
         live.create("t", 0.5)
@@ -136,9 +133,9 @@ def test_stale_run_of_a_dead_runner_is_cleaned_up(tmp_path):
         assert not stale_dir.exists()
         assert not (tmp_path / f"{info['run_id']}.json").exists()
         deadline = time.monotonic() + 5
-        while _alive(info["pid"]) and time.monotonic() < deadline:
+        while alive(info["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _alive(info["pid"])
+        assert not alive(info["pid"])
         assert live.path("cpu", "t").exists() and live.state_file.exists()
     finally:
         live.remove()
@@ -154,13 +151,13 @@ def test_children_die_with_their_parent():
     """)
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
-    assert _alive(child)
+    assert alive(child)
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 5
-    while _alive(child) and time.monotonic() < deadline:
+    while alive(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(child)
+    assert not alive(child)
 
 
 def test_runtime_dir_is_outside_the_repo():

@@ -9,20 +9,7 @@ import sys
 
 import pytest
 
-from leanstack import cli
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``leanstack ARGS`` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["leanstack", *args])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
-
+from .helpers import run_cli
 
 RUN = ("micro", "run", "--app", "social-network", "--backend", "sim", "--quiet")
 

@@ -21,6 +21,8 @@ from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend, deploy_order
 from leanstack.microservices.observation import Allocation, TierAllocation
 
+from .helpers import alive
+
 
 def _writable() -> bool:
     try:
@@ -69,19 +71,14 @@ def _post(url: str, cls: str = "") -> int:
         return e.code
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+
 
 
 def _wait_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
     deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def _run_dirs(run_id: str) -> list[Path]:
@@ -236,7 +233,7 @@ def test_dead_tier_is_reported_and_close_leaves_nothing(tiny_file, tmp_path):
     b = LocalBackend(interval_s=0.5, run_dir=tmp_path / "run")
     b.deploy(app, Allocation.static_max(app))
     pids = [p for ps in b.pids().values() for p in ps]
-    assert len(pids) == 4 and all(_alive(p) for p in pids)
+    assert len(pids) == 4 and all(alive(p) for p in pids)
     run_id = b.cgroups.run_id
     assert all(d.is_dir() for d in _run_dirs(run_id))
     b.tiers["back"].workers[0].proc.kill()  # a tier dying on its own breaks the run, loudly
@@ -274,7 +271,7 @@ def _start_runner(tiny_file) -> tuple[subprocess.Popen, dict]:
 
 def test_sigint_of_the_runner_leaves_nothing(tiny_file):
     p, info = _start_runner(tiny_file)
-    assert all(_alive(pid) for pid in info["pids"])
+    assert all(alive(pid) for pid in info["pids"])
     p.send_signal(signal.SIGINT)
     p.wait(timeout=30)
     assert not _wait_dead(info["pids"], timeout=2)

@@ -1,0 +1,29 @@
+"""Helpers several microservice test modules share."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from leanstack import cli
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``leanstack ARGS`` in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["leanstack", *args])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
