@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices import cgroups
-from leanstack.microservices.app import load_app
+from leanstack.microservices.app import APPS_DIR, load_app, parse_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend, deploy_order
 from leanstack.microservices.observation import Allocation, TierAllocation
@@ -249,7 +250,7 @@ def test_dead_tier_is_reported_and_close_leaves_nothing(tiny_file, tmp_path):
 
 RUNNER = textwrap.dedent("""
     import json, sys, time
-    from leanstack.microservices.app import load_app
+    from leanstack.microservices.app import APPS_DIR, load_app, parse_app
     from leanstack.microservices.local import LocalBackend
     from leanstack.microservices.observation import Allocation
     app = load_app(sys.argv[1])
@@ -308,7 +309,9 @@ def test_sigkill_of_the_runner_is_cleaned_up_by_the_next_start(tiny_file):
 
 
 def test_pipeline_class_answers_after_its_last_stage():
-    app = load_app("video-pipeline")
+    data = tomllib.loads((APPS_DIR / "video-pipeline.toml").read_text())
+    data["services"]["face-detect"]["endpoints"]["detect"]["cv"] = 0  # exactly its 10 ms
+    app = parse_app(data)
     b = LocalBackend(interval_s=0.5)
     try:
         b.deploy(app, Allocation.static_max(app))
