@@ -58,6 +58,8 @@ def micro_run(
     seed: int = typer.Option(0, help="seed of the arrivals (and the simulator)"),
     report: Path | None = typer.Option(None, help="also write an HTML report here"),
     time_scale: float | None = typer.Option(None, help="HPA: multiply its time constants"),
+    opt: list[str] = typer.Option([], "--opt", help="controller option KEY=VALUE (repeatable), "
+                                  "e.g. --opt plan=runs/ursa-plan.json"),
     spans: Path | None = typer.Option(None, help="write the run's spans here (OTLP JSON lines)"),
     calibration: Path | None = typer.Option(None, help="sim: service-time model to use"),
     amplitude: float = typer.Option(0.5, help="diurnal/step load: swing around the mean"),
@@ -70,7 +72,7 @@ def micro_run(
     from leanstack.microservices.runner import make_backend, run_experiment
 
     spec = load_app(app_name)
-    ctrl = make_controller(controller, time_scale=time_scale)
+    ctrl = make_controller(controller, time_scale=time_scale, **parse_options(opt))
     load_spec = LoadSpec(load, rps, duration, seed=seed, amplitude=amplitude, trace=trace)
     opts: dict[str, object] = {}
     if backend == "sim":
@@ -165,6 +167,26 @@ def demo(
           f"(static max: {sum(t.max_cpu for t in spec.services.values()):g}), "
           f"{s['requests']} requests")
     print(f"report: {out_html.resolve()}")
+
+
+def parse_options(pairs: list[str]) -> dict[str, object]:
+    """``["plan=p.json", "headroom=0.1"]`` -> ``{"plan": "p.json", "headroom": 0.1}``."""
+    opts: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LeanstackError(f"--opt '{pair}' is not KEY=VALUE — write e.g. --opt headroom=0.1")
+        opts[key.replace("-", "_")] = _number_or_text(value)
+    return opts
+
+
+def _number_or_text(value: str) -> object:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def main() -> None:

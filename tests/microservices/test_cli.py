@@ -22,7 +22,10 @@ RUN = ("micro", "run", "--app", "social-network", "--backend", "sim", "--quiet")
     (("--rps", "-5", "--out", "r.json"), "--rps must be above 0"),
     (("--duration", "10",), "Missing option '--out'"),
     (("--load", "trace", "--out", "r.json"), "needs a trace file"),
-    (("--controller", "static", "--time-scale", "0.1", "--out", "r.json"), "drop --time-scale"),
+    (("--controller", "static", "--time-scale", "0.1", "--out", "r.json"),
+     "has no option 'time_scale' — it takes no options"),
+    (("--controller", "hpa", "--opt", "plan=p.json", "--out", "r.json"), "has no option 'plan'"),
+    (("--controller", "hpa", "--opt", "tolerance", "--out", "r.json"), "is not KEY=VALUE"),
     (("--interval", "0", "--out", "r.json"), "--interval must be above 0"),
 ])
 def test_run_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, message):
@@ -107,3 +110,16 @@ def test_demo_falls_back_to_the_simulator_when_cgroups_are_not_writable(monkeypa
     assert f"report: {report.resolve()}" in out
     data = json.loads((tmp_path / "demo" / "result.json").read_text())
     assert data["controller"] == "hpa" and data["settings"]["load"]["pattern"] == "diurnal"
+
+
+def test_opt_values_reach_the_controller_typed(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "r.json"
+    code, _, err = run_cli(monkeypatch, capsys, *RUN, "--controller", "hpa", "--duration", "3",
+                           "--rps", "20", "--opt", "target-utilization=0.5", "--opt",
+                           "max_replicas=2", "--out", str(out))
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    described = data["settings"]["controller"]
+    assert described["target_utilization"] == 0.5 and described["max_replicas"] == 2
+    assert data["summary"]["decision_ms_median"] >= 0
+    assert all("decision_ms" in e for e in data["timeline"])

@@ -171,9 +171,9 @@ def test_registry_builds_by_name_and_rejects_unknown_names_and_options(monkeypat
     assert isinstance(make_controller("static"), StaticController)
     assert make_controller("hpa", time_scale=0.5).time_scale == 0.5
     assert make_controller("hpa", time_scale=None).time_scale == 1.0  # None = default
-    with pytest.raises(LeanstackError, match="unknown controller 'nope'.*hpa, static"):
+    with pytest.raises(LeanstackError, match="unknown controller 'nope'.*hpa, .*static"):
         make_controller("nope")
-    with pytest.raises(LeanstackError, match="drop --time-scale"):
+    with pytest.raises(LeanstackError, match="has no option .time_scale."):
         make_controller("static", time_scale=0.1)
     monkeypatch.setitem(CONTROLLERS, "broken", "leanstack.no_such_module:X")
     with pytest.raises(LeanstackError, match="cannot be loaded"):

@@ -28,6 +28,8 @@ from leanstack.microservices.observation import Allocation, Observation, TierAll
 CONTROLLERS: dict[str, str] = {
     "static": "leanstack.microservices.controllers:StaticController",
     "hpa": "leanstack.microservices.controllers:HPAController",
+    "ursa": "leanstack.ursa.controller:UrsaController",
+    "sinan": "leanstack.sinan.controller:SinanController",
 }
 """Controller name -> ``"module:factory"``; the factory takes keyword options only."""
 
@@ -58,8 +60,8 @@ def make_controller(name: str, **opts: Any) -> Controller:
     accepted = inspect.signature(factory).parameters
     for k in opts:
         if k not in accepted:
-            flag = "--" + k.replace("_", "-")
-            raise LeanstackError(f"controller '{name}' has no option '{k}' — drop {flag}")
+            raise LeanstackError(f"controller '{name}' has no option '{k}' — it takes "
+                                 f"{', '.join(accepted) or 'no options'}")
     return factory(**opts)
 
 

@@ -4,7 +4,8 @@ Layout::
 
     {"app", "backend", "controller", "duration_s", "interval_s",
      "summary": {"violation_rate", "mean_cpu", "requests", "errors", "classes": {...}, ...},
-     "timeline": [{"t", "interval_s", "offered_rps", "classes", "tiers", "allocation"}, ...],
+     "timeline": [{"t", "interval_s", "offered_rps", "classes", "tiers", "allocation",
+                   "decision_ms"}, ...],
      "settings": {"controller": ..., "load": ...},
      "environment": {"wall_s", "python", "packages", "cpu_count", "command", "timestamp", ...}}
 
@@ -21,6 +22,8 @@ Definitions used by the summary:
   Empty intervals (no traffic at all) are left out of both counts.
 - Per class, ``violation_rate`` counts only intervals in which that class had requests.
 - ``mean_cpu`` = time-averaged sum of allocated cores over every interval (empty ones included).
+- ``decision_ms_median`` / ``decision_ms_p90``: wall time of the controller's ``decide`` call
+  per interval (the control plane's cost), ``None`` when the timeline does not record it.
 - Per class ``p99_ms`` (and ``tail_ms`` at the SLA percentile) is the median over measured
   intervals of the per-interval value; ``*_worst_ms`` is the largest.
 """
@@ -110,7 +113,16 @@ def summarize(timeline: list[dict[str, Any]]) -> dict[str, Any]:
                                    for e in timeline) / seconds,
         "p99_ms": {n: c["p99_ms"] for n, c in classes.items()},
         "classes": classes,
+        **_decision_summary(timeline),
     }
+
+
+def _decision_summary(timeline: list[dict[str, Any]]) -> dict[str, float | None]:
+    ms = sorted(e["decision_ms"] for e in timeline if "decision_ms" in e)
+    if not ms:
+        return {"decision_ms_median": None, "decision_ms_p90": None}
+    return {"decision_ms_median": statistics.median(ms),
+            "decision_ms_p90": ms[min(len(ms) - 1, int(0.9 * len(ms)))]}
 
 
 def _class_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -95,7 +95,9 @@ def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load:
                 obs = backend.observe()
                 history.append(obs)
                 timeline.append({**obs.to_dict(), "allocation": allocation.to_dict()})
+                t0 = time.perf_counter()
                 new = controller.decide(history, allocation)
+                timeline[-1]["decision_ms"] = (time.perf_counter() - t0) * 1e3
                 if new != allocation:
                     backend.set_allocation(new)
                     allocation = new
