@@ -11,6 +11,7 @@ from rich.console import Console
 from leanstack.chipexpert.cli import chip_app
 from leanstack.errors import LeanstackError
 from leanstack.leankv.cli import kv_app
+from leanstack.ursa.cli import ursa_app
 
 app = typer.Typer(help="leanstack: LeanKV, ChipExpert, Ursa, Sinan and Seer as usable software.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -19,6 +20,7 @@ micro = typer.Typer(help="The microservice substrate: apps, backends, load, expe
 app.add_typer(micro, name="micro")
 app.add_typer(chip_app, name="chip")
 app.add_typer(kv_app, name="kv")
+app.add_typer(ursa_app, name="ursa")
 err = Console(stderr=True)
 
 
@@ -131,42 +133,20 @@ def micro_calibrate(
 
 @app.command("demo")
 def demo(
-    duration: float = typer.Option(90.0, help="seconds of load"),
-    rps: float = typer.Option(100.0, help="mean request rate of the diurnal load"),
-    out_dir: Path = typer.Option(Path("runs/demo"), help="where result and report go"),
+    only: str | None = typer.Option(None, help="comma-separated sections: micro, ursa, sinan, "
+                                    "kv, chip (default: all)"),
+    duration: float = typer.Option(90.0, help="micro/ursa: seconds of load"),
+    rps: float = typer.Option(100.0, help="micro/ursa: mean request rate of the diurnal load"),
+    out_dir: Path = typer.Option(Path("runs/demo"), help="where results and reports go"),
 ) -> None:
-    """Social network on real local processes under a diurnal load, managed by Kubernetes HPA."""
-    from leanstack.microservices.app import load_app
-    from leanstack.microservices.controllers import HPAController
-    from leanstack.microservices.load import LoadSpec
-    from leanstack.microservices.runner import make_backend, run_experiment
+    """Every part on embedded defaults: microservices (HPA, Ursa, Sinan), LeanKV, ChipExpert."""
+    from leanstack.demo import SECTIONS, run
 
-    backend = "local"
-    try:
-        from leanstack.microservices.cgroups import check_available
-
-        check_available()
-        make_backend("local")  # fails early when the local backend is not installed
-    except (LeanstackError, ImportError) as e:
-        err.print(f"[yellow]note:[/yellow] the local backend cannot run here ({e}); "
-                  "running the demo on the simulator instead", highlight=False, soft_wrap=True)
-        backend = "sim"
-    time_scale = min(1.0, duration / 900.0)
-    spec = load_app("social-network")
-    ctrl = HPAController(time_scale=time_scale)
-    load = LoadSpec("diurnal", rps, duration, seed=0)
-    print(f"demo: {spec.name} ({len(spec.services)} tiers) on the {backend} backend, diurnal "
-          f"load around {rps:g} req/s for {duration:g} s, Kubernetes HPA with time constants "
-          f"x{time_scale:.3g} (sync {ctrl.sync_s:.3g} s, scale-down window "
-          f"{ctrl.stabilization_s:.3g} s)")
-    out_json, out_html = out_dir / "result.json", out_dir / "report.html"
-    result = run_experiment(spec, make_backend(backend), ctrl, load, out_json,
-                            report_html=out_html)
-    s = result["summary"]
-    print(f"violation rate {s['violation_rate']:.1%}, mean CPU {s['mean_cpu']:.2f} cores "
-          f"(static max: {sum(t.max_cpu for t in spec.services.values()):g}), "
-          f"{s['requests']} requests")
-    print(f"report: {out_html.resolve()}")
+    sections = only.split(",") if only else list(SECTIONS)
+    failed = run(sections, out_dir, duration=duration, rps=rps)
+    print(f"demo outputs: {out_dir.resolve()}")
+    if failed:
+        raise LeanstackError(f"demo section(s) {', '.join(failed)} failed (see above)")
 
 
 def parse_options(pairs: list[str]) -> dict[str, object]:

@@ -101,15 +101,34 @@ def test_demo_falls_back_to_the_simulator_when_cgroups_are_not_writable(monkeypa
         raise LeanstackError("cgroup hierarchy is not writable — run as root")
 
     monkeypatch.setattr(cgroups, "check_available", not_writable)
-    code, out, err = run_cli(monkeypatch, capsys, "demo", "--duration", "15", "--out-dir",
-                             str(tmp_path / "demo"))
+    code, out, err = run_cli(monkeypatch, capsys, "demo", "--only", "micro,ursa", "--duration",
+                             "15", "--out-dir", str(tmp_path / "demo"))
     assert code == 0, err
     assert "not writable" in err and "simulator instead" in err
     assert "on the sim backend" in out and "x0.0167" in out
-    report = tmp_path / "demo" / "report.html"
+    report = tmp_path / "demo" / "micro" / "report.html"
     assert f"report: {report.resolve()}" in out
-    data = json.loads((tmp_path / "demo" / "result.json").read_text())
+    data = json.loads((tmp_path / "demo" / "micro" / "result.json").read_text())
     assert data["controller"] == "hpa" and data["settings"]["load"]["pattern"] == "diurnal"
+    ursa = json.loads((tmp_path / "demo" / "ursa" / "result.json").read_text())
+    assert ursa["controller"] == "ursa" and ursa["settings"]["load"] == data["settings"]["load"]
+    rows = [line.split()[0] for line in out.splitlines()
+            if line.startswith(("hpa ", "ursa ")) and line.rstrip()[-1].isdigit()]
+    assert rows == ["hpa", "ursa"]  # side by side
+    assert (tmp_path / "demo" / "ursa" / "profile-sim.json").is_file()
+
+
+def test_demo_reports_a_broken_section_and_runs_the_rest(monkeypatch, capsys, tmp_path):
+    from leanstack import demo
+
+    monkeypatch.setitem(demo.SECTIONS, "broken", ("leanstack.no_such_part:run_demo", "nothing"))
+    monkeypatch.setitem(demo.SECTIONS, "micro", ("os.path:isdir",
+                                                 "checks its folder"))
+    code, out, err = run_cli(monkeypatch, capsys, "demo", "--only", "broken,micro",
+                             "--out-dir", str(tmp_path))
+    assert code == 2
+    assert "broken failed: this section is not available" in out
+    assert "micro took" in out and "demo section(s) broken failed" in err
 
 
 def test_opt_values_reach_the_controller_typed(monkeypatch, capsys, tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from leanstack.microservices.app import load_app
-from leanstack.microservices.observation import Allocation, ClassStats, Span
+from leanstack.microservices.observation import Allocation, ClassStats, Span, own_latencies_ms
 
 
 def test_failed_requests_count_against_the_sla():
@@ -42,3 +42,44 @@ def test_static_allocation_and_edits():
     b = a.with_tier("nginx", cpu=0.3)
     assert b.tiers["nginx"].cpu == 0.3 and a.tiers["nginx"].cpu == 1.0
     assert a.total_cpu() - b.total_cpu() == pytest.approx(0.7)
+
+
+def _span(sid: str, parent: str, service: str, start_ms: float, end_ms: float,
+          **attrs) -> Span:
+    return Span("t" * 32, sid, parent, service, "op", int(start_ms * 1e6), int(end_ms * 1e6),
+                attrs)
+
+
+def test_own_latency_subtracts_the_union_of_synchronous_children():
+    spans = [
+        _span("a", "", "front", 0, 10),
+        _span("b", "a", "db", 2, 6),      # overlaps c: the union 2..7 counts once
+        _span("c", "a", "cache", 4, 7),
+        _span("d", "a", "worker", 8, 30, **{"leanstack.queue_ms": 1.5}),  # async consumer
+    ]
+    own = own_latencies_ms(spans)
+    assert own["front"] == [pytest.approx(5.0)]  # 10 - (7 - 2); the consumer is not waited on
+    assert own["db"] == [pytest.approx(4.0)] and own["cache"] == [pytest.approx(3.0)]
+    assert own["worker"] == [pytest.approx(23.5)]  # its run plus the time it sat in the queue
+
+
+def test_own_latency_finds_children_read_in_the_previous_batch():
+    child = _span("b", "a", "db", 1, 9)
+    parent = _span("a", "", "front", 0, 10)
+    assert own_latencies_ms([parent])["front"] == [pytest.approx(10.0)]
+    assert own_latencies_ms([parent], earlier=[child])["front"] == [pytest.approx(2.0)]
+
+
+def test_simulated_own_latency_is_below_span_latency_for_callers_only():
+    from leanstack.microservices.load import LoadSpec
+    from leanstack.microservices.sim import SimBackend
+
+    app = load_app("social-network")
+    backend = SimBackend(seed=2)
+    backend.deploy(app, Allocation.static_max(app))
+    backend.start(LoadSpec("constant", 200, 5))
+    obs = [backend.observe() for _ in range(5)][-1]
+    backend.close()
+    nginx, store = obs.tiers["nginx"], obs.tiers["post-storage-store"]
+    assert nginx.own_latency_ms["p50"] < 0.5 * nginx.latency_ms["p50"]  # it mostly waits
+    assert store.own_latency_ms["p50"] == pytest.approx(store.latency_ms["p50"])  # a leaf

@@ -50,6 +50,7 @@ from leanstack.microservices.observation import (
     Observation,
     Span,
     TierStats,
+    own_latencies_ms,
 )
 from leanstack.microservices.storage import StorageServer
 
@@ -104,6 +105,7 @@ class LocalBackend:
         self._t0 = 0.0
         self._index = 0
         self._span_offsets: dict[Path, int] = {}
+        self._last_spans: list[Span] = []  # the previous batch, for children read early
         self._closed = False
         self._old_sigterm = None
 
@@ -197,7 +199,10 @@ class LocalBackend:
         self._index += 1
         self._check_alive()
         by_tier = self._new_spans()
-        tiers = {name: self._tier_stats(tier, by_tier.get(name, []))
+        batch = [sp for group in by_tier.values() for sp in group]
+        own = own_latencies_ms(batch, self._last_spans)
+        self._last_spans = batch
+        tiers = {name: self._tier_stats(tier, by_tier.get(name, []), own.get(name, []))
                  for name, tier in self.tiers.items()}
         return Observation(t=t_end, interval_s=self.interval_s, classes=classes, tiers=tiers,
                            offered_rps=offered)
@@ -338,7 +343,7 @@ class LocalBackend:
                 with contextlib.suppress(OSError, ValueError):
                     w.last = _get_json(w.admin_port, "/stats")
 
-    def _tier_stats(self, tier: _Tier, spans: list[Span]) -> TierStats:
+    def _tier_stats(self, tier: _Tier, spans: list[Span], own_ms: list[float]) -> TierStats:
         cg = self.cgroups.sample(tier.name)
         prev = tier.last_cg or cg
         dt = max(cg.t - prev.t, 1e-9)
@@ -351,6 +356,7 @@ class LocalBackend:
             memory_bytes=cg.memory_bytes,
             replicas=max(1, len(tier.workers)),
             latency_ms=_percentiles([s.duration_ms for s in spans]),
+            own_latency_ms=_percentiles(own_ms),
         )
         if tier.server is not None:
             ops = tier.server.ops_served()

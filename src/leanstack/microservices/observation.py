@@ -92,7 +92,10 @@ class TierStats:
     inflight: float = 0.0  # requests inside the tier (mean over the interval)
     replicas: int = 1
     rps: float = 0.0  # requests the tier served per second
-    latency_ms: dict[str, float] = field(default_factory=dict)  # tier's own span latency
+    latency_ms: dict[str, float] = field(default_factory=dict)  # tier's span latency
+    # the tier's own share: span latency minus time waiting on its calls, plus queue wait for a
+    # queue-fed tier (what a per-tier latency budget is about)
+    own_latency_ms: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,6 +164,38 @@ class Span:
         attrs = {a["key"]: _from_otlp_value(a["value"]) for a in s.get("attributes", [])}
         return cls(s["traceId"], s["spanId"], s.get("parentSpanId", ""), service, s["name"],
                    int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]), attrs)
+
+
+def own_latencies_ms(spans: list[Span], earlier: list[Span] = ()) -> dict[str, list[float]]:
+    """Per service, each span's own latency: its duration minus the time covered by its
+    synchronous child spans (their union, clipped to the span), plus its queue wait.
+
+    Children of a queue consumer's producer (spans with ``leanstack.queue_ms``) run after the
+    producer answered and are not subtracted. ``earlier`` holds spans of the previous batch, whose
+    children may have been read one batch before their parent.
+    """
+    children: dict[str, list[tuple[int, int]]] = {}
+    for c in (*earlier, *spans):
+        if c.parent_span_id and "leanstack.queue_ms" not in c.attributes:
+            children.setdefault(c.parent_span_id, []).append((c.start_ns, c.end_ns))
+    out: dict[str, list[float]] = {}
+    for s in spans:
+        waited = _covered_ns(children.get(s.span_id, []), s.start_ns, s.end_ns)
+        own_ms = (s.end_ns - s.start_ns - waited) / 1e6
+        own_ms += float(s.attributes.get("leanstack.queue_ms", 0.0))
+        out.setdefault(s.service, []).append(own_ms)
+    return out
+
+
+def _covered_ns(intervals: list[tuple[int, int]], lo: int, hi: int) -> int:
+    """Length of the union of ``intervals`` inside ``[lo, hi]``."""
+    covered, reach = 0, lo
+    for start, end in sorted(intervals):
+        start, end = max(start, reach), min(end, hi)
+        if end > start:
+            covered += end - start
+            reach = end
+    return covered
 
 
 def _otlp_value(v: Any) -> dict[str, Any]:

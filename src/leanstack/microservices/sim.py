@@ -101,7 +101,10 @@ _START, _RESP = 0, 1  # segment actions
 _SEG, _UP, _CORE, _CALL = 0, 1, 2, 3  # heap events: segment end, replica up, core freed, call
 # arrives
 # frame fields: one visit to one endpoint
-_F_EP, _F_PARENT, _F_GROUP, _F_PENDING, _F_REQ, _F_T0, _F_REP, _F_CPU, _F_SPAN, _F_MSG = range(10)
+(_F_EP, _F_PARENT, _F_GROUP, _F_PENDING, _F_REQ, _F_T0, _F_REP, _F_CPU, _F_SPAN, _F_MSG,
+ _F_ISSUED, _F_WAIT, _F_LAST) = range(13)
+# _F_ISSUED: when the outstanding call group was issued (-1: none); _F_WAIT: seconds spent
+# waiting on finished groups; _F_LAST: when the latest answer to this visit's calls arrived.
 # request fields
 _R_CLASS, _R_T0, _R_OUT, _R_ID = range(4)
 
@@ -126,8 +129,8 @@ class _Tier:
 
     __slots__ = ("name", "kind", "cpu", "unlimited", "quota", "period_end",
                  "q_left", "thr_mark", "thr_periods", "thr_s", "busy_s", "busy_next", "starting",
-                 "active", "rr", "lat", "inflight", "inflight_area", "inflight_t", "fifo",
-                 "free", "queue_fed", "phase", "idle")
+                 "active", "rr", "lat", "own_lat", "inflight", "inflight_area", "inflight_t",
+                 "fifo", "free", "queue_fed", "phase", "idle")
 
     def __init__(self, name: str, kind: str, queue_fed: bool) -> None:
         self.name, self.kind, self.queue_fed = name, kind, queue_fed
@@ -140,6 +143,7 @@ class _Tier:
         self.active: list[_Replica] = []
         self.rr = 0
         self.lat: list[float] = []
+        self.own_lat: list[float] = []  # latency minus waiting on calls, plus queue wait
         self.inflight, self.inflight_area, self.inflight_t = 0, 0.0, 0.0
         self.fifo: deque = deque()
         self.free: list[_Replica] = []
@@ -482,7 +486,7 @@ class SimBackend:
         tier.inflight_area += tier.inflight * (now - tier.inflight_t)
         tier.inflight_t = now
         tier.inflight += 1
-        frame = [ep, parent, 0, 0, req, now, rep, work, self._new_span_id(), msg]
+        frame = [ep, parent, 0, 0, req, now, rep, work, self._new_span_id(), msg, -1.0, 0.0, now]
         seg = (work + self._ep_fixed[ep], frame, _START)
         if rep.busy:
             rep.queue.append(seg)
@@ -555,6 +559,8 @@ class SimBackend:
             rep.busy = False
 
     def _issue(self, frame: list, group: tuple[int, ...], now: float) -> None:
+        _end_wait(frame)
+        frame[_F_ISSUED] = now
         if self._ep_sync[group[0]]:  # a synchronous call is always alone in its group
             frame[_F_REP].blocked = True
         frame[_F_PENDING] = len(group)
@@ -577,11 +583,16 @@ class SimBackend:
         tier.inflight_t = now
         tier.inflight -= 1
         tier.lat.append(now - frame[_F_T0])
+        _end_wait(frame)
+        msg = frame[_F_MSG]
+        queued = frame[_F_T0] - msg[2] if msg is not None else 0.0
+        tier.own_lat.append(now - frame[_F_T0] - frame[_F_WAIT] + queued)
         if self.record_spans:
             self._record_span(frame, now)
         parent = frame[_F_PARENT]
         req = frame[_F_REQ]
         if parent is not None:
+            parent[_F_LAST] = now
             deliver = self._ep_deliver[ep]
             if deliver >= 0:
                 req[_R_OUT] += 1
@@ -697,14 +708,23 @@ class SimBackend:
                 throttled_periods=tier.thr_periods,
                 throttled_s=tier.thr_s, memory_bytes=MEMORY_BYTES[tier.kind] * max(n_active, 1),
                 inflight=tier.inflight_area / dt, replicas=n_active, rps=len(tier.lat) / dt,
-                latency_ms=_percentiles_ms(tier.lat))
+                latency_ms=_percentiles_ms(tier.lat),
+                own_latency_ms=_percentiles_ms(tier.own_lat))
             tier.busy_s, tier.busy_next = tier.busy_next, 0.0
             tier.thr_s = tier.inflight_area = 0.0
             tier.thr_periods = 0
             tier.lat = []
+            tier.own_lat = []
         offered = np.count_nonzero((self._arr_np >= t0) & (self._arr_np < t1)) / dt
         return Observation(t=t1, interval_s=dt, classes=classes, tiers=tiers,
                            offered_rps=float(offered))
+
+
+def _end_wait(frame: list) -> None:
+    """Count the time from issuing the outstanding call group to its last answer as waiting."""
+    if frame[_F_ISSUED] >= 0:
+        frame[_F_WAIT] += frame[_F_LAST] - frame[_F_ISSUED]
+        frame[_F_ISSUED] = -1.0
 
 
 def _percentiles_ms(latencies_s: list[float]) -> dict[str, float]:

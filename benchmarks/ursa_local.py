@@ -1,0 +1,82 @@
+"""Ursa vs Kubernetes HPA (and static) on the local backend: the social network on real processes.
+
+Profiles every tier on real worker processes, redis-server and memcached under cgroup CPU limits
+(recording the collection wall time), plans, then runs static, HPA (time constants x0.1 for the
+short run) and Ursa on the same diurnal arrivals, one after the other.
+
+    python benchmarks/ursa_local.py [--quick]
+
+Writes benchmarks/results/ursa_local.json and prints a Markdown table. Needs writable cgroups
+(root); on a busy machine the numbers move — run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hpa_vs_static import local_available
+
+from leanstack.microservices.app import load_app
+from leanstack.microservices.controllers import HPAController, StaticController
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.ursa.controller import UrsaController
+from leanstack.ursa.plan import make_plan
+from leanstack.ursa.profile import ProfileSettings, profile_app
+
+RESULT = Path(__file__).parent / "results" / "ursa_local.json"
+APP = "social-network"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="40 s runs, one measured step interval")
+    ap.add_argument("--rps", type=float, default=100.0)
+    args = ap.parse_args()
+    why_not = local_available()
+    if why_not:
+        sys.exit(f"local backend unavailable: {why_not}")
+    t0 = time.monotonic()
+    app = load_app(APP)
+    duration = 40.0 if args.quick else 180.0
+    settings = ProfileSettings(rps=args.rps, step_intervals=1 if args.quick else 2)
+    profile = profile_app(app, make_backend("local"), settings)
+    plan = make_plan(app, profile)
+    print(f"profiled in {profile.collection_wall_s:.0f} s; plan {plan.cpu_per_rps * 100:.2f} "
+          f"cores per 100 req/s", file=sys.stderr)
+    load = LoadSpec("diurnal", args.rps, duration, seed=0, amplitude=0.5)
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for ctrl in (StaticController(), HPAController(time_scale=0.1), UrsaController(plan)):
+            res = run_experiment(app, make_backend("local"), ctrl, load,
+                                 Path(tmp) / f"{ctrl.name}.json", progress=sys.stderr.isatty())
+            s = res["summary"]
+            runs[ctrl.name] = {"violation_rate": s["violation_rate"], "mean_cpu": s["mean_cpu"],
+                               "mean_cpu_used": s["mean_cpu_used"], "errors": s["errors"],
+                               "requests": s["requests"], "p99_ms": s["p99_ms"],
+                               "decision_ms_median": s["decision_ms_median"]}
+            print(f"  {ctrl.name}: {s['violation_rate']:.1%} violations, {s['mean_cpu']:.2f} "
+                  "cores", file=sys.stderr)
+    result = {"benchmark": "ursa_local", "app": APP, "quick": args.quick,
+              "load": {"pattern": "diurnal", "rps": args.rps, "duration_s": duration,
+                       "amplitude": 0.5},
+              "hpa_time_scale": 0.1, "profile_wall_s": profile.collection_wall_s,
+              "profile_settings": profile.settings, "plan_cpu_per_rps": plan.cpu_per_rps,
+              "backpressure_free": {t: p.backpressure_free for t, p in profile.tiers.items()},
+              "runs": runs, "environment": environment(time.monotonic() - t0, sys.argv)}
+    write_json_atomic(result, RESULT)
+    print("| controller | violation rate | mean CPU (cores) | decision ms (median) |")
+    print("|---|---|---|---|")
+    for name, r in runs.items():
+        print(f"| {name} | {r['violation_rate']:.1%} | {r['mean_cpu']:.2f} | "
+              f"{r['decision_ms_median']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Ursa: analytical, SLA-driven resource management for microservices."""

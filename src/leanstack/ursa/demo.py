@@ -1,0 +1,60 @@
+"""Ursa's demo section: profile, plan, then the same app and load as the HPA run, side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import load_app
+from leanstack.microservices.demo import demo_backend
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.ursa.controller import UrsaController
+from leanstack.ursa.plan import make_plan
+from leanstack.ursa.profile import AppProfile, ProfileSettings, profile_app
+
+
+def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
+             hpa_result: Path | None = None) -> dict[str, Any]:
+    """Profile the social network (cached in ``out_dir``), plan, run Ursa; compare with HPA."""
+
+    backend = demo_backend()
+    spec = load_app("social-network")
+    profile_path = out_dir / f"profile-{backend}.json"
+    profile = _cached_profile(profile_path, spec.name, rps)
+    if profile is None:
+        print(f"profiling {len(spec.services)} tiers of {spec.name} on the {backend} backend at "
+              f"{rps:g} req/s (one tier at a time; cached in {profile_path}) ...")
+        profile = profile_app(spec, make_backend(backend),
+                              ProfileSettings(rps=rps, step_intervals=1, shrink=0.6))
+        profile.save(profile_path)
+    print(f"profile: {profile.collection_wall_s:.0f} s of data collection")
+    plan = make_plan(spec, profile)
+    plan.save(out_dir / "plan.json")
+    print(f"plan: {plan.cpu_per_rps * 100:.2f} cores per 100 req/s before headroom "
+          f"(MILP solved in {plan.solve_ms:.0f} ms)")
+    load = LoadSpec("diurnal", rps, duration, seed=0)
+    result = run_experiment(spec, make_backend(backend), UrsaController(plan), load,
+                            out_dir / "result.json", report_html=out_dir / "report.html")
+    s = result["summary"]
+    rows = [("ursa", s)]
+    if hpa_result is not None and hpa_result.is_file():
+        rows.insert(0, ("hpa", json.loads(hpa_result.read_text())["summary"]))
+    print(f"{'controller':<11}{'violations':>11}{'mean CPU':>10}{'decision ms':>13}")
+    for name, r in rows:
+        print(f"{name:<11}{r['violation_rate']:>11.1%}{r['mean_cpu']:>10.2f}"
+              f"{r['decision_ms_median'] or 0:>13.2f}")
+    print(f"report: {(out_dir / 'report.html').resolve()}")
+    return result
+
+
+def _cached_profile(path: Path, app: str, rps: float) -> AppProfile | None:
+    if not path.is_file():
+        return None
+    try:
+        prof = AppProfile.load(path)
+    except LeanstackError:
+        return None
+    return prof if prof.app == app and prof.rps == rps else None
