@@ -1,9 +1,11 @@
 """Ursa's online controller: per-tier CPU = measured load / planned load-per-core threshold.
 
 Each interval, per tier: the load is the larger of what the tier served and what the offered app
-load implies for it (visits per request x offered req/s), taken as the peak of the last
-``window`` intervals; CPU = load / threshold x (1 + headroom), clamped to the tier's
-``[min_cpu, max_cpu]``; replicas grow so that no replica needs more than one core.
+load implies for it (visits per request x offered req/s), averaged over the last ``window``
+intervals; CPU = load / threshold x (1 + headroom), clamped to the tier's
+``[min_cpu, max_cpu]``; replicas grow so that no replica needs more than one core. A tier whose
+profile never reached its knee (it still met its bound at ``min_cpu``) gets no headroom: its
+threshold is a lower bound already.
 
 Drift: the plan assumes each tier's latency-vs-load-per-core curve from the profile. When a
 tier's observed own tail latency stays above both its budget and 1.5x the profile's prediction
@@ -26,7 +28,7 @@ from leanstack.ursa.callgraph import visits_per_request
 from leanstack.ursa.plan import Plan
 
 DEFAULT_HEADROOM = 0.15
-CPU_STEP = 0.01  # cores: CFS quota granularity used for allocations
+CPU_STEP = 0.001  # cores: allocations are rounded up to 0.1 ms of quota per 100 ms period
 
 
 class UrsaController:
@@ -85,9 +87,11 @@ class UrsaController:
             self._watch_drift(history[-1], current)
         tiers = {}
         for name, svc in self._app.services.items():
-            load = max(max(o.tiers[name].rps for o in recent if name in o.tiers),
-                       max(o.offered_rps for o in recent) * self._visits[name])
-            cpu = load / self._thresholds[name] * (1 + self.headroom)
+            load = statistics.fmean(max(o.tiers[name].rps, o.offered_rps * self._visits[name])
+                                    for o in recent)
+            cpu = load / self._thresholds[name]
+            if self.plan.tiers[name].knee:  # headroom keeps a tier off its knee
+                cpu *= 1 + self.headroom
             cpu = min(max(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.min_cpu), svc.max_cpu)
             replicas = svc.replicas if svc.is_storage else max(svc.replicas, math.ceil(cpu))
             tiers[name] = TierAllocation(round(cpu, 4), replicas)

@@ -44,6 +44,7 @@ class TierPlan:
     threshold: float  # requests/s per core
     cpu_per_rps: float  # cores per app request/s at that threshold
     curve: list[tuple[float, float]] = field(default_factory=list)  # the profile it came from
+    knee: bool = True  # its profile reached the knee (bound or saturation), not just min_cpu
 
     def latency_at(self, load_per_core: float) -> float:
         """Own latency the profile expects at ``load_per_core``: linear between points, the
@@ -168,6 +169,7 @@ class _Model:
             self.points[t] = [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)
                               if x > 0] or [(1e-9, 0.0)]
         self.trees = {c: class_tree(app, c) for c in app.classes}
+        self.knee = {t: profile.tiers[t].stopped in ("bound", "saturated") for t in self.tiers}
 
     def target_ms(self, cls: str) -> float:
         return self.app.classes[cls].sla.ms * (1 - self.margin)
@@ -260,7 +262,7 @@ class _Model:
         for t, j in choice.items():
             lpc, lat = self.points[t][j]
             out[t] = TierPlan(budget_ms=lat, threshold=lpc, cpu_per_rps=self.visits[t] / lpc,
-                              curve=self.points[t])
+                              curve=self.points[t], knee=self.knee[t])
         return out
 
     def class_plans(self, choice: dict[str, int], kept: list[str]) -> dict[str, ClassPlan]:

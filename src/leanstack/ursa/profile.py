@@ -4,7 +4,8 @@ One deployment, one steady load. Every tier but the one explored keeps a generou
 the explored tier's CPU steps down geometrically (its load per core steps up) until its own tail
 latency passes its exploration bound, its CPU reaches its ``min_cpu`` (no controller goes lower),
 or it stops keeping up with its load. Each step yields one profile point ``(load per core, own
-tail latency)``. While a tier is squeezed, the other tiers' own latencies are watched: a caller
+tail latency)``; once the bound is passed, the knee between the last two steps is bisected
+twice more. While a tier is squeezed, the other tiers' own latencies are watched: a caller
 whose own latency rises with it is not *backpressure-free* (it queues behind a slow callee),
 which breaks the assumption that a tier's latency depends only on its own load per core; the
 profile records it.
@@ -103,6 +104,7 @@ class ProfileSettings:
     shrink: float = 0.75  # CPU multiplier per step
     start_utilization: float = 0.1  # first step's CPU = used / this (capped at max_cpu)
     max_steps: int = 14
+    refine_steps: int = 2  # bisections of the knee once the bound is passed
     bound_fraction: float = 0.5  # exploration bound = this * the tightest SLA through the tier
     percentile: str = "p99"
     slowdown_ms: float = 1.0  # a caller's own latency rising by more than this and 50% ...
@@ -122,7 +124,8 @@ def profile_app(app: AppSpec, backend: Backend, settings: ProfileSettings | None
         raise LeanstackError(f"profiling load must be above 0 req/s, got {cfg.rps}")
     generous = Allocation.static_max(app)
     per_step = cfg.step_intervals + cfg.settle_intervals
-    budget_s = (len(names) * (cfg.max_steps + 1) + 2) * per_step * backend.interval_s
+    budget_s = ((len(names) * (cfg.max_steps + cfg.refine_steps + 1) + 2) * per_step
+                * backend.interval_s)
     wall0 = time.monotonic()
     explorer = _Explorer(app, backend, generous, cfg)
     backend.deploy(app, generous)
@@ -165,27 +168,33 @@ class _Explorer:
         used = float(np.mean([o.tiers[name].cpu_used for o in base]))  # goes below min_cpu
         cpu = min(cpu_max, max(used / cfg.start_utilization, floor))
         points: list[tuple[float, float]] = []
-        stopped, last = "floor", base
+        stopped, last, good = "floor", base, None
+        expected = cfg.rps * self.visits[name]
         for _ in range(cfg.max_steps):
-            self.backend.set_allocation(self.generous.with_tier(name, cpu=round(cpu, 4)))
-            obs = self._step()
-            rps = float(np.mean([o.tiers[name].rps for o in obs]))
-            if rps <= 0:
+            point, obs = self._measure(name, cpu)
+            if point is None:
                 stopped = "idle"
                 break
-            lat = max(o.tiers[name].own_latency_ms.get(cfg.percentile, 0.0) for o in obs)
-            points.append((rps / cpu, lat))
+            points.append(point)
             last = obs
-            expected = cfg.rps * self.visits[name]
-            if lat > bound:
+            if point[1] > bound:
                 stopped = "bound"
                 break
-            if expected > 0 and rps < 0.5 * expected:  # it no longer keeps up
+            if expected > 0 and point[0] * cpu < 0.5 * expected:  # it no longer keeps up
                 stopped = "saturated"
                 break
             if cpu <= floor:
                 break
-            cpu = max(cpu * cfg.shrink, floor)
+            good, cpu = cpu, max(cpu * cfg.shrink, floor)
+        if stopped == "bound" and good is not None:  # bisect the knee between good and cpu
+            bad = cpu
+            for _ in range(cfg.refine_steps):
+                mid = (good * bad) ** 0.5
+                point, _ = self._measure(name, mid)
+                if point is None:
+                    break
+                points.append(point)
+                good, bad = (mid, bad) if point[1] <= bound else (good, mid)
         self._watch_callers(name, base, last)
         points.sort()
         self.tiers[name] = TierProfile(name, points or [(0.0, 0.0)], bound, stopped)
@@ -195,6 +204,17 @@ class _Explorer:
             prof.slowed_by = sorted(self.slowed[name])
             prof.backpressure_free = not prof.slowed_by
         return self.tiers
+
+    def _measure(self, name: str, cpu: float) -> tuple[tuple[float, float] | None,
+                                                        list[Observation]]:
+        """One step at ``cpu`` cores: the point ``(req/s per core, worst own p99)``."""
+        self.backend.set_allocation(self.generous.with_tier(name, cpu=round(cpu, 4)))
+        obs = self._step()
+        rps = float(np.mean([o.tiers[name].rps for o in obs]))
+        if rps <= 0:
+            return None, obs
+        lat = max(o.tiers[name].own_latency_ms.get(self.cfg.percentile, 0.0) for o in obs)
+        return (rps / cpu, lat), obs
 
     def _step(self) -> list[Observation]:
         for _ in range(self.cfg.settle_intervals):
@@ -206,11 +226,12 @@ class _Explorer:
 
     def _watch_callers(self, name: str, base: list[Observation],
                        last: list[Observation]) -> None:
-        """Mark callers of ``name`` whose own latency rose while ``name`` was squeezed."""
+        """Mark callers of ``name`` whose worst own latency rose while ``name`` was squeezed
+        (the same worst-of-step measure the profile points use)."""
         key = self.cfg.percentile
         for caller in self.callers[name]:
-            before = np.median([o.tiers[caller].own_latency_ms.get(key, 0.0) for o in base])
-            after = np.median([o.tiers[caller].own_latency_ms.get(key, 0.0) for o in last])
+            before = max(o.tiers[caller].own_latency_ms.get(key, 0.0) for o in base)
+            after = max(o.tiers[caller].own_latency_ms.get(key, 0.0) for o in last)
             if after > before * 1.5 and after - before > self.cfg.slowdown_ms:
                 self.slowed[caller].append(name)
 
