@@ -11,6 +11,7 @@ from rich.console import Console
 from leanstack.chipexpert.cli import chip_app
 from leanstack.errors import LeanstackError
 from leanstack.leankv.cli import kv_app
+from leanstack.sinan.cli import sinan_app
 from leanstack.ursa.cli import ursa_app
 
 app = typer.Typer(help="leanstack: LeanKV, ChipExpert, Ursa, Sinan and Seer as usable software.",
@@ -21,6 +22,7 @@ app.add_typer(micro, name="micro")
 app.add_typer(chip_app, name="chip")
 app.add_typer(kv_app, name="kv")
 app.add_typer(ursa_app, name="ursa")
+app.add_typer(sinan_app, name="sinan")
 err = Console(stderr=True)
 
 

@@ -1,0 +1,119 @@
+"""Sinan's training data: collection runs with the bandit explorer, and the dataset file.
+
+A dataset is one ``.npz`` file: arrays ``sys``, ``lat``, ``proposal``, ``y``, ``violation`` (see
+``features``), ``run`` (which collection run each sample came from, so validation can hold out
+whole runs) and ``meta``, a JSON string with the app, its tiers, the reference QoS, the runs'
+loads and the collection cost (``collection_wall_s``, ``collection_sim_s``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from leanstack.atomic import write_bytes
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import AppSpec
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.sinan.explorer import BanditExplorer
+from leanstack.sinan.features import (
+    CHANNELS,
+    PCT_KEYS,
+    reference_qos_ms,
+    samples_from_timeline,
+)
+
+ARRAYS = ("sys", "lat", "proposal", "y", "violation", "run")
+LOAD_LEVELS = (0.25, 0.5, 0.75, 1.0, 1.25)
+"""Steady collection loads as shares of the reference rate; one diurnal run is added."""
+
+
+@dataclass
+class Dataset:
+    """Samples plus their metadata; ``arrays`` maps ARRAYS names to numpy arrays."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.arrays["y"])
+
+    def subset(self, mask: np.ndarray) -> Dataset:
+        """The samples where ``mask`` is true."""
+        return Dataset({k: v[mask] for k, v in self.arrays.items()}, self.meta)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the dataset as one compressed .npz, atomically."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, meta=np.array(json.dumps(self.meta)), **self.arrays)
+        return write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Dataset:
+        """Read a dataset written by :meth:`save`."""
+        p = Path(path)
+        if not p.is_file():
+            raise LeanstackError(f"dataset '{p}' not found — make one with "
+                                 "'leanstack sinan collect --app APP --out FILE'")
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                arrays = {k: z[k] for k in ARRAYS}
+        except (OSError, ValueError, KeyError) as e:
+            raise LeanstackError(f"'{p}' is not a Sinan dataset ({e}) — make one with "
+                                 "'leanstack sinan collect'") from None
+        return cls(arrays, meta)
+
+
+def collection_loads(rps: float, duration_s: float, seed: int = 0,
+                     levels: tuple[float, ...] = LOAD_LEVELS) -> list[LoadSpec]:
+    """One Poisson run per level (share of ``rps``) and one diurnal run around ``rps``."""
+    loads = [LoadSpec("poisson", rps * lv, duration_s, seed=seed + i)
+             for i, lv in enumerate(levels)]
+    loads.append(LoadSpec("diurnal", rps, duration_s, seed=seed + len(levels), amplitude=0.6))
+    return loads
+
+
+def collect(app: AppSpec, loads: list[LoadSpec], backend: str = "sim", seed: int = 0,
+            progress: bool = True) -> Dataset:
+    """Run the bandit explorer under each load on ``backend`` and build the dataset.
+
+    One explorer is shared by all runs, so its arm statistics accumulate as in the paper's
+    long collection. ``collection_wall_s`` is the wall time of the runs themselves.
+    """
+    if not loads:
+        raise LeanstackError("no collection loads given — pass at least one load level")
+    tiers = app.tiers
+    explorer = BanditExplorer(seed=seed)
+    parts: list[dict[str, np.ndarray]] = []
+    runs: list[dict[str, Any]] = []
+    wall = sim_s = 0.0
+    with tempfile.TemporaryDirectory(prefix="sinan-collect-") as tmp:
+        for i, load in enumerate(loads):
+            opts = {"seed": seed + i} if backend == "sim" else {}
+            be = make_backend(backend, 1.0, **opts)
+            t0 = time.monotonic()
+            result = run_experiment(app, be, explorer, load, Path(tmp) / f"run{i}.json",
+                                    progress=progress)
+            wall += time.monotonic() - t0
+            sim_s += result["duration_s"]
+            part = samples_from_timeline(result["timeline"], tiers)
+            part["run"] = np.full(len(part["y"]), i, dtype=np.int16)
+            parts.append(part)
+            s = result["summary"]
+            runs.append({"load": asdict(load), "samples": int(len(part["y"])),
+                         "violation_rate": s["violation_rate"], "mean_cpu": s["mean_cpu"]})
+    arrays = {k: np.concatenate([p[k] for p in parts]) for k in ARRAYS}
+    meta = {"app": app.name, "tiers": tiers, "channels": list(CHANNELS),
+            "percentiles": list(PCT_KEYS), "qos_ms": reference_qos_ms(app),
+            "backend": backend, "runs": runs, "collection_wall_s": round(wall, 3),
+            "collection_sim_s": sim_s, "explorer": explorer.describe()}
+    return Dataset(arrays, meta)
