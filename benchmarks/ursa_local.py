@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from hpa_vs_static import local_available
-
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController, StaticController
 from leanstack.microservices.load import LoadSpec

@@ -55,44 +55,49 @@ def run_app(name: str, quick: bool, seed: int, tmp: Path) -> dict[str, Any]:
         "backpressure_free": {t: p.backpressure_free for t, p in profile.tiers.items()},
         "runs": {}}
     for load_name, load in loads(rps, quick, seed).items():
-        for ctrl in (StaticController(), HPAController(), UrsaController(plan)):
+        controllers = {"static": StaticController(), "hpa": HPAController(),
+                       "ursa": UrsaController(plan, headroom=0.15),
+                       "ursa-h0.3": UrsaController(plan, headroom=0.3)}
+        for label, ctrl in controllers.items():
             res = run_experiment(app, SimBackend(seed=seed), ctrl, load,
-                                 tmp / f"{name}-{load_name}-{ctrl.name}.json", progress=False)
+                                 tmp / f"{name}-{load_name}-{label}.json", progress=False)
             s = res["summary"]
-            out["runs"][f"{load_name}/{ctrl.name}"] = {
+            out["runs"][f"{load_name}/{label}"] = {
                 "violation_rate": s["violation_rate"], "mean_cpu": s["mean_cpu"],
                 "decision_ms_median": s["decision_ms_median"],
                 "class_violation_rate": {c: v["violation_rate"]
                                          for c, v in s["classes"].items()},
                 "wall_s": res["environment"]["wall_s"]}
-            print(f"  {name} {load_name} {ctrl.name}: {s['violation_rate']:.1%} violations, "
+            print(f"  {name} {load_name} {label}: {s['violation_rate']:.1%} violations, "
                   f"{s['mean_cpu']:.2f} cores", file=sys.stderr)
     oracle = search_oracle(app, LoadSpec("poisson", rps, 60.0 if quick else 120.0, seed=seed),
                            seed=seed)
     out["oracle"] = {"total_cpu": oracle.total_cpu, "violation_rate": oracle.violation_rate,
                      "runs": oracle.runs, "wall_s": oracle.wall_s,
                      "allocation": oracle.allocation.to_dict()}
-    ursa = out["runs"]["steady/ursa"]["mean_cpu"]
-    out["ursa_over_oracle"] = ursa / oracle.total_cpu
-    for load_name in ("steady", "diurnal"):
-        hpa = out["runs"][f"{load_name}/hpa"]["mean_cpu"]
-        out[f"{load_name}_ursa_cpu_vs_hpa"] = out["runs"][f"{load_name}/ursa"]["mean_cpu"] / hpa
+    for label in ("ursa", "ursa-h0.3"):
+        out[f"{label}_over_oracle"] = out["runs"][f"steady/{label}"]["mean_cpu"] / oracle.total_cpu
+        for load_name in ("steady", "diurnal"):
+            hpa = out["runs"][f"{load_name}/hpa"]["mean_cpu"]
+            out[f"{load_name}_{label}_cpu_vs_hpa"] = (
+                out["runs"][f"{load_name}/{label}"]["mean_cpu"] / hpa)
     return out
 
 
 def table(results: dict[str, Any]) -> str:
-    rows = ["| app | load | static viol. / CPU | HPA viol. / CPU | Ursa viol. / CPU | Ursa CPU "
-            "vs HPA | oracle CPU (Ursa/oracle) |", "|---|---|---|---|---|---|---|"]
+    labels = ("static", "hpa", "ursa", "ursa-h0.3")
+    rows = ["| app | load | static | HPA | Ursa, headroom 0.15 | Ursa, headroom 0.3 (default) "
+            "| Ursa CPU vs HPA | oracle CPU (Ursa / oracle) |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results["apps"].items():
         for load_name in ("steady", "diurnal"):
             cells = [f"{100 * r['runs'][f'{load_name}/{c}']['violation_rate']:.1f}% / "
-                     f"{r['runs'][f'{load_name}/{c}']['mean_cpu']:.2f}"
-                     for c in ("static", "hpa", "ursa")]
-            oracle = (f"{r['oracle']['total_cpu']:.2f} ({r['ursa_over_oracle']:.2f}x)"
-                      if load_name == "steady" else "")
+                     f"{r['runs'][f'{load_name}/{c}']['mean_cpu']:.2f}" for c in labels]
+            vs_hpa = " / ".join(f"{cell(100 * (r[f'{load_name}_{c}_cpu_vs_hpa'] - 1), 0)}%"
+                                for c in labels[2:])
+            oracle = (f"{r['oracle']['total_cpu']:.2f} ({r['ursa_over_oracle']:.2f}x / "
+                      f"{r['ursa-h0.3_over_oracle']:.2f}x)" if load_name == "steady" else "")
             rows.append(f"| {name} | {load_name} {r['rps']:g} req/s | " + " | ".join(cells)
-                        + f" | {cell(100 * (r[f'{load_name}_ursa_cpu_vs_hpa'] - 1), 0)}% | "
-                        + f"{oracle} |")
+                        + f" | {vs_hpa} | {oracle} |")
     return "\n".join(rows)
 
 
@@ -105,7 +110,7 @@ def main() -> None:
     t0 = time.monotonic()
     results: dict[str, Any] = {"apps": {}, "settings": {
         "quick": args.quick, "seed": args.seed, "hpa": "Kubernetes defaults (time_scale 1)",
-        "ursa": {"headroom": 0.15, "margin": 0.2, "window": 3},
+        "ursa": {"headroom": [0.15, 0.3], "margin": 0.2, "window": 3},
         "loads": {k: {"pattern": v.pattern, "duration_s": v.duration_s}
                   for k, v in loads(1.0, args.quick, args.seed).items()}}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.microservices.helpers import run_cli
 
 from leanstack.errors import LeanstackError
-from tests.microservices.helpers import run_cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ursa.md"
 

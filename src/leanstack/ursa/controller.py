@@ -27,7 +27,7 @@ from leanstack.microservices.observation import Allocation, Observation, TierAll
 from leanstack.ursa.callgraph import visits_per_request
 from leanstack.ursa.plan import Plan
 
-DEFAULT_HEADROOM = 0.15
+DEFAULT_HEADROOM = 0.3
 CPU_STEP = 0.001  # cores: allocations are rounded up to 0.1 ms of quota per 100 ms period
 
 
