@@ -4,6 +4,7 @@ Every (request, layer, KV head, tier) table gains one token per step; a table wh
 full needs a new page. Every few steps one request finishes and frees all its tables, and a new
 one starts. LeanKV's PagePool does each step's allocations and frees as a few tensor operations;
 the baseline (vLLM's block-manager style) pops and pushes page ids one at a time in Python.
+Writes benchmarks/results/leankv_memory_manager.json and .png (cost per step vs pages).
 Usage: .venv/bin/python benchmarks/leankv_memory_manager.py [--quick]
 """
 
@@ -80,13 +81,40 @@ def simulate(kind: str, requests: int, layers: int, heads: int, steps: int) -> l
     return times
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Mean cost per decode step against the number of pages in the pool, both managers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pages = [r["pool_pages"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(pages, [r["python_us_per_step"] for r in rows], "o-", label="per-page Python free list")
+    ax.plot(pages, [r["batched_us_per_step"] for r in rows], "s-", label="batched PagePool")
+    for r in rows:
+        ax.annotate(f"{r['requests']} req", (r["pool_pages"], r["batched_us_per_step"]),
+                    fontsize=7, xytext=(3, -10), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("pages in the pool")
+    ax.set_ylabel("mean cost per decode step (us)")
+    ax.set_title("page allocation + free per decode step (SmolLM2 shapes, CPU)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer sizes and steps")
     args = parser.parse_args()
     torch.set_num_threads(1)
     layers, heads = 30, 3  # SmolLM2-135M
-    sizes = [1, 4, 16] if args.quick else [1, 4, 16, 64]
+    sizes = [1, 4, 16] if args.quick else [1, 4, 16, 64, 256]
     steps = 64 if args.quick else 160
     rows = []
     for requests in sizes:
@@ -96,6 +124,7 @@ def main() -> None:
         tables = requests * layers * heads * TIERS
         rows.append({"requests": requests, "tables": tables,
                      "pages_touched_per_step": tables / TOKENS_PER_PAGE,
+                     "pool_pages": tables * (steps // TOKENS_PER_PAGE + 2),
                      "python_us_per_step": med["python"] * 1e6,
                      "batched_us_per_step": med["batched"] * 1e6,
                      "speedup": med["python"] / med["batched"]})
@@ -112,13 +141,14 @@ def main() -> None:
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
+    plot(rows, out.with_suffix(".png"))
     print("| requests | tables | python free list (mean us/step) | batched PagePool "
           "(mean us/step) | python / batched |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['requests']} | {r['tables']} | {r['python_us_per_step']:.0f} | "
               f"{r['batched_us_per_step']:.0f} | {r['speedup']:.2f}x |")
-    print(f"wrote {out}")
+    print(f"wrote {out} and {out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

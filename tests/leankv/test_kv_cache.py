@@ -63,8 +63,8 @@ def test_fp16_tier_is_close_to_dense(tiny_llama):
 
 
 def test_compressing_preset_prunes_quantizes_and_saves_bytes(tiny_llama):
-    cfg = LeanKVConfig.preset("aggressive", group=16, page_bytes=256, recent_window=8,
-                              sink_tokens=2, retier_every=4)
+    cfg = LeanKVConfig.preset("balanced", group=16, page_bytes=256, recent_window=8,
+                              sink_tokens=2, retier_every=4, hi_mass=0.6, keep_mass=0.9)
     ids = torch.randint(3, 128, (2, 120), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         cache = LeanKVCache(tiny_llama.config, cfg)
@@ -112,3 +112,19 @@ def test_other_caches_still_work_after_switching(tiny_llama):
 def test_bad_model_config_is_one_line_error():
     with pytest.raises(LeanstackError, match="model.config"):
         LeanKVCache(object(), exact())
+
+
+def test_eight_bit_full_tier_holds_fewer_bytes_and_stays_close(tiny_llama):
+    ids = torch.randint(3, 128, (1, 60), generator=torch.Generator().manual_seed(4))
+    out, held = {}, {}
+    for bits in (16, 8):
+        cfg = LeanKVConfig.preset("lossless", group=16, page_bytes=256, full_bits=bits,
+                                  recent_window=64)  # every token stays in the full tier
+        with torch.no_grad():
+            cache = LeanKVCache(tiny_llama.config, cfg)
+            tiny_llama(input_ids=ids[:, :-1], cache=cache)
+            out[bits] = tiny_llama(input_ids=ids[:, -1:], cache=cache).logits
+        held[bits] = cache.bytes_held()
+        assert cache.tier_counts()["full"] == 60 * 2 * 2
+    assert held[8] < 0.7 * held[16]
+    assert (out[8] - out[16]).abs().max() < 0.05

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from leanstack.errors import LeanstackError
@@ -9,28 +8,6 @@ from leanstack.leankv.cli import build_config, kv_app
 
 KEYS = {"compression", "ppl_fp16", "ppl", "ppl_increase_pct", "kl", "top1_agreement",
         "retrieval_acc_fp16", "retrieval_acc"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    path = tmp_path_factory.mktemp("tiny")
-    text = ("the grass is green sky blue sun yellow here we go there and back again pass key "
-            "remember it what find info hidden inside a lot of irrelevant text memorize")
-    words = text.split(" ")
-    vocab = {w: i for i, w in enumerate(words)}
-    vocab |= {str(d): len(vocab) + d for d in range(10)} | {"<unk>": len(vocab) + 10}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", eos_token="<unk>")
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_kv_eval_writes_all_metrics(tiny_model_dir, tmp_path):
@@ -56,10 +33,21 @@ def test_exact_preset_has_no_loss(tiny_model_dir, tmp_path):
     out = tmp_path / "exact.json"
     result = CliRunner().invoke(kv_app, [
         "eval", "--preset", "exact", "--out", str(out), "--model", str(tiny_model_dir),
-        "--text", str(text), "--prefix", "20", "--decode", "20", "--passkey-trials", "0"])
+        "--text", str(text), "--prefix", "20", "--decode", "20", "--passkey-trials", "0",
+        "--significance", "sum", "--no-key-norm", "--full-bits", "32"])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert abs(data["ppl_increase_pct"]) < 1e-3 and data["top1_agreement"] == 1.0
+    assert data["config"]["significance"] == "sum" and data["config"]["key_channel_norm"] is False
+
+
+def test_new_settings_reach_the_config():
+    cfg = build_config("balanced", full_bits=8, budget=12, significance="sum", key_norm=False)
+    assert (cfg.full_bits, cfg.budget, cfg.significance, cfg.key_channel_norm) == \
+        (8, 12, "sum", False)
+    assert build_config("balanced").key_channel_norm is True
+    with pytest.raises(LeanstackError, match="significance must be one of"):
+        build_config("balanced", significance="max")
 
 
 def test_bad_cli_input_is_one_line_error(tmp_path):

@@ -65,3 +65,33 @@ def test_a_heavy_sink_does_not_eat_the_budget():
                        torch.zeros(n, dtype=torch.int64))
     assert new[0] == TIER_FULL
     assert int((new != PRUNED).sum()) >= 0.9 * (n - 1)
+
+
+def test_budget_keeps_the_same_number_of_tokens_in_every_head():
+    n = 30
+    cfg = LeanKVConfig(sink_tokens=1, recent_window=2, budget=5, hi_bits=(8, 4))
+    pos = torch.arange(n).repeat(2)
+    group = torch.arange(2).repeat_interleave(n)
+    score = torch.rand(2 * n, generator=torch.Generator().manual_seed(0))
+    new = assign_tiers(cfg, group, pos, score, torch.zeros(2 * n, dtype=torch.int64), n,
+                       torch.zeros(1, dtype=torch.int64), torch.zeros(2 * n, dtype=torch.int64))
+    for g in range(2):
+        mine = new[group == g]
+        assert (mine == TIER_HI).sum() == 5 and (mine == TIER_LO).sum() == 0
+        assert (mine == TIER_FULL).sum() == 3  # one sink, two recent
+        candidates = torch.arange(1, n - 2)
+        sig = (score[group == g] / (n - pos[group == g]))[candidates]
+        top = candidates[torch.argsort(sig, descending=True)[:5]]
+        assert set(torch.nonzero(mine == TIER_HI).squeeze(1).tolist()) == set(top.tolist())
+
+
+def test_sum_significance_favours_old_tokens_that_mean_does_not():
+    # token 0 collected 3.0 from 100 queries, token 1 collected 2.0 from 4 queries
+    cfg = dict(sink_tokens=0, recent_window=0, budget=1)
+    pos, score = torch.tensor([0, 96]), torch.tensor([3.0, 2.0])
+    args = (torch.zeros(2, dtype=torch.int64), pos, score, torch.zeros(2, dtype=torch.int64),
+            100, torch.zeros(1, dtype=torch.int64), torch.zeros(2, dtype=torch.int64))
+    mean = assign_tiers(LeanKVConfig(**cfg), *args)
+    total = assign_tiers(LeanKVConfig(significance="sum", **cfg), *args)
+    assert mean.tolist() == [PRUNED, TIER_HI]
+    assert total.tolist() == [TIER_HI, PRUNED]

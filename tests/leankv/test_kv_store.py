@@ -82,3 +82,38 @@ def test_presets_and_validation():
     with pytest.raises(LeanstackError, match="unknown LeanKV setting 'window'"):
         LeanKVConfig.from_dict({"window": 3})
     assert LeanKVConfig.from_dict(PRESETS["aggressive"].to_dict()) == PRESETS["aggressive"]
+
+
+def test_new_settings_are_validated():
+    with pytest.raises(LeanstackError, match="significance must be one of"):
+        LeanKVConfig(significance="max")
+    with pytest.raises(LeanstackError, match="budget must be >= 0"):
+        LeanKVConfig(budget=-1)
+    with pytest.raises(LeanstackError, match="full_bits must be 8, 16 or 32"):
+        LeanKVConfig(full_bits=4)
+
+
+def test_key_channel_norm_cuts_error_of_keys_with_an_outlier_channel():
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(200, 64, generator=g)
+    k[:, 5] = 40 + 5 * torch.randn(200, generator=g)  # one large, offset channel
+    zeros = torch.zeros(200, dtype=torch.int64)
+    errors = {}
+    for norm in (False, True):
+        store = KVStore(LeanKVConfig(hi_bits=(4, 4), key_channel_norm=norm), 1, 1, 64, 1)
+        layout = store.layouts[1]
+        keys = k
+        if norm:
+            store.set_key_norm(0, zeros, zeros, k)
+            keys = store.normalize_keys(0, zeros, zeros, k)
+        back = layout.decode(layout.encode(keys, k, torch.arange(200), torch.zeros(200)))[0]
+        if norm:
+            back = store.normalize_keys(0, zeros, zeros, back, inverse=True)
+        errors[norm] = (back - k)[:, torch.arange(64) != 5].abs().mean().item()
+    assert errors[True] < errors[False] / 4
+    # the statistics are held by the store and counted: 2 x 64 fp16 per (layer, request, head)
+    plain = KVStore(LeanKVConfig(hi_bits=(4, 4), key_channel_norm=False), 1, 1, 64, 1)
+    assert store.bytes_held() - plain.bytes_held() == 2 * 64 * 2
+    before = store.key_norm.clone()
+    store.set_key_norm(0, zeros, zeros, k * 100)  # set once: later calls change nothing
+    assert torch.equal(store.key_norm, before)

@@ -21,7 +21,7 @@ from leanstack.leankv.attention import (
 )
 from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.significance import assign_tiers
-from leanstack.leankv.store import NUM_TIERS, TIER_FULL, KVStore
+from leanstack.leankv.store import NUM_TIERS, PRUNED, TIER_FULL, KVStore
 
 
 class LeanKVLayer(CacheLayerMixin):
@@ -83,6 +83,8 @@ class LeanKVLayer(CacheLayerMixin):
         for tier in range(NUM_TIERS):
             got = store.read(self.layer_idx, tier)
             k, v, pos, score = store.layouts[tier].decode(got.records)
+            if store.quantizes_keys(tier):
+                k = store.normalize_keys(self.layer_idx, got.batch, got.head, k, inverse=True)
             for name, val in (("k", k), ("v", v), ("pos", pos), ("score", score),
                               ("batch", got.batch), ("head", got.head),
                               ("tier", torch.full_like(pos, tier)), ("base", got.byte_base)):
@@ -154,8 +156,14 @@ class LeanKVLayer(CacheLayerMixin):
             lo = int(raw_offsets[tier])
             raw = tok["raw_by_tier"][tier][stay[lo:lo + counts[tier]]]
             layout = store.layouts[tier]
-            moved = layout.encode(tok["k"][enter], tok["v"][enter], tok["pos"][enter],
-                                  tok["score"][enter])
+            k_in = tok["k"][enter]
+            if store.quantizes_keys(tier):
+                valid = (new < PRUNED) & (tok["pos"] >= self.cache.first_valid[tok["batch"]])
+                store.set_key_norm(self.layer_idx, tok["batch"][valid], tok["head"][valid],
+                                   tok["k"][valid])
+                k_in = store.normalize_keys(self.layer_idx, tok["batch"][enter],
+                                            tok["head"][enter], k_in)
+            moved = layout.encode(k_in, tok["v"][enter], tok["pos"][enter], tok["score"][enter])
             store.clear(self.layer_idx, tier)
             store.append(self.layer_idx, tier, torch.cat([tok["batch"][stay], tok["batch"][enter]]),
                          torch.cat([tok["head"][stay], tok["head"][enter]]),

@@ -30,14 +30,17 @@ def _bits(text: str | None, name: str) -> tuple[int, int] | None:
 
 def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = None,
                  hi_mass: float | None = None, keep_mass: float | None = None,
-                 window: int | None = None, sinks: int | None = None) -> Any:
+                 window: int | None = None, sinks: int | None = None,
+                 full_bits: int | None = None, budget: int | None = None,
+                 significance: str | None = None, key_norm: bool | None = None) -> Any:
     """A preset with the free settings given on the command line applied on top."""
     from leanstack.leankv.config import LeanKVConfig
 
     overrides = {k: v for k, v in {
         "hi_bits": _bits(hi_bits, "hi-bits"), "lo_bits": _bits(lo_bits, "lo-bits"),
         "hi_mass": hi_mass, "keep_mass": keep_mass, "recent_window": window,
-        "sink_tokens": sinks}.items() if v is not None}
+        "sink_tokens": sinks, "full_bits": full_bits, "budget": budget,
+        "significance": significance, "key_channel_norm": key_norm}.items() if v is not None}
     return LeanKVConfig.preset(preset, **overrides)
 
 
@@ -68,6 +71,11 @@ def kv_eval(
     keep_mass: float | None = typer.Option(None, help="attention mass kept at all"),
     window: int | None = typer.Option(None, help="recent tokens kept at full precision"),
     sinks: int | None = typer.Option(None, help="first tokens kept at full precision"),
+    full_bits: int | None = typer.Option(None, help="bits of the sink/window tier: 8, 16, 32"),
+    budget: int | None = typer.Option(None, help="fixed kept tokens per head (0: use masses)"),
+    significance: str | None = typer.Option(None, help="mean or sum of attention mass"),
+    key_norm: bool | None = typer.Option(None, "--key-norm/--no-key-norm",
+                                         help="per-channel key normalization before quantizing"),
     threads: int = typer.Option(1, help="torch CPU threads"),
 ) -> None:
     """Measure compression, decode-time perplexity/KL/top-1 and passkey retrieval."""
@@ -77,7 +85,8 @@ def kv_eval(
     from leanstack.leankv.evaluate import decode_fidelity, default_text, passkey_accuracy
     from leanstack.llm import load_model
 
-    config = build_config(preset, hi_bits, lo_bits, hi_mass, keep_mass, window, sinks)
+    config = build_config(preset, hi_bits, lo_bits, hi_mass, keep_mass, window, sinks, full_bits,
+                          budget, significance, key_norm)
     if text_file is not None and not text_file.is_file():
         raise LeanstackError(f"text file {text_file} not found: pass an existing UTF-8 file")
     text = text_file.read_text(encoding="utf-8") if text_file else default_text()

@@ -8,18 +8,25 @@ from typing import Any
 from leanstack.errors import LeanstackError
 from leanstack.leankv.quant import RAW_BITS, check_bits
 
+SIGNIFICANCE = ("mean", "sum")
+
 
 @dataclass(frozen=True)
 class LeanKVConfig:
     """How LeanKV compresses a KV cache.
 
     Tokens live in three stored tiers plus "pruned". The first ``sink_tokens`` tokens and the
-    most recent ``recent_window`` stay in the *full* tier (``full_bits``: 16 or 32). Older tokens
+    most recent ``recent_window`` stay in the *full* tier (``full_bits``: 8, 16 or 32). Older tokens
     are ranked per request and KV head by significance: the smallest set covering ``hi_mass`` of
     the head's attention mass goes to the *high* tier (``hi_bits`` = key bits, value bits), the
     set up to ``keep_mass`` to the *low* tier (``lo_bits``), the rest is pruned. Tokens are only
     ever demoted. Re-tiering runs every ``retier_every`` new tokens. ``score_decay`` below 1
     weighs recent queries' attention more (an exponential observation window); 1 accumulates.
+    ``significance`` is ``mean`` (mass per query that could see the token) or ``sum`` (H2O's
+    accumulated mass). ``budget`` > 0 replaces the mass thresholds by a fixed number of kept
+    tokens per head (all in the high tier; an H2O-style policy). ``key_channel_norm`` centres
+    and scales every key channel per (request, layer, KV head) before quantizing, so outlier
+    channels do not eat the per-token range (KIVI's observation, in a per-token layout).
     """
 
     hi_bits: tuple[int, int] = (8, 4)
@@ -33,6 +40,9 @@ class LeanKVConfig:
     page_bytes: int = 2048
     retier_every: int = 16
     score_decay: float = 1.0
+    significance: str = "mean"
+    budget: int = 0
+    key_channel_norm: bool = True
 
     def __post_init__(self) -> None:
         for name in ("hi_bits", "lo_bits"):
@@ -42,8 +52,8 @@ class LeanKVConfig:
             object.__setattr__(self, name, tuple(int(b) for b in pair))
             for b in getattr(self, name):
                 check_bits(b)
-        if self.full_bits not in RAW_BITS:
-            raise LeanstackError(f"full_bits must be 16 or 32, got {self.full_bits}")
+        if self.full_bits not in (8, *RAW_BITS):
+            raise LeanstackError(f"full_bits must be 8, 16 or 32, got {self.full_bits}")
         if not 0.0 <= self.hi_mass <= self.keep_mass <= 1.0:
             raise LeanstackError(
                 f"need 0 <= hi_mass <= keep_mass <= 1, got {self.hi_mass} and {self.keep_mass}"
@@ -53,6 +63,11 @@ class LeanKVConfig:
                 raise LeanstackError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 < self.score_decay <= 1.0:
             raise LeanstackError(f"score_decay must be in (0, 1], got {self.score_decay}")
+        if self.significance not in SIGNIFICANCE:
+            raise LeanstackError(f"significance must be one of {SIGNIFICANCE}, "
+                                 f"got {self.significance!r}")
+        if self.budget < 0:
+            raise LeanstackError(f"budget must be >= 0 tokens per head, got {self.budget}")
         for name in ("group", "page_bytes", "retier_every"):
             if getattr(self, name) <= 0:
                 raise LeanstackError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -81,10 +96,16 @@ PRESETS: dict[str, LeanKVConfig] = {
     # Everything at full fp32 precision, nothing pruned: reproduces the dense cache.
     "exact": LeanKVConfig(full_bits=32, hi_bits=(32, 32), lo_bits=(32, 32), hi_mass=1.0,
                           keep_mass=1.0),
-    # Everything kept at K8V4 (keys need the bits) except the last 0.1% of each head's mass.
-    "lossless": LeanKVConfig(hi_bits=(8, 4), lo_bits=(8, 4), hi_mass=0.9, keep_mass=0.999),
-    # Prune the last 1% of each head's attention mass.
-    "balanced": LeanKVConfig(hi_bits=(8, 4), lo_bits=(8, 4), hi_mass=0.9, keep_mass=0.99),
-    # Low-significance tokens at K4V2, the last 10% of the mass pruned.
-    "aggressive": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 2), hi_mass=0.6, keep_mass=0.9),
+    # Compressing presets: sinks and the recent window at 8 bits (K8V8), keys channel-normalized,
+    # no 2-bit values (V2 cost more than pruning on SmolLM2; see docs/leankv.md). Every re-tier
+    # prunes the tail of the survivors' mass again, so re-tiering less often prunes less.
+    # 70% of each head's mass at K8V4, up to 99% at K4V4, re-tiered every 32 tokens.
+    "lossless": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 4), hi_mass=0.7, keep_mass=0.99,
+                             full_bits=8, retier_every=32),
+    # 90% at K8V4, up to 99% at K4V4, re-tiered every 16 tokens.
+    "balanced": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 4), hi_mass=0.9, keep_mass=0.99,
+                             full_bits=8),
+    # Everything kept at K4V4, the last 3% of each head's mass pruned at every re-tier.
+    "aggressive": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.97, keep_mass=0.97,
+                               full_bits=8),
 }

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from leanstack.errors import LeanstackError
-from leanstack.leankv.cache import LeanKVCache
 from leanstack.leankv.config import LeanKVConfig
+from leanstack.leankv.peers import CacheSpec, leankv_spec
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
@@ -38,7 +38,23 @@ class FidelityResult:
     kl: float
     top1_agreement: float
     compression: float
+    bytes_held: int
+    fp16_bytes: int
     tier_counts: dict[str, int]
+
+
+def as_spec(config: LeanKVConfig | CacheSpec) -> CacheSpec:
+    """A LeanKV configuration as a :class:`CacheSpec` (a spec passes through)."""
+    return leankv_spec("leankv", config) if isinstance(config, LeanKVConfig) else config
+
+
+def fp16_bytes(model_config: Any, tokens: int, batch: int = 1) -> int:
+    """What a dense fp16 cache holds for ``tokens`` tokens of ``batch`` requests."""
+    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") \
+        else model_config
+    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+    dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
+    return batch * tokens * int(text.num_hidden_layers) * heads * dim * 4
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -46,16 +62,18 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
 
 
 def decode_fidelity(model: Any, input_ids: torch.Tensor, prefix: int,
-                    config: LeanKVConfig,
+                    config: LeanKVConfig | CacheSpec,
                     progress: Callable[[int], None] | None = None) -> FidelityResult:
-    """Teacher-forced decode of ``input_ids[0, prefix:]`` through a LeanKVCache vs dense."""
+    """Teacher-forced decode of ``input_ids[0, prefix:]`` through the cache ``config`` builds
+    (a LeanKV configuration or any :class:`CacheSpec`) vs the dense model."""
     n = input_ids.shape[1]
     if not 0 < prefix < n:
         raise LeanstackError(f"prefix {prefix} must be between 1 and the text length {n} - 1")
     targets = input_ids[0, prefix:]
     with torch.no_grad():
         dense = _log_probs(model(input_ids[:, :-1]).logits[0, prefix - 1:])
-        cache = LeanKVCache(model.config, config)
+        spec = as_spec(config)
+        cache = spec.make(model.config)
         steps = [model(input_ids[:, :prefix], cache=cache).logits[0, -1:]]
         for i in range(prefix, n - 1):
             steps.append(model(input_ids[:, i:i + 1], cache=cache).logits[0, -1:])
@@ -67,8 +85,10 @@ def decode_fidelity(model: Any, input_ids: torch.Tensor, prefix: int,
     nll = -comp[rows, targets].mean().item()
     kl = (dense.exp() * (dense - comp)).sum(-1).mean().item()
     agree = (dense.argmax(-1) == comp.argmax(-1)).float().mean().item()
-    return FidelityResult(math.exp(nll_dense), math.exp(nll), kl, agree, cache.compression(),
-                          cache.tier_counts())
+    held, full = spec.bytes_held(cache), fp16_bytes(model.config, n - 1)
+    counts = cache.tier_counts() if hasattr(cache, "tier_counts") else {}
+    return FidelityResult(math.exp(nll_dense), math.exp(nll), kl, agree, full / held, held, full,
+                          counts)
 
 
 def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> str:
@@ -82,8 +102,8 @@ def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> str:
             "memorize it.\n" + body + "\nWhat is the pass key? The pass key is")
 
 
-def passkey_accuracy(model: Any, tokenizer: Any, config: LeanKVConfig | None, trials: int,
-                     length: int, seed: int = 0,
+def passkey_accuracy(model: Any, tokenizer: Any, config: LeanKVConfig | CacheSpec | None,
+                     trials: int, length: int, seed: int = 0,
                      progress: Callable[[int], None] | None = None) -> float:
     """Fraction of passkeys recalled; ``config`` None uses the dense cache."""
     rng = random.Random(seed)
@@ -94,7 +114,7 @@ def passkey_accuracy(model: Any, tokenizer: Any, config: LeanKVConfig | None, tr
         enc = tokenizer(passkey_prompt(tokenizer, length, depth, key), return_tensors="pt")
         kwargs: dict[str, Any] = {}
         if config is not None:
-            kwargs["cache"] = LeanKVCache(model.config, config)
+            kwargs["cache"] = as_spec(config).make(model.config)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=8, do_sample=False,
                                  pad_token_id=tokenizer.pad_token_id, **kwargs)

@@ -15,12 +15,26 @@ from leanstack.leankv.store import PRUNED, TIER_FULL, TIER_HI, TIER_LO
 
 
 def normalized_significance(score: torch.Tensor, pos: torch.Tensor, seq_len: int,
-                            decay: float = 1.0) -> torch.Tensor:
-    """Accumulated (optionally decayed) attention mass per query that could see the token."""
+                            decay: float = 1.0, mode: str = "mean") -> torch.Tensor:
+    """Accumulated (optionally decayed) attention mass per query that could see the token
+    (``mode="mean"``), or the accumulated mass itself (``mode="sum"``, as H2O ranks tokens)."""
+    if mode == "sum":
+        return score
     seen = (seq_len - pos).clamp_min(1).to(score.dtype)
     if decay < 1.0:
         seen = (1 - decay ** seen) / (1 - decay)
     return score / seen
+
+
+def rank_in_group(group: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
+    """Per token, its rank (0 = most significant) among the tokens of its group."""
+    order = torch.argsort(sig, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    counts = torch.bincount(group)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(group)
+    rank[order] = torch.arange(group.numel(), device=group.device) - starts[group[order]]
+    return rank
 
 
 def cumulative_share(group: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,17 +66,21 @@ def assign_tiers(config: LeanKVConfig, group: torch.Tensor, pos: torch.Tensor,
     """
     rel = pos - first_valid[batch]
     protected = ((rel >= 0) & (rel < config.sink_tokens)) | (pos >= seq_len - config.recent_window)
-    sig = normalized_significance(score, pos, seq_len, config.score_decay)
+    sig = normalized_significance(score, pos, seq_len, config.score_decay, config.significance)
     sig = torch.where(rel < 0, torch.zeros_like(sig), sig)  # padding never matters
     # Shares are of the mass of the tokens up for decision: sinks often draw most of a head's
     # attention and would otherwise let the thresholds prune nearly everything else.
     sig = torch.where(protected, torch.zeros_like(sig), sig)
-    share, _ = cumulative_share(group, sig)
     new = torch.full_like(tier, PRUNED)
-    new = torch.where(share < config.keep_mass, torch.full_like(tier, TIER_LO), new)
-    new = torch.where(share < config.hi_mass, torch.full_like(tier, TIER_HI), new)
-    new = torch.where(sig <= 0, torch.full_like(tier, PRUNED), new)  # never attended to
-    if config.keep_mass >= 1.0:  # keep everything that is not padding
+    if config.budget > 0:  # a fixed number of tokens per head, all in the high tier
+        rank = rank_in_group(group, sig)
+        new = torch.where((rank < config.budget) & (sig > 0), torch.full_like(tier, TIER_HI), new)
+    else:
+        share, _ = cumulative_share(group, sig)
+        new = torch.where(share < config.keep_mass, torch.full_like(tier, TIER_LO), new)
+        new = torch.where(share < config.hi_mass, torch.full_like(tier, TIER_HI), new)
+        new = torch.where(sig <= 0, torch.full_like(tier, PRUNED), new)  # never attended to
+    if config.keep_mass >= 1.0 and config.budget == 0:  # keep everything that is not padding
         new = torch.where((new == PRUNED) & (rel >= 0), torch.full_like(tier, TIER_LO), new)
     if config.hi_mass >= 1.0:
         new = torch.where(new == TIER_LO, torch.full_like(tier, TIER_HI), new)

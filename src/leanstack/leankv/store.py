@@ -14,6 +14,7 @@ import torch
 from leanstack.errors import LeanstackError
 from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.pages import PagePool
+from leanstack.leankv.quant import QUANT_BITS
 from leanstack.leankv.records import RecordLayout
 
 TIER_FULL, TIER_HI, TIER_LO, PRUNED = 0, 1, 2, 3
@@ -50,6 +51,12 @@ class KVStore:
         self.pool = PagePool(initial_pages, config.page_bytes, device)
         self.length = torch.zeros(batch_size * num_layers * num_kv_heads * NUM_TIERS,
                                   dtype=torch.int64, device=device)
+        # Per-channel key centre and scale per (layer, request, head), fp16, set once per layer.
+        self.key_norm: torch.Tensor | None = None
+        self.key_norm_set = torch.zeros(num_layers, dtype=torch.bool)
+        if config.key_channel_norm and any(lay.key_bits in QUANT_BITS for lay in self.layouts[1:]):
+            self.key_norm = torch.zeros(num_layers, 2, batch_size * num_kv_heads, head_dim,
+                                        dtype=torch.float16, device=device)
 
     def table_ids(self, layer: int, tier: int) -> torch.Tensor:
         """Table ids of (every request, every KV head) of ``layer`` and ``tier``, request-major."""
@@ -120,6 +127,36 @@ class KVStore:
         raw = scores.to(torch.float32).reshape(-1, 1).view(torch.uint8)
         self.pool.data.view(-1)[self._bytes_index(byte_base + off, 4)] = raw
 
+    def quantizes_keys(self, tier: int) -> bool:
+        """Whether keys of ``tier`` are stored channel-normalized (and so need the stats).
+        The full tier never is: its tokens arrive before the statistics exist."""
+        return (tier != TIER_FULL and self.key_norm is not None
+                and self.layouts[tier].key_bits in QUANT_BITS)
+
+    def set_key_norm(self, layer: int, batch: torch.Tensor, head: torch.Tensor,
+                     k: torch.Tensor) -> None:
+        """Fix ``layer``'s per-channel key centre and scale from the keys ``k`` [n, dim] of
+        (batch[i], head[i]) (a no-op once set): every channel maps onto [-1, 1]."""
+        if self.key_norm is None or bool(self.key_norm_set[layer]):
+            return
+        idx = (batch * self.num_kv_heads + head).unsqueeze(1).expand_as(k)
+        n_groups, dim = self.key_norm.shape[2:]
+        hi = torch.full((n_groups, dim), -torch.inf, device=k.device)
+        lo = torch.full((n_groups, dim), torch.inf, device=k.device)
+        hi.scatter_reduce_(0, idx, k.float(), "amax")
+        lo.scatter_reduce_(0, idx, k.float(), "amin")
+        seen = torch.isfinite(hi)
+        self.key_norm[layer, 0] = torch.where(seen, (hi + lo) / 2, 0.0).half()
+        self.key_norm[layer, 1] = torch.where(seen, (hi - lo) / 2, 1.0).clamp_min(1e-3).half()
+        self.key_norm_set[layer] = True
+
+    def normalize_keys(self, layer: int, batch: torch.Tensor, head: torch.Tensor,
+                       k: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Keys of (batch[i], head[i]) mapped to (``inverse``: back from) normalized space."""
+        idx = batch * self.num_kv_heads + head
+        centre, scale = self.key_norm[layer, 0, idx].float(), self.key_norm[layer, 1, idx].float()
+        return k * scale + centre if inverse else (k - centre) / scale
+
     def clear(self, layer: int, tier: int) -> None:
         """Drop every token of ``layer`` and ``tier`` and free their pages."""
         tables = self.table_ids(layer, tier)
@@ -133,5 +170,7 @@ class KVStore:
     def bytes_held(self) -> int:
         """Bytes this store really holds: its pages (slack included) plus page tables and
         per-table token counts."""
+        norm = self.key_norm.numel() * self.key_norm.element_size() if self.key_norm is not None \
+            else 0
         return (self.pool.num_allocated * self.pool.page_bytes + self.pool.table_bytes()
-                + self.length.numel() * self.length.element_size())
+                + self.length.numel() * self.length.element_size() + norm)
