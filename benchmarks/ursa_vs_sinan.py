@@ -51,7 +51,7 @@ def run_app(name: str, quick: bool, seeds: list[int], tmp: Path) -> dict[str, An
     for seed in seeds:
         for pattern in ("poisson", "diurnal"):
             load = LoadSpec(pattern, RPS, 180.0 if quick else 600.0, seed=seed, amplitude=0.5)
-            for ctrl in (HPAController(), SinanController(), UrsaController(plan, headroom=0.15)):
+            for ctrl in (HPAController(), SinanController(), UrsaController(plan)):
                 res = run_experiment(app, SimBackend(seed=seed), ctrl, load,
                                      tmp / f"{name}-{pattern}-{ctrl.name}.json", progress=False)
                 s = res["summary"]
