@@ -14,6 +14,8 @@ command -v pdftotext    >/dev/null 2>&1 || need+=(poppler-utils)
 command -v groff        >/dev/null 2>&1 || need+=(groff-base)
 [ -e /usr/share/doc/ngspice-doc/html/manual.html ] || need+=(ngspice-doc)
 [ -e /usr/share/doc/yosys/manual.pdf ]             || need+=(yosys-doc)
+# Browser tests of the web pages (driven by playwright, never downloading a browser).
+command -v chromium     >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
   echo "leanstack: missing Debian packages: ${need[*]} — run 'sudo apt-get install ${need[*]}' and retry" >&2

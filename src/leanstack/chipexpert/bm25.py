@@ -58,6 +58,13 @@ class BM25Index:
         docs, scores = self._model.retrieve([tokens], k=min(k, self.size), show_progress=False)
         return [(int(d), float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]
 
+    def scores(self, query: str) -> np.ndarray:
+        """The BM25 score of every row for ``query`` (zeros when no query word is indexed)."""
+        tokens = [t for t in tokenize(query) if t in self._model.vocab_dict]
+        if not tokens or self.size == 0:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._model.get_scores(tokens), dtype=np.float32)
+
     def save(self, directory: Path) -> None:
         """Write the index files into ``directory``."""
         self._model.save(str(directory), show_progress=False)

@@ -97,3 +97,30 @@ def chunk_sections(sections: list[Section], source: str, license: str) -> list[C
             if len(text.split()) >= MIN_WORDS:
                 chunks.append(Chunk(chunk_id(source, title, text), source, title, text, license))
     return chunks
+
+
+_NUMBERED = re.compile(r"(\d+(?:\.\d+)*)\.?\s+\S")
+
+
+def heading_paths(chunks: list[Chunk]) -> dict[tuple[str, str], str]:
+    """For each (source, section): the section title after the titles of its numbered parents,
+    e.g. ``Independent Sources for Voltage or Current > 4.1.2 Sinusoidal``; sections without a
+    number (tool help, man pages, slides) keep their own title."""
+    numbered: dict[tuple[str, str], str] = {}
+    for c in chunks:
+        if m := _NUMBERED.match(c.section):
+            numbered.setdefault((c.source, m.group(1)), c.section)
+    paths = {}
+    for c in chunks:
+        key = (c.source, c.section)
+        if key in paths:
+            continue
+        parents = []
+        if m := _NUMBERED.match(c.section):
+            parts = m.group(1).split(".")
+            for depth in range(1, len(parts)):
+                title = numbered.get((c.source, ".".join(parts[:depth])))
+                if title:
+                    parents.append(re.sub(r"^[\d.]+\s+", "", title))
+        paths[key] = " > ".join([*parents, c.section])
+    return paths

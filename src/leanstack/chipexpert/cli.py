@@ -1,4 +1,5 @@
-"""``leanstack chip``: build the knowledge base and search it (wiring only)."""
+"""``leanstack chip``: build the knowledge base, search it, ask the assistant, serve it (wiring
+only)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typer
 
 from leanstack.errors import LeanstackError
 
-chip_app = typer.Typer(help="ChipExpert: the IC-design knowledge base and its retrieval.",
+chip_app = typer.Typer(help="ChipExpert: knowledge base, retrieval, assistant.",
                        no_args_is_help=True)
 corpus_app = typer.Typer(help="Build the knowledge base from the offline documentation.",
                          no_args_is_help=True)
@@ -71,7 +72,7 @@ def corpus_build(
 def search(
     query: str = typer.Argument(..., help="a question or keywords"),
     k: int = typer.Option(3, "--k", help="how many chunks to return"),
-    method: str = typer.Option("fused", "--method", help="fused, dense or bm25"),
+    method: str = typer.Option("fused", "--method", help="fused, rrf, dense or bm25"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of "
                                  "{source, section, text, score}"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
@@ -88,3 +89,102 @@ def search(
     for n, h in enumerate(hits, 1):
         print(f"[{n}] {h.source} — {h.section}  (score {h.score:.4f})")
         print("    " + h.text[:400].replace("\n", "\n    ") + ("…" if len(h.text) > 400 else ""))
+
+
+_MODEL_HELP = ("local model: a Hugging Face directory or .gguf file (default: the bundled "
+               "SmolLM2-135M-Instruct); with --endpoint, the model name on that server")
+_ENDPOINT_HELP = "an OpenAI-compatible server, e.g. http://localhost:8000/v1"
+
+
+@chip_app.command("ask")
+def ask(
+    question: str = typer.Argument(..., help="the question"),
+    k: int = typer.Option(3, "--k", help="how many passages to put in the prompt"),
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
+    no_rag: bool = typer.Option(False, "--no-rag", help="answer without the knowledge base"),
+    as_json: bool = typer.Option(False, "--json", help="print {answer, citations: [{n, source, "
+                                 "section, text, score, cited}], latency_s, ...}"),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="answer length cap"),
+    directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+) -> None:
+    """Answer a question from the top-k passages of the knowledge base, with numbered citations."""
+    from leanstack.chipexpert.assistant import make_assistant
+
+    if max_new_tokens < 1:
+        raise LeanstackError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    answer = make_assistant(model, endpoint, rag=not no_rag, k=k,
+                            directory=directory).ask(question, max_new_tokens)
+    if as_json:
+        print(json.dumps(answer.to_dict(), indent=1, ensure_ascii=False))
+        return
+    print(answer.answer)
+    if answer.citations:
+        print()
+    for c in answer.citations:
+        print(f"[{c.n}]{'*' if c.cited else ' '} {c.source} — {c.section}  (score {c.score:.4f})")
+    print(f"\n({answer.latency_s:.2f} s: retrieval {answer.retrieval_s:.2f} s, generation "
+          f"{answer.generation_s:.2f} s{'; * = cited in the answer' if answer.citations else ''})")
+
+
+@chip_app.command("serve")
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
+    port: int = typer.Option(8000, "--port", help="TCP port"),
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
+    k: int = typer.Option(3, "--k", help="default number of passages per answer"),
+    no_rag: bool = typer.Option(False, "--no-rag", help="serve without the knowledge base"),
+    directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+) -> None:
+    """Serve the assistant: a web page at / and the JSON API at /api/ask and /api/search."""
+    import uvicorn
+
+    from leanstack.chipexpert.assistant import make_assistant
+    from leanstack.chipexpert.server import create_app
+
+    if not 0 < port < 65536:
+        raise LeanstackError(f"--port must be 1..65535 (got {port})")
+    app = create_app(make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory))
+    print(f"ChipExpert on http://{host}:{port}/  (API: POST /api/ask, GET /api/search)",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+@chip_app.command("bench")
+def bench(
+    model: str | None = typer.Option(None, "--model", help=_MODEL_HELP),
+    endpoint: str | None = typer.Option(None, "--endpoint", help=_ENDPOINT_HELP),
+    rag: bool = typer.Option(False, "--rag/--no-rag", help="put the top-k passages of the "
+                             "knowledge base into each prompt"),
+    domains: list[str] = typer.Option([], "--domains", help="only these domains (digital, "
+                                      "analog, eda, soc, power, rf_circuits, rf_antennas, cim, "
+                                      "nn_hw); repeatable or comma-separated"),
+    types: list[str] = typer.Option([], "--types", help="only these item types (open, mcq, "
+                                    "numeric, verilog, spice); repeatable or comma-separated"),
+    limit: int | None = typer.Option(None, "--limit", help="at most N items per domain"),
+    out: Path | None = typer.Option(None, "--out", help="write the results as JSON here"),
+    chart: Path | None = typer.Option(None, "--chart", help="draw the per-domain bar chart (PNG)"),
+    human_scores: Path | None = typer.Option(None, "--human-scores", help="CSV of id,score "
+                                             "(0-1) that replaces the automatic open scores"),
+    k: int = typer.Option(3, "--k", help="passages per question with --rag"),
+    directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+) -> None:
+    """Run ChipICD-Bench: ask the model every item, score it, print per-domain/level tables."""
+    from leanstack.chipexpert.bench.commands import run_bench_command
+
+    run_bench_command(model, endpoint, rag, domains, types, limit, out, chart, human_scores, k,
+                      directory)
+
+
+@chip_app.command("bench-report")
+def bench_report(
+    files: list[Path] = typer.Argument(..., help="result files of 'chip bench --out'"),
+    chart: Path | None = typer.Option(None, "--chart", help="draw the per-domain bar chart (PNG)"),
+    human_scores: list[Path] = typer.Option([], "--human-scores", help="CSV of id,score for the "
+                                            "open items of the n-th result file; repeatable"),
+) -> None:
+    """Compare result files side by side (e.g. without and with retrieval) and chart them."""
+    from leanstack.chipexpert.bench.commands import report_command
+
+    report_command(files, chart, human_scores)

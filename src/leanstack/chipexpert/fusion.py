@@ -1,6 +1,9 @@
-"""Reciprocal rank fusion: combine ranked lists without calibrating their scores."""
+"""Fusion of dense and sparse retrieval: reciprocal rank fusion of ranked lists, and a convex
+combination of normalised scores."""
 
 from __future__ import annotations
+
+import numpy as np
 
 RRF_K = 60  # the constant of Cormack et al. (2009); damps the weight of the very top ranks
 
@@ -19,3 +22,20 @@ def reciprocal_rank_fusion(rankings: list[list[int]], k: int = RRF_K,
         for rank, item in enumerate(ranking, 1):
             scores[item] = scores.get(item, 0.0) + w / (k + rank)
     return sorted(scores.items(), key=lambda kv: -kv[1])
+
+
+def min_max(scores: np.ndarray) -> np.ndarray:
+    """Scale scores to [0, 1] (all zeros when they are all equal)."""
+    lo, hi = float(scores.min()), float(scores.max())
+    return (scores - lo) / (hi - lo) if hi > lo else np.zeros_like(scores)
+
+
+def convex_fusion(dense: np.ndarray, sparse: np.ndarray, dense_weight: float) -> np.ndarray:
+    """Convex combination of min-max normalised scores over the same rows:
+    ``w * mm(dense) + (1 - w) * mm(sparse)`` (Bruch et al., 2023: it beats RRF once ``w`` is
+    set on a few labelled queries)."""
+    if not 0.0 <= dense_weight <= 1.0:
+        raise ValueError("dense_weight must be in [0, 1]")
+    if dense.shape != sparse.shape:
+        raise ValueError("one score per row in both lists")
+    return dense_weight * min_max(dense) + (1.0 - dense_weight) * min_max(sparse)

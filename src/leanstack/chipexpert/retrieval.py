@@ -1,9 +1,14 @@
-"""The ``Retriever``: dense + BM25 search over the corpus, fused by reciprocal rank fusion, with
-the index persisted next to the corpus.
+"""The ``Retriever``: dense + BM25 search over the corpus, fused, with the index persisted next to
+the corpus.
+
+Fused search (the default): the question's tool names are taken out of the dense query and turned
+into a small prior for that tool's sources (``query.py``); dense cosine and BM25 scores of every
+chunk are min-max normalised and combined convexly (``fusion.py``); the result list keeps one
+chunk per section, so the k passages are k different places in the documentation.
 
 Index layout (in ``<corpus dir>/index``)::
 
-    meta.json      corpus hash, chunk ids, model name
+    meta.json      format version, corpus hash, chunk ids, hashes of the embedded texts, model
     dense.npy      one unit embedding per chunk, in corpus order
     bm25/          the bm25s index files
 """
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -21,25 +27,32 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from leanstack.chipexpert import dense
+from leanstack.chipexpert import dense, query
 from leanstack.chipexpert.bm25 import BM25Index
-from leanstack.chipexpert.chunking import Chunk
+from leanstack.chipexpert.chunking import Chunk, heading_paths
 from leanstack.chipexpert.corpus import CORPUS_FILE, load_corpus
-from leanstack.chipexpert.fusion import reciprocal_rank_fusion
+from leanstack.chipexpert.fusion import convex_fusion, reciprocal_rank_fusion
 from leanstack.errors import LeanstackError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 INDEX_DIR = "index"
-METHODS = ("fused", "dense", "bm25")
-CANDIDATES = 50  # each retriever's list length fed into the fusion
+# Bump when what is indexed changes (index_text, bm25_text): older indexes are then rebuilt.
+INDEX_VERSION = 2
+METHODS = ("fused", "rrf", "dense", "bm25")
+CANDIDATES = 50  # each retriever's list length fed into reciprocal rank fusion
 MODEL_NAME = "all-MiniLM-L6-v2"
+# Weight of the dense score in the convex fusion; chosen on the even-numbered half of the
+# question set (benchmarks/chip_retrieval.py reports the other half as held out).
+DENSE_WEIGHT = 0.7
+QUERY_CACHE = 512
+TOOL_PRIOR = 0.1  # added to the fused score (range 0..1) of chunks of a tool the question names
 
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result; ``score`` is the method's own (cosine, BM25 or fused RRF score)."""
+    """One search result; ``score`` is the method's own (cosine, BM25, RRF or fused score)."""
 
     id: str
     source: str
@@ -52,14 +65,21 @@ class Hit:
         return asdict(self)
 
 
-def index_text(chunk: Chunk) -> str:
-    """What the dense retriever embeds: the section title, then the text."""
-    return f"{chunk.section}\n{chunk.text}"
+def index_text(chunk: Chunk, heading: str | None = None) -> str:
+    """What the dense retriever embeds: the heading path (default: the section title), then the
+    text."""
+    return f"{heading or chunk.section}\n{chunk.text}"
 
 
 def bm25_text(chunk: Chunk) -> str:
-    """What BM25 indexes: the title counts twice, a simple field weight (as in BM25F)."""
-    return f"{chunk.section}\n{chunk.section}\n{chunk.text}"
+    """What BM25 indexes: the source's words (``man iverilog``), then the title twice (a simple
+    field weight, as in BM25F), then the text."""
+    return f"{' '.join(re.split(r'[-_]', chunk.source))}\n{chunk.section}\n{chunk.section}\n" \
+           f"{chunk.text}"
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _corpus_hash(corpus_dir: Path) -> str:
@@ -69,11 +89,14 @@ def _corpus_hash(corpus_dir: Path) -> str:
 def build_index(corpus_dir: Path, model: SentenceTransformer | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> int:
     """Embed and BM25-index the corpus in ``corpus_dir``; returns how many chunks were embedded.
-    Embeddings of chunks already in the previous index are reused, not recomputed."""
+    Embeddings of texts already in the previous index are reused, not recomputed."""
     chunks = load_corpus(corpus_dir)
+    paths = heading_paths(chunks)
+    texts = [index_text(c, paths[(c.source, c.section)]) for c in chunks]
+    keys = [_text_key(t) for t in texts]
     index_dir = corpus_dir / INDEX_DIR
     old = _old_vectors(index_dir)
-    todo = [i for i, c in enumerate(chunks) if c.id not in old]
+    todo = [i for i, key in enumerate(keys) if key not in old]
     fresh = np.zeros((0, 0), dtype=np.float32)
     if todo:
         model = model or dense.load_model()
@@ -84,12 +107,12 @@ def build_index(corpus_dir: Path, model: SentenceTransformer | None = None,
             if on_progress:
                 on_progress(done[0], len(todo))
 
-        fresh = dense.embed(model, [index_text(chunks[i]) for i in todo], step)
+        fresh = dense.embed(model, [texts[i] for i in todo], step)
     dim = fresh.shape[1] if todo else len(next(iter(old.values())))
     vectors = np.zeros((len(chunks), dim), dtype=np.float32)
-    for i, c in enumerate(chunks):
-        if c.id in old:
-            vectors[i] = old[c.id]
+    for i, key in enumerate(keys):
+        if key in old:
+            vectors[i] = old[key]
     if todo:
         vectors[todo] = fresh
     # write everything into a fresh directory, then swap it in
@@ -97,8 +120,8 @@ def build_index(corpus_dir: Path, model: SentenceTransformer | None = None,
     try:
         np.save(tmp / "dense.npy", vectors)
         BM25Index.build([bm25_text(c) for c in chunks]).save(tmp / "bm25")
-        meta = {"corpus_sha256": _corpus_hash(corpus_dir), "model": MODEL_NAME,
-                "ids": [c.id for c in chunks]}
+        meta = {"version": INDEX_VERSION, "corpus_sha256": _corpus_hash(corpus_dir),
+                "model": MODEL_NAME, "ids": [c.id for c in chunks], "text_keys": keys}
         (tmp / "meta.json").write_text(json.dumps(meta))
         if index_dir.exists():
             shutil.rmtree(index_dir)
@@ -110,13 +133,30 @@ def build_index(corpus_dir: Path, model: SentenceTransformer | None = None,
 
 
 def _old_vectors(index_dir: Path) -> dict[str, np.ndarray]:
+    """The previous index's embeddings by the hash of the text they embed (none from an index
+    of another format or model)."""
     try:
         meta = json.loads((index_dir / "meta.json").read_text())
-        ids = meta["ids"] if meta["model"] == MODEL_NAME else []
+        keys = meta["text_keys"] if meta["model"] == MODEL_NAME else []
         vectors = np.load(index_dir / "dense.npy")
     except (OSError, ValueError, KeyError):
         return {}
-    return dict(zip(ids, vectors, strict=False)) if len(ids) == len(vectors) else {}
+    return dict(zip(keys, vectors, strict=False)) if len(keys) == len(vectors) else {}
+
+
+def one_per_section(ranked: list[tuple[int, float]], chunks: list[Chunk],
+                    k: int) -> list[tuple[int, float]]:
+    """The first ``k`` of ``ranked`` keeping only the best chunk of each (source, section)."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for i, score in ranked:
+        key = (chunks[i].source, chunks[i].section)
+        if key not in seen:
+            seen.add(key)
+            out.append((i, score))
+            if len(out) == k:
+                break
+    return out
 
 
 class Retriever:
@@ -128,6 +168,10 @@ class Retriever:
         self.dense = dense_index
         self.bm25 = bm25
         self._model = model
+        self.tools = query.tool_vocabulary({c.source for c in chunks})
+        self._source_tools = [query.source_tools(c.source) for c in chunks]
+        self.dense_weight = DENSE_WEIGHT
+        self._query_vectors: dict[str, np.ndarray] = {}
 
     @classmethod
     def load(cls, corpus_dir: Path, model: SentenceTransformer | None = None) -> Retriever:
@@ -139,6 +183,9 @@ class Retriever:
         except (OSError, ValueError) as e:
             raise LeanstackError(f"no search index in {corpus_dir}; "
                                  "run 'leanstack chip corpus build'") from e
+        if meta.get("version") != INDEX_VERSION:
+            raise LeanstackError(f"the search index in {corpus_dir} has an older format; "
+                                 "run 'leanstack chip corpus build' to rebuild it")
         if meta.get("corpus_sha256") != _corpus_hash(corpus_dir) or \
                 meta.get("ids") != [c.id for c in chunks]:
             raise LeanstackError(f"the search index in {corpus_dir} is older than its corpus; "
@@ -153,25 +200,51 @@ class Retriever:
             self._model = dense.load_model()
         return self._model
 
-    def search(self, query: str, k: int = 3, method: str = "fused") -> list[Hit]:
-        """The ``k`` best chunks for ``query`` by ``method`` (fused, dense or bm25)."""
+    def search(self, text: str, k: int = 3, method: str = "fused") -> list[Hit]:
+        """The ``k`` best chunks for ``text`` by ``method``, at most one per section:
+        fused (default), rrf (reciprocal rank fusion, the earlier default), dense or bm25."""
         if method not in METHODS:
             raise LeanstackError(f"unknown retrieval method '{method}'; use one of "
                                  f"{', '.join(METHODS)}")
         if k < 1:
             raise LeanstackError(f"k must be at least 1 (got {k})")
-        if not query.strip():
+        if not text.strip():
             raise LeanstackError("the query is empty; pass a question or keywords")
+        depth = max(k, CANDIDATES) * 4  # room for dropping further chunks of a section
         if method == "bm25":
-            ranked = self.bm25.search(query, k)
+            ranked = self.bm25.search(text, depth)
+        elif method == "dense":
+            ranked = self.dense.search(self._embed(text), depth)
+        elif method == "rrf":
+            dense_ids = [i for i, _ in self.dense.search(self._embed(text), CANDIDATES)]
+            bm25_ids = [i for i, _ in self.bm25.search(text, CANDIDATES)]
+            ranked = reciprocal_rank_fusion([dense_ids, bm25_ids])
         else:
-            qvec = dense.embed(self.model, [query])[0]
-            dense_hits = self.dense.search(qvec, max(k, CANDIDATES))
-            if method == "dense":
-                ranked = dense_hits[:k]
-            else:
-                bm25_hits = self.bm25.search(query, max(k, CANDIDATES))
-                ranked = reciprocal_rank_fusion([[i for i, _ in dense_hits],
-                                                 [i for i, _ in bm25_hits]])[:k]
+            ranked = self._fused(text, depth)
         return [Hit(self.chunks[i].id, self.chunks[i].source, self.chunks[i].section,
-                    self.chunks[i].text, round(score, 6)) for i, score in ranked]
+                    self.chunks[i].text, round(score, 6))
+                for i, score in one_per_section(ranked, self.chunks, k)]
+
+    def clear_query_cache(self) -> None:
+        """Forget the cached query embeddings (for timing each method from cold)."""
+        self._query_vectors.clear()
+
+    def _embed(self, text: str) -> np.ndarray:
+        """The query's embedding; the last few hundred are kept (evaluations repeat queries)."""
+        if (vec := self._query_vectors.get(text)) is None:
+            if len(self._query_vectors) >= QUERY_CACHE:
+                self._query_vectors.clear()
+            vec = self._query_vectors[text] = dense.embed(self.model, [text])[0]
+        return vec
+
+    def _fused(self, text: str, depth: int) -> list[tuple[int, float]]:
+        """Convex fusion of dense (question without tool names) and BM25 (whole question)
+        scores, plus the prior for chunks of the tools the question names."""
+        if len(self.chunks) == 0:
+            return []
+        dense_scores = self.dense.vectors @ self._embed(query.without_tools(text, self.tools))
+        scores = convex_fusion(dense_scores, self.bm25.scores(text), self.dense_weight)
+        if named := query.mentioned_tools(text, self.tools):
+            scores = scores + TOOL_PRIOR * np.array([bool(t & named) for t in self._source_tools])
+        top = np.argsort(-scores, kind="stable")[:depth]
+        return [(int(i), float(scores[i])) for i in top]

@@ -1,0 +1,92 @@
+"""The web page in headless Chromium (Debian's, driven by playwright; nothing is downloaded):
+the real server on a free port, a question typed, Ask clicked, the answer and a citation shown."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from leanstack.chipexpert.assistant import Assistant
+from leanstack.chipexpert.retrieval import Retriever
+from leanstack.chipexpert.server import create_app
+
+from .test_assistant import QUESTION, ScriptedGenerator
+
+CHROMIUM = "/usr/bin/chromium"
+REPLY = "Run opt_clean after synthesis [1]."
+
+
+@pytest.fixture(scope="module")
+def base_url(small_kb: Path, embedding_model) -> Iterator[str]:
+    import uvicorn
+
+    retriever = Retriever.load(small_kb, model=embedding_model)
+    app = create_app(Assistant(ScriptedGenerator(REPLY), retriever, k=3))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def page(base_url: str):
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.skip("needs Debian chromium (run scripts/system-deps.sh)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            yield page
+        finally:
+            browser.close()
+
+
+def test_ask_in_the_browser_shows_answer_and_citation(page, base_url: str) -> None:
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(base_url + "/")
+    page.wait_for_function("document.getElementById('model').textContent.includes('scripted')")
+    page.fill("#question", QUESTION)
+    page.click("#ask")
+    page.wait_for_selector("#answer a.cite")
+    assert page.inner_text("#answer") == REPLY
+    assert "answered in" in page.inner_text("#status")
+    summaries = page.locator(".passage summary").all_inner_texts()
+    assert len(summaries) == 3 and summaries[0].startswith("[1] ")
+    assert "opt_clean" in summaries[0] or "clean" in summaries[0]
+    # the passage text is folded until its [n] is clicked
+    assert not page.locator("#passage-1 pre").is_visible()
+    page.click("#answer a.cite[data-n='1']")
+    assert page.locator("#passage-1 pre").is_visible()
+    assert "highlight" in page.get_attribute("#passage-1", "class")
+    assert all(u.startswith(base_url) for u in requests), requests  # no CDN, no other host
+
+
+def test_error_from_the_api_is_shown(page, base_url: str) -> None:
+    page.route("**/api/ask", lambda route: route.fulfill(
+        status=400, content_type="application/json",
+        body='{"detail": "the question is empty; ask something"}'))
+    try:
+        page.goto(base_url + "/")
+        page.fill("#question", "x")
+        page.click("#ask")
+        page.wait_for_selector("#status.error")
+        assert page.inner_text("#status") == "error: the question is empty; ask something"
+        assert page.is_enabled("#ask")
+    finally:
+        page.unroute("**/api/ask")
