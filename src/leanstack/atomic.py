@@ -1,12 +1,18 @@
-"""Crash-safe file writes: write to a temporary name beside the target, then rename it."""
+"""Crash-safe file writes (a temporary name beside the target, then a rename) and JSON reads
+that fail in one line."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from leanstack.errors import LeanstackError
+
+T = TypeVar("T")
 
 
 def write_bytes(path: str | Path, data: bytes) -> Path:
@@ -28,3 +34,20 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
 def write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
     """Write ``obj`` as indented JSON, atomically (it is serialised before any file is made)."""
     return write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def read_json(path: str | Path, parse: Callable[[Any], T], what: str, how_to_make: str) -> T:
+    """``parse`` the JSON in ``path``; a missing or malformed file is one LeanstackError naming
+    ``what`` it should have been and ``how_to_make`` one."""
+    path = Path(path)
+    if not path.is_file():
+        raise LeanstackError(f"{path}: no such {what} — make one with {how_to_make}")
+    try:
+        return parse(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise LeanstackError(f"{path}: not {_article(what)} {what} ({e!r}) — make one with "
+                             f"{how_to_make}") from None
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"

@@ -39,7 +39,7 @@ def test_profile_plan_run(monkeypatch, capsys, tmp_path, shop_file):
 
 @pytest.mark.parametrize("args, message", [
     (("ursa", "plan", "--app", "social-network", "--profile", "nope.json", "--out", "p.json"),
-     "no such profile"),
+     "no such Ursa profile"),
     (("ursa", "profile", "--app", "social-network", "--tiers", "nope", "--out", "p.json"),
      "unknown tier 'nope'"),
     (("ursa", "profile", "--app", "social-network", "--backend", "cloud", "--out", "p.json"),

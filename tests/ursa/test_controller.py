@@ -75,7 +75,7 @@ def test_bad_plans_are_one_line_errors(tmp_path, shop_profile, social):
     ctrl = UrsaController(make_plan(shop(), shop_profile))
     with pytest.raises(LeanstackError, match="plan is for app 'shop', not 'social-network'"):
         ctrl.reset(social, 1.0)
-    with pytest.raises(LeanstackError, match="no such plan"):
+    with pytest.raises(LeanstackError, match="no such Ursa plan"):
         make_controller("ursa", plan=str(tmp_path / "none.json"))
     with pytest.raises(LeanstackError, match="headroom"):
         UrsaController(make_plan(shop(), shop_profile), headroom=-1)

@@ -95,5 +95,5 @@ def test_plan_rejects_mismatched_input_in_one_line(tmp_path, shop_profile):
         make_plan(shop(), shop_profile, margin=1.5)
     path = make_plan(shop(), shop_profile).save(tmp_path / "plan.json")
     assert Plan.load(path).tiers["front"].curve
-    with pytest.raises(LeanstackError, match="no such plan"):
+    with pytest.raises(LeanstackError, match="no such Ursa plan"):
         Plan.load(tmp_path / "none.json")

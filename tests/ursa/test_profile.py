@@ -54,7 +54,7 @@ def test_profile_round_trips_and_bad_files_are_one_line(tmp_path, shop_profile):
     path = shop_profile.save(tmp_path / "p.json")
     again = AppProfile.load(path)
     assert again.tiers["front"].points == shop_profile.tiers["front"].points
-    with pytest.raises(LeanstackError, match="no such profile"):
+    with pytest.raises(LeanstackError, match="no such Ursa profile"):
         AppProfile.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text(json.dumps({"app": "x"}))
     with pytest.raises(LeanstackError, match="not an Ursa profile"):

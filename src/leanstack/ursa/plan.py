@@ -16,7 +16,6 @@ would fit.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 
-from leanstack.atomic import write_json
+from leanstack.atomic import read_json, write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.ursa.callgraph import Visit, class_tree, visits_per_request
@@ -101,15 +100,8 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> Plan:
         """Read a plan written by :meth:`save`; a wrong file is a one-line error."""
-        path = Path(path)
-        if not path.is_file():
-            raise LeanstackError(f"{path}: no such plan — make one with 'leanstack ursa plan "
-                                 "--app APP --profile PROFILE --out FILE'")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise LeanstackError(f"{path}: not an Ursa plan ({e!r}) — make one with "
-                                 "'leanstack ursa plan'") from None
+        return read_json(path, cls.from_dict, "Ursa plan", "'leanstack ursa plan --app APP "
+                         "--profile PROFILE --out FILE'")
 
 
 def make_plan(app: AppSpec, profile: AppProfile, margin: float = DEFAULT_MARGIN,

@@ -15,7 +15,6 @@ The wall time of the whole exploration is ``collection_wall_s`` — Ursa's data-
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from leanstack.atomic import write_json
+from leanstack.atomic import read_json, write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.backend import Backend
@@ -83,15 +82,8 @@ class AppProfile:
     @classmethod
     def load(cls, path: str | Path) -> AppProfile:
         """Read a profile written by :meth:`save`; a wrong file is a one-line error."""
-        path = Path(path)
-        if not path.is_file():
-            raise LeanstackError(f"{path}: no such profile — make one with "
-                                 "'leanstack ursa profile --app APP --out FILE'")
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise LeanstackError(f"{path}: not an Ursa profile ({e!r}) — make one with "
-                                 "'leanstack ursa profile'") from None
+        return read_json(path, cls.from_dict, "Ursa profile",
+                         "'leanstack ursa profile --app APP --out FILE'")
 
 
 @dataclass
