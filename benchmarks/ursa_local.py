@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from hpa_vs_static import local_available
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController, StaticController
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.result import environment, write_json_atomic
-from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.microservices.runner import make_backend
 from leanstack.ursa.controller import UrsaController
 from leanstack.ursa.plan import make_plan
 from leanstack.ursa.profile import ProfileSettings, profile_app
+from local_runs import print_table, require_local, run_local
 
 RESULT = Path(__file__).parent / "results" / "ursa_local.json"
 APP = "social-network"
@@ -38,9 +36,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="40 s runs, one measured step interval")
     ap.add_argument("--rps", type=float, default=100.0)
     args = ap.parse_args()
-    why_not = local_available()
-    if why_not:
-        sys.exit(f"local backend unavailable: {why_not}")
+    require_local()
     t0 = time.monotonic()
     app = load_app(APP)
     duration = 40.0 if args.quick else 180.0
@@ -50,18 +46,8 @@ def main() -> None:
     print(f"profiled in {profile.collection_wall_s:.0f} s; plan {plan.cpu_per_rps * 100:.2f} "
           f"cores per 100 req/s", file=sys.stderr)
     load = LoadSpec("diurnal", args.rps, duration, seed=0, amplitude=0.5)
-    runs: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for ctrl in (StaticController(), HPAController(time_scale=0.1), UrsaController(plan)):
-            res = run_experiment(app, make_backend("local"), ctrl, load,
-                                 Path(tmp) / f"{ctrl.name}.json", progress=sys.stderr.isatty())
-            s = res["summary"]
-            runs[ctrl.name] = {"violation_rate": s["violation_rate"], "mean_cpu": s["mean_cpu"],
-                               "mean_cpu_used": s["mean_cpu_used"], "errors": s["errors"],
-                               "requests": s["requests"], "p99_ms": s["p99_ms"],
-                               "decision_ms_median": s["decision_ms_median"]}
-            print(f"  {ctrl.name}: {s['violation_rate']:.1%} violations, {s['mean_cpu']:.2f} "
-                  "cores", file=sys.stderr)
+    runs = run_local(app, [StaticController(), HPAController(time_scale=0.1),
+                           UrsaController(plan)], load)
     result = {"benchmark": "ursa_local", "app": APP, "quick": args.quick,
               "load": {"pattern": "diurnal", "rps": args.rps, "duration_s": duration,
                        "amplitude": 0.5},
@@ -70,11 +56,7 @@ def main() -> None:
               "backpressure_free": {t: p.backpressure_free for t, p in profile.tiers.items()},
               "runs": runs, "environment": environment(time.monotonic() - t0, sys.argv)}
     write_json_atomic(result, RESULT)
-    print("| controller | violation rate | mean CPU (cores) | decision ms (median) |")
-    print("|---|---|---|---|")
-    for name, r in runs.items():
-        print(f"| {name} | {r['violation_rate']:.1%} | {r['mean_cpu']:.2f} | "
-              f"{r['decision_ms_median']:.2f} |")
+    print_table(runs)
 
 
 if __name__ == "__main__":
