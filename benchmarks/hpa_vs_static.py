@@ -20,12 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController, StaticController
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.result import environment, write_json_atomic
-from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.microservices.runner import local_unavailable, make_backend, run_experiment
 
 RESULT = Path(__file__).parent / "results" / "hpa_vs_static.json"
 APP = "social-network"
@@ -99,18 +98,6 @@ def table(summary: list[dict], cfgs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def local_available() -> str | None:
-    """None when the local backend can run here, else why not."""
-    try:
-        from leanstack.microservices.cgroups import check_available
-
-        check_available()
-        make_backend("local")
-    except (LeanstackError, ImportError) as e:
-        return str(e)
-    return None
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one short sim run and a 40 s local run")
@@ -121,7 +108,7 @@ def main() -> None:
     backends = ["sim"]
     skipped = None
     if not args.skip_local:
-        skipped = local_available()
+        skipped = local_unavailable()
         if skipped is None:
             backends.append("local")
         else:

@@ -8,11 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from hpa_vs_static import local_available
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.controller import Controller
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.microservices.runner import local_unavailable, make_backend, run_experiment
 
 SUMMARY_KEYS = ("violation_rate", "mean_cpu", "mean_cpu_used", "errors", "requests", "p99_ms",
                 "decision_ms_median")
@@ -20,7 +19,7 @@ SUMMARY_KEYS = ("violation_rate", "mean_cpu", "mean_cpu_used", "errors", "reques
 
 def require_local() -> None:
     """Exit with the reason when real processes under cgroup limits cannot run here."""
-    why_not = local_available()
+    why_not = local_unavailable()
     if why_not:
         sys.exit(f"local backend unavailable: {why_not}")
 

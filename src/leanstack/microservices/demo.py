@@ -7,25 +7,19 @@ from typing import Any
 
 from rich.console import Console
 
-from leanstack.errors import LeanstackError
-
 err = Console(stderr=True)
 
 
 def demo_backend() -> str:
     """``local`` when real processes under cgroup limits can run here, else ``sim``."""
-    from leanstack.microservices.runner import make_backend
+    from leanstack.microservices.runner import local_unavailable
 
-    try:
-        from leanstack.microservices.cgroups import check_available
-
-        check_available()
-        make_backend("local")  # fails early when the local backend is not installed
-    except (LeanstackError, ImportError) as e:
-        err.print(f"[yellow]note:[/yellow] the local backend cannot run here ({e}); "
-                  "running on the simulator instead", highlight=False, soft_wrap=True)
-        return "sim"
-    return "local"
+    why_not = local_unavailable()
+    if why_not is None:
+        return "local"
+    err.print(f"[yellow]note:[/yellow] the local backend cannot run here ({why_not}); "
+              "running on the simulator instead", highlight=False, soft_wrap=True)
+    return "sim"
 
 
 def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0) -> dict[str, Any]:

@@ -9,6 +9,7 @@ all produce the same types, so controllers run unchanged on any of them.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -166,7 +167,8 @@ class Span:
                    int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]), attrs)
 
 
-def own_latencies_ms(spans: list[Span], earlier: list[Span] = ()) -> dict[str, list[float]]:
+def own_latencies_ms(spans: Sequence[Span],
+                     earlier: Sequence[Span] = ()) -> dict[str, list[float]]:
     """Per service, each span's own latency: its duration minus the time covered by its
     synchronous child spans (their union, clipped to the span), plus its queue wait.
 

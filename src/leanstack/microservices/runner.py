@@ -59,6 +59,18 @@ def make_backend(name: str, interval_s: float = 1.0, **opts: Any) -> Backend:
     return cls(interval_s=interval_s, **opts)
 
 
+def local_unavailable() -> str | None:
+    """``None`` when real processes under cgroup limits can run here, else the reason why not."""
+    try:
+        from leanstack.microservices.cgroups import check_available
+
+        check_available()
+        make_backend("local")  # fails early when the local backend is not installed
+    except (LeanstackError, ImportError) as e:
+        return str(e)
+    return None
+
+
 def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load: LoadSpec,
                    out_json: str | Path, report_html: str | Path | None = None,
                    progress: bool = True, spans_out: str | Path | None = None) -> dict[str, Any]:

@@ -162,15 +162,15 @@ class _Model:
                               if x > 0] or [(1e-9, 0.0)]
         self.trees = {c: class_tree(app, c) for c in app.classes}
         self.knee = {t: profile.tiers[t].stopped in ("bound", "saturated") for t in self.tiers}
+        self.fastest = {t: min(y for _, y in pts) for t, pts in self.points.items()}
 
     def target_ms(self, cls: str) -> float:
         return self.app.classes[cls].sla.ms * (1 - self.margin)
 
     def check_feasible(self) -> None:
         """Raise when some class cannot fit its SLA even with the fastest budgets."""
-        fastest = {t: min(y for _, y in pts) for t, pts in self.points.items()}
         for c in self.app.classes:
-            need = path_latency(self.trees[c], fastest, self._pipeline(c))
+            need = path_latency(self.trees[c], self.fastest, self._pipeline(c))
             if need > self.target_ms(c):
                 smallest = math.ceil(need / (1 - self.margin) * 10) / 10
                 raise LeanstackError(
@@ -259,13 +259,12 @@ class _Model:
 
     def class_plans(self, choice: dict[str, int], kept: list[str]) -> dict[str, ClassPlan]:
         budget = {t: self.points[t][j][1] for t, j in choice.items()}
-        fastest = {t: min(y for _, y in pts) for t, pts in self.points.items()}
         out = {}
         for c, spec in self.app.classes.items():
             planned = path_latency(self.trees[c], budget, self._pipeline(c))
             out[c] = ClassPlan(sla_ms=spec.sla.ms, priority=spec.priority, planned_ms=planned,
-                               fastest_ms=path_latency(self.trees[c], fastest,
-                                                        self._pipeline(c)),
+                               fastest_ms=path_latency(self.trees[c], self.fastest,
+                                                       self._pipeline(c)),
                                met=c in kept and planned <= self.target_ms(c) + 1e-6)
         return out
 
