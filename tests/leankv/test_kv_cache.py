@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -66,11 +68,14 @@ def test_compressing_preset_prunes_quantizes_and_saves_bytes(tiny_llama):
     cfg = LeanKVConfig.preset("balanced", group=16, page_bytes=256, recent_window=8,
                               sink_tokens=2, retier_every=4, hi_mass=0.6, keep_mass=0.9)
     ids = torch.randint(3, 128, (2, 120), generator=torch.Generator().manual_seed(3))
+    model = copy.deepcopy(tiny_llama)
+    for layer in model.model.layers:  # KV head 0 attends sharply, head 1 diffusely
+        layer.self_attn.k_proj.weight.data[:16] *= 8
     with torch.no_grad():
-        cache = LeanKVCache(tiny_llama.config, cfg)
-        tiny_llama(input_ids=ids[:, :100], cache=cache)
+        cache = LeanKVCache(model.config, cfg)
+        model(input_ids=ids[:, :100], cache=cache)
         for i in range(100, 120):
-            tiny_llama(input_ids=ids[:, i:i + 1], cache=cache)
+            model(input_ids=ids[:, i:i + 1], cache=cache)
     counts = cache.tier_counts()
     assert counts["low"] > 0 and counts["pruned"] > 0
     assert cache.compression() > 1.5  # head_dim 16: per-record overhead is large

@@ -20,14 +20,31 @@ def check_invariants(pool: PagePool) -> None:
     for t in torch.unique(pool.owner[owned]).tolist():
         slots = sorted(pool.slot[pool.owner == t].tolist())
         assert slots == list(range(len(slots)))
+    check_index(pool)
+
+
+def check_index(pool: PagePool) -> None:
+    """The per-table index says exactly what owner/slot say, and its padding is FREE."""
+    rows, cols = pool.table_pages.shape
+    assert pool.table_len.numel() == rows
+    filled = torch.arange(cols).unsqueeze(0) < pool.table_len.unsqueeze(1)
+    assert bool((pool.table_pages[~filled] == FREE).all())
+    table = torch.arange(rows).unsqueeze(1).expand(rows, cols)[filled]
+    slot = torch.arange(cols).unsqueeze(0).expand(rows, cols)[filled]
+    pages = pool.table_pages[filled].long()
+    assert pool.owner[pages].tolist() == table.tolist()
+    assert pool.slot[pages].tolist() == slot.tolist()
+    assert pages.numel() == pool.num_allocated  # every owned page is indexed
 
 
 ops = st.lists(
     st.one_of(
-        st.tuples(st.just("alloc"), st.lists(st.tuples(st.integers(0, 7), st.integers(0, 4)),
+        # table ids up to 40 arrive beyond the index's current shape and force it to grow
+        st.tuples(st.just("alloc"), st.lists(st.tuples(st.integers(0, 40), st.integers(0, 4)),
                                              max_size=5, unique_by=lambda x: x[0])),
-        st.tuples(st.just("free"), st.lists(st.integers(0, 7), max_size=3)),
+        st.tuples(st.just("free"), st.lists(st.integers(0, 45), max_size=3)),
         st.tuples(st.just("compact"), st.just(None)),
+        st.tuples(st.just("grow"), st.integers(0, 12)),
     ),
     max_size=25,
 )
@@ -63,12 +80,15 @@ def test_pool_invariants_under_random_operations(ops):
             assert freed == sum(len(model.pop(t, [])) for t in set(arg))
             for t in set(arg):
                 content.pop(t, None)
+        elif op == "grow":
+            pool.grow(pool.num_pages + arg)
         else:
             mapping = pool.compact()
             assert pool.is_compact()
             model = {t: [int(mapping[p]) for p in ps] for t, ps in model.items()}
         check_invariants(pool)
         tables = torch.tensor(sorted(model), dtype=torch.int64)
+        assert pool.page_counts(tables).tolist() == [len(model[t]) for t in sorted(model)]
         pages, counts = pool.pages_of(tables)
         assert counts.tolist() == [len(model[t]) for t in sorted(model)]
         assert pages.tolist() == [p for t in sorted(model) for p in model[t]]
@@ -109,7 +129,73 @@ def test_exhaustion_and_grow():
     assert pool.free_stack.numel() == 5
     pool.free(torch.tensor([1]))
     assert pool.allocate(torch.tensor([0]), torch.tensor([3])).numel() == 3
-    assert pool.table_bytes() == 3 * 16
+    # index: 2 tables x 3 slots + 2 lengths, int32; owner + slot of 3 pages, int32 each
+    assert pool.table_bytes() == (2 * 3 + 2) * 4 + 3 * 8
+    check_invariants(pool)
+
+
+def test_table_ids_beyond_the_index_shape():
+    pool = PagePool(16, 4)
+    assert pool.table_pages.shape == (0, 0)
+    # reads and frees of tables the index has never seen: empty, nothing grows
+    pages, counts = pool.pages_of(torch.tensor([3, 0]))
+    assert pages.tolist() == [] and counts.tolist() == [0, 0]
+    assert pool.free(torch.tensor([7, 7])) == 0
+    assert pool.table_pages.shape == (0, 0)
+    pool.allocate(torch.tensor([2]), torch.tensor([1]))
+    assert pool.table_pages.shape == (3, 1)
+    # a far table id and a long table grow rows and columns; old entries survive
+    ids = pool.allocate(torch.tensor([1000, 2]), torch.tensor([5, 2])).tolist()
+    assert pool.table_pages.shape[0] >= 1001 and pool.table_pages.shape[1] >= 5
+    assert pool.page_counts(torch.tensor([2, 1000, 5000])).tolist() == [3, 5, 0]
+    pages, counts = pool.pages_of(torch.tensor([5000, 2, 1000]))
+    assert counts.tolist() == [0, 3, 5]
+    assert pages.tolist() == [0] + ids[5:] + ids[:5]
+    assert pages.dtype == torch.int64
+    assert pool.free(torch.tensor([1000, 5000, 1000])) == 5
+    check_invariants(pool)
+
+
+def test_compaction_remaps_the_index():
+    pool = PagePool(12, 1)
+    pool.allocate(torch.tensor([0, 1, 2]), torch.tensor([3, 3, 3]))
+    pool.data[:9, 0] = torch.arange(9, dtype=torch.uint8)
+    pool.free(torch.tensor([0]))
+    pool.allocate(torch.tensor([2]), torch.tensor([2]))  # reuses freed ids 0..2 out of order
+    mapping = pool.compact()
+    assert pool.is_compact()
+    check_invariants(pool)
+    pages, counts = pool.pages_of(torch.tensor([1, 2]))
+    assert counts.tolist() == [3, 5]
+    assert pool.data[pages[:6], 0].tolist() == [3, 4, 5, 6, 7, 8]
+    assert mapping[torch.tensor([3, 4, 5])].tolist() == pages[:3].tolist()
+
+
+def test_freed_pages_are_reused():
+    pool = PagePool(6, 2)
+    pool.allocate(torch.tensor([4]), torch.tensor([6]))
+    assert pool.free(torch.tensor([4])) == 6
+    assert pool.num_free == 6 and pool.page_counts(torch.tensor([4])).tolist() == [0]
+    assert sorted(pool.allocate(torch.tensor([9]), torch.tensor([6])).tolist()) == list(range(6))
+    check_invariants(pool)
+
+
+def test_bad_table_ids_and_first_slot():
+    pool = PagePool(8, 2)
+    with pytest.raises(LeanstackError, match="table ids must lie"):
+        pool.allocate(torch.tensor([-1]), torch.tensor([1]))
+    with pytest.raises(LeanstackError, match=">= 0"):
+        pool.free(torch.tensor([-1]))
+    with pytest.raises(LeanstackError, match=">= 0"):
+        pool.pages_of(torch.tensor([0, -2]))
+    with pytest.raises(LeanstackError, match="counts must be"):
+        pool.allocate(torch.tensor([0]), torch.tensor([-1]))
+    pool.allocate(torch.tensor([0]), torch.tensor([2]), first_slot=torch.tensor([0]))
+    with pytest.raises(LeanstackError, match="first_slot"):
+        pool.allocate(torch.tensor([0]), torch.tensor([1]), first_slot=torch.tensor([0]))
+    assert pool.num_free == 6  # a refused allocation takes nothing
+    pool.allocate(torch.tensor([0]), torch.tensor([1]), first_slot=torch.tensor([2]))
+    assert pool.num_free == 5
     check_invariants(pool)
 
 

@@ -95,3 +95,36 @@ def test_sum_significance_favours_old_tokens_that_mean_does_not():
     total = assign_tiers(LeanKVConfig(significance="sum", **cfg), *args)
     assert mean.tolist() == [PRUNED, TIER_HI]
     assert total.tolist() == [TIER_HI, PRUNED]
+
+
+def test_already_pruned_mass_counts_against_keep_mass():
+    # 20 equal tokens, keep 90%: with nothing pruned yet the last 2 go; once 10% of the mass is
+    # already pruned, re-tiering must not prune the survivors' tail again
+    n = 20
+    cfg = LeanKVConfig(sink_tokens=0, recent_window=0, hi_mass=0.5, keep_mass=0.9)
+    args = (cfg, torch.zeros(n, dtype=torch.int64), torch.arange(n),
+            (n - torch.arange(n)).float(), torch.full((n,), TIER_HI), n,
+            torch.zeros(1, dtype=torch.int64), torch.zeros(n, dtype=torch.int64))
+    assert int((assign_tiers(*args) == PRUNED).sum()) == 2
+    assert int((assign_tiers(*args, pruned_mass=torch.tensor([n / 9])) == PRUNED).sum()) == 0
+    half_done = assign_tiers(*args, pruned_mass=torch.tensor([n / 19]))  # 5% of mass pruned
+    assert int((half_done == PRUNED).sum()) == 1
+
+
+def test_cache_accumulates_pruned_mass_per_head(tiny_llama):
+    from leanstack.leankv.cache import LeanKVCache
+
+    cfg = LeanKVConfig(group=16, page_bytes=256, recent_window=4, sink_tokens=1, retier_every=2,
+                       hi_mass=0.5, keep_mass=0.8)
+    ids = torch.randint(3, 128, (1, 60), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cache = LeanKVCache(tiny_llama.config, cfg)
+        tiny_llama(input_ids=ids[:, :40], cache=cache)
+        after_prefill = cache.store.pruned_mass.clone()
+        for i in range(40, 60):
+            tiny_llama(input_ids=ids[:, i:i + 1], cache=cache)
+    assert bool((after_prefill > 0).all())
+    assert bool((cache.store.pruned_mass >= after_prefill).all())
+    # every pruned token's mass is counted once: far fewer pruned than with compounding
+    pruned = cache.tier_counts()["pruned"]
+    assert 0 < pruned < 0.5 * 60 * 2 * 2

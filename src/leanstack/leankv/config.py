@@ -27,6 +27,9 @@ class LeanKVConfig:
     tokens per head (all in the high tier; an H2O-style policy). ``key_channel_norm`` centres
     and scales every key channel per (request, layer, KV head) before quantizing, so outlier
     channels do not eat the per-token range (KIVI's observation, in a per-token layout).
+    By default mass already pruned counts against ``keep_mass``, so all pruning together gives
+    up about ``1 - keep_mass`` of each head's mass; ``reprune`` instead prunes the tail of the
+    survivors' mass again at every re-tier (progressive eviction: old tokens thin out).
     """
 
     hi_bits: tuple[int, int] = (8, 4)
@@ -43,6 +46,7 @@ class LeanKVConfig:
     significance: str = "mean"
     budget: int = 0
     key_channel_norm: bool = True
+    reprune: bool = False
 
     def __post_init__(self) -> None:
         for name in ("hi_bits", "lo_bits"):
@@ -96,16 +100,17 @@ PRESETS: dict[str, LeanKVConfig] = {
     # Everything at full fp32 precision, nothing pruned: reproduces the dense cache.
     "exact": LeanKVConfig(full_bits=32, hi_bits=(32, 32), lo_bits=(32, 32), hi_mass=1.0,
                           keep_mass=1.0),
-    # Compressing presets: sinks and the recent window at 8 bits (K8V8), keys channel-normalized,
-    # no 2-bit values (V2 cost more than pruning on SmolLM2; see docs/leankv.md). Every re-tier
-    # prunes the tail of the survivors' mass again, so re-tiering less often prunes less.
-    # 70% of each head's mass at K8V4, up to 99% at K4V4, re-tiered every 32 tokens.
-    "lossless": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 4), hi_mass=0.7, keep_mass=0.99,
-                             full_bits=8, retier_every=32),
-    # 90% at K8V4, up to 99% at K4V4, re-tiered every 16 tokens.
-    "balanced": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 4), hi_mass=0.9, keep_mass=0.99,
-                             full_bits=8),
-    # Everything kept at K4V4, the last 3% of each head's mass pruned at every re-tier.
-    "aggressive": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.97, keep_mass=0.97,
-                               full_bits=8),
+    # Compressing presets, tuned on SmolLM2-135M (docs/leankv.md): sinks and the recent window at
+    # K8V8, keys channel-normalized, 1 KiB pages (half the slack of 2 KiB ones).
+    # Half of each head's mass at K8V4, up to 98.5% at K4V4; pruned mass counted once.
+    "lossless": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 4), hi_mass=0.5, keep_mass=0.985,
+                             full_bits=8, recent_window=24, retier_every=8, page_bytes=1024),
+    # Half the mass at K4V4, up to 90% at K4V2, the rest pruned once.
+    "balanced": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 2), hi_mass=0.5, keep_mass=0.9,
+                             full_bits=8, recent_window=16, retier_every=8, page_bytes=1024),
+    # Everything at K4V4; every re-tier prunes the last 5% of the survivors' mass again, so old
+    # tokens thin out (progressive eviction).
+    "aggressive": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.95, keep_mass=0.95,
+                               full_bits=8, recent_window=16, retier_every=16, page_bytes=1024,
+                               reprune=True),
 }

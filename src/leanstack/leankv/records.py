@@ -1,6 +1,6 @@
 """The byte layout of one stored token of one KV head at one precision.
 
-A record is ``key | value | key scale+min | value scale+min | position (int32) | score (fp32)``,
+A record is ``key | value | key scale+min | value scale+min | position (int32) | score (fp16)``,
 all inside one page, so the store's size is exactly the pages it holds.
 """
 
@@ -28,7 +28,7 @@ class RecordLayout:
         self.value_bytes = bytes_per_vector(head_dim, value_bits, self.group)
         self.pos_offset = self.key_bytes + self.value_bytes
         self.score_offset = self.pos_offset + 4
-        self.size = self.score_offset + 4
+        self.size = self.score_offset + 2
 
     def _encode_vector(self, x: torch.Tensor, bits: int) -> torch.Tensor:
         if bits in RAW_BITS:
@@ -52,13 +52,13 @@ class RecordLayout:
             self._encode_vector(k, self.key_bits),
             self._encode_vector(v, self.value_bits),
             pos.to(torch.int32).reshape(-1, 1).view(torch.uint8),
-            score.to(torch.float32).reshape(-1, 1).view(torch.uint8),
+            score.to(torch.float16).reshape(-1, 1).view(torch.uint8),
         ], -1)
 
     def decode(self, rec: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """uint8 [n, size] -> (k, v, pos int64, score float32)."""
+        """uint8 [n, size] -> (k, v, pos int64, score float32 (stored as fp16))."""
         k = self._decode_vector(rec[:, :self.key_bytes], self.key_bits)
         v = self._decode_vector(rec[:, self.key_bytes:self.pos_offset], self.value_bits)
         pos = _view(rec[:, self.pos_offset:self.score_offset], torch.int32)
-        score = _view(rec[:, self.score_offset:], torch.float32)
+        score = _view(rec[:, self.score_offset:], torch.float16).float()
         return k, v, pos.reshape(-1).long(), score.reshape(-1)

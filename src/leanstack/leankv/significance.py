@@ -37,14 +37,20 @@ def rank_in_group(group: torch.Tensor, sig: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-def cumulative_share(group: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cumulative_share(group: torch.Tensor, sig: torch.Tensor,
+                     below: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank tokens within each group by significance (descending); return, per token, the share
-    of its group's total mass held by the tokens ranked strictly above it, and the group total."""
+    of its group's total mass held by the tokens ranked strictly above it, and the group total.
+    ``below[g]`` is extra mass of group ``g`` ranked under every token (e.g. already pruned)."""
     order = torch.argsort(sig, descending=True, stable=True)
     order = order[torch.argsort(group[order], stable=True)]
     g, s = group[order], sig[order]
     n_groups = int(group.max()) + 1 if group.numel() else 0
+    if below is not None:
+        n_groups = max(n_groups, below.numel())
     total = torch.zeros(n_groups, dtype=sig.dtype, device=sig.device).index_add_(0, group, sig)
+    if below is not None:
+        total[:below.numel()] += below.to(sig.dtype)
     csum = torch.cumsum(s, 0)
     counts = torch.bincount(g, minlength=n_groups)
     group_start = torch.cumsum(counts, 0) - counts
@@ -56,27 +62,45 @@ def cumulative_share(group: torch.Tensor, sig: torch.Tensor) -> tuple[torch.Tens
     return share, total
 
 
+def _protected(config: LeanKVConfig, pos: torch.Tensor, seq_len: int,
+               rel: torch.Tensor) -> torch.Tensor:
+    """Sinks (counted from the first non-padding position) and the recent window."""
+    return ((rel >= 0) & (rel < config.sink_tokens)) | (pos >= seq_len - config.recent_window)
+
+
+def decision_significance(config: LeanKVConfig, pos: torch.Tensor, score: torch.Tensor,
+                          seq_len: int, first_valid: torch.Tensor,
+                          batch: torch.Tensor) -> torch.Tensor:
+    """Significance of each token as the tier decision sees it: zero for padding and for the
+    protected sinks and recent window (sinks often draw most of a head's attention and would
+    otherwise let the thresholds prune nearly everything else)."""
+    rel = pos - first_valid[batch]
+    sig = normalized_significance(score, pos, seq_len, config.score_decay, config.significance)
+    return torch.where((rel < 0) | _protected(config, pos, seq_len, rel), torch.zeros_like(sig),
+                       sig)
+
+
 def assign_tiers(config: LeanKVConfig, group: torch.Tensor, pos: torch.Tensor,
                  score: torch.Tensor, tier: torch.Tensor, seq_len: int,
-                 first_valid: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+                 first_valid: torch.Tensor, batch: torch.Tensor,
+                 pruned_mass: torch.Tensor | None = None) -> torch.Tensor:
     """New tier (0 full, 1 high, 2 low, 3 pruned) of each token; never promotes.
 
     ``group`` identifies the (request, KV head) of each token, ``first_valid[b]`` is the first
-    non-padding position of request ``b`` (sinks count from there).
+    non-padding position of request ``b`` (sinks count from there). ``pruned_mass[g]`` is the
+    significance group ``g`` has already pruned: it counts at the bottom of the ranking, so the
+    ``keep_mass`` threshold bounds what all pruning together gives up instead of pruning the tail
+    of the survivors again at every re-tier.
     """
     rel = pos - first_valid[batch]
-    protected = ((rel >= 0) & (rel < config.sink_tokens)) | (pos >= seq_len - config.recent_window)
-    sig = normalized_significance(score, pos, seq_len, config.score_decay, config.significance)
-    sig = torch.where(rel < 0, torch.zeros_like(sig), sig)  # padding never matters
-    # Shares are of the mass of the tokens up for decision: sinks often draw most of a head's
-    # attention and would otherwise let the thresholds prune nearly everything else.
-    sig = torch.where(protected, torch.zeros_like(sig), sig)
+    protected = _protected(config, pos, seq_len, rel)
+    sig = decision_significance(config, pos, score, seq_len, first_valid, batch)
     new = torch.full_like(tier, PRUNED)
     if config.budget > 0:  # a fixed number of tokens per head, all in the high tier
         rank = rank_in_group(group, sig)
         new = torch.where((rank < config.budget) & (sig > 0), torch.full_like(tier, TIER_HI), new)
     else:
-        share, _ = cumulative_share(group, sig)
+        share, _ = cumulative_share(group, sig, pruned_mass)
         new = torch.where(share < config.keep_mass, torch.full_like(tier, TIER_LO), new)
         new = torch.where(share < config.hi_mass, torch.full_like(tier, TIER_HI), new)
         new = torch.where(sig <= 0, torch.full_like(tier, PRUNED), new)  # never attended to

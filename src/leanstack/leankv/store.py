@@ -51,6 +51,9 @@ class KVStore:
         self.pool = PagePool(initial_pages, config.page_bytes, device)
         self.length = torch.zeros(batch_size * num_layers * num_kv_heads * NUM_TIERS,
                                   dtype=torch.int64, device=device)
+        # Significance each (layer, request, head) has pruned so far (see assign_tiers).
+        self.pruned_mass = torch.zeros(num_layers, batch_size * num_kv_heads,
+                                       dtype=torch.float32, device=device)
         # Per-channel key centre and scale per (layer, request, head), fp16, set once per layer.
         self.key_norm: torch.Tensor | None = None
         self.key_norm_set = torch.zeros(num_layers, dtype=torch.bool)
@@ -124,8 +127,8 @@ class KVStore:
     def write_scores(self, tier: int, byte_base: torch.Tensor, scores: torch.Tensor) -> None:
         """Overwrite the significance score field of the records at ``byte_base``."""
         off = self.layouts[tier].score_offset
-        raw = scores.to(torch.float32).reshape(-1, 1).view(torch.uint8)
-        self.pool.data.view(-1)[self._bytes_index(byte_base + off, 4)] = raw
+        raw = scores.to(torch.float16).reshape(-1, 1).view(torch.uint8)
+        self.pool.data.view(-1)[self._bytes_index(byte_base + off, 2)] = raw
 
     def quantizes_keys(self, tier: int) -> bool:
         """Whether keys of ``tier`` are stored channel-normalized (and so need the stats).
@@ -168,9 +171,10 @@ class KVStore:
         return int(self.length.sum())
 
     def bytes_held(self) -> int:
-        """Bytes this store really holds: its pages (slack included) plus page tables and
-        per-table token counts."""
+        """Bytes this store really holds: its pages (slack included) plus page tables,
+        per-table token counts, key-channel statistics and pruned-mass counters."""
         norm = self.key_norm.numel() * self.key_norm.element_size() if self.key_norm is not None \
             else 0
         return (self.pool.num_allocated * self.pool.page_bytes + self.pool.table_bytes()
-                + self.length.numel() * self.length.element_size() + norm)
+                + self.length.numel() * self.length.element_size() + norm
+                + self.pruned_mass.numel() * self.pruned_mass.element_size())
