@@ -129,8 +129,21 @@ def test_exhaustion_and_grow():
     assert pool.free_stack.numel() == 5
     pool.free(torch.tensor([1]))
     assert pool.allocate(torch.tensor([0]), torch.tensor([3])).numel() == 3
-    # index: 2 tables x 3 slots + 2 lengths, int32; owner + slot of 3 pages, int32 each
-    assert pool.table_bytes() == (2 * 3 + 2) * 4 + 3 * 8
+    # index: 2 tables x 4 slots (the minimum) + 2 lengths, int32; owner + slot of 3 pages
+    assert pool.table_bytes() == (2 * 4 + 2) * 4 + 3 * 8
+    check_invariants(pool)
+
+
+def test_index_narrows_after_a_burst_is_freed():
+    # a prefill-like burst widens the index; once freed, the padding must not stay (bytes held)
+    pool = PagePool(64, 4)
+    pool.allocate(torch.tensor([0, 1]), torch.tensor([40, 2]))
+    assert pool.table_pages.shape[1] >= 40
+    wide = pool.table_bytes()
+    pool.free(torch.tensor([0]))
+    assert pool.table_pages.shape[1] < 8
+    assert pool.table_bytes() < wide / 4
+    assert pool.pages_of(torch.tensor([1]))[1].tolist() == [2]
     check_invariants(pool)
 
 
@@ -143,7 +156,7 @@ def test_table_ids_beyond_the_index_shape():
     assert pool.free(torch.tensor([7, 7])) == 0
     assert pool.table_pages.shape == (0, 0)
     pool.allocate(torch.tensor([2]), torch.tensor([1]))
-    assert pool.table_pages.shape == (3, 1)
+    assert pool.table_pages.shape == (3, 4)  # at least MIN_SLOTS slots
     # a far table id and a long table grow rows and columns; old entries survive
     ids = pool.allocate(torch.tensor([1000, 2]), torch.tensor([5, 2])).tolist()
     assert pool.table_pages.shape[0] >= 1001 and pool.table_pages.shape[1] >= 5

@@ -17,6 +17,7 @@ import torch
 from leanstack.errors import LeanstackError
 
 FREE = -1
+MIN_SLOTS = 4  # the index never narrows below this many slots per table
 _INT32_MAX = 2**31 - 1
 
 
@@ -159,6 +160,7 @@ class PagePool:
         n = pages.numel()
         self.free_stack[self._num_free:self._num_free + n] = pages
         self._num_free += n
+        self._shrink()
         return n
 
     def pages_of(self, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,13 +218,23 @@ class PagePool:
         return (torch.repeat_interleave(tables * width - (ends - lens), lens, output_size=total)
                 + torch.arange(total, device=lens.device))
 
+    def _shrink(self) -> None:
+        """Narrow the index once the longest table uses under half its slots (a prefill's
+        burst of pages must not pin a wide, mostly padding index: it counts as bytes held)."""
+        width = self.table_pages.shape[1]
+        longest = int(self.table_len.max()) if self.table_len.numel() else 0
+        if width > MIN_SLOTS and 2 * longest < width:
+            keep = max(MIN_SLOTS, longest + longest // 4)
+            self.table_pages = self.table_pages[:, :keep].clone()
+
     def _reserve(self, rows: int, cols: int) -> None:
-        """Grow the index (doubling) to at least ``rows`` tables and ``cols`` slots each."""
+        """Grow the index to at least ``rows`` tables (doubling) and ``cols`` slots each
+        (by a quarter, so padding stays small)."""
         old_rows, old_cols = self.table_pages.shape
         if rows <= old_rows and cols <= old_cols:
             return
         new_rows = max(rows, 2 * old_rows) if rows > old_rows else old_rows
-        new_cols = max(cols, 2 * old_cols) if cols > old_cols else old_cols
+        new_cols = max(cols, old_cols + old_cols // 4, MIN_SLOTS) if cols > old_cols else old_cols
         grown = torch.full((new_rows, new_cols), FREE, dtype=torch.int32,
                            device=self.table_pages.device)
         grown[:old_rows, :old_cols] = self.table_pages
