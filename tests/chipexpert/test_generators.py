@@ -144,8 +144,26 @@ def test_score_choices_prefers_the_models_own_continuation(smol: LocalGenerator)
     assert scores[0] > scores[1]
     # each choice is scored on its own: the batch gives the same numbers as one at a time
     assert smol.score_choices(msgs, [own])[0] == pytest.approx(scores[0], abs=1e-3)
+    # the prompt's cache is shared: order must not matter (each choice is cropped away)
+    assert smol.score_choices(msgs, ["zebra quantum pickle", own]) == \
+        pytest.approx(scores[::-1], abs=1e-3)
     with pytest.raises(LeanstackError, match="empty"):
         smol.score_choices(msgs, ["A", ""])
+
+
+def test_score_choices_equals_a_full_forward_pass(smol: LocalGenerator) -> None:
+    import torch
+
+    msgs = [{"role": "user", "content": "Name a hardware description language."}]
+    choice = "Verilog is one."
+    prompt = smol.prompt_ids(msgs)
+    cont = smol.loaded.tokenizer(choice, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = smol.loaded.model(input_ids=torch.tensor([prompt + cont])).logits[0].float()
+    logp = torch.log_softmax(logits, -1)
+    pos = torch.arange(len(prompt), len(prompt) + len(cont))
+    want = float(logp[pos - 1, torch.tensor(cont)].sum())
+    assert smol.score_choices(msgs, [choice])[0] == pytest.approx(want, abs=1e-3)
 
 
 def test_missing_local_model_is_a_one_line_error(tmp_path) -> None:
