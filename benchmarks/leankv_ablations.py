@@ -61,16 +61,19 @@ def main() -> None:
         rows.append(measure("hetero bits", f"K{k}V{v}", uniform_config(k, v)))
     rows.append(measure("key channel norm", "K4V8 without key channel norm",
                         uniform_config(4, 8, key_channel_norm=False)))
-    for mass in MASSES:
-        per_head = LeanKVConfig.preset("lossless", hi_mass=mass, keep_mass=mass)
-        r = measure("per-head budget", f"cumulative mass {mass}", per_head)
-        rows.append(r)
-        kept = r["tier_counts"]["high"] + r["tier_counts"]["low"]
-        budget = max(1, round(kept / (layers * heads)))
-        uniform = LeanKVConfig.preset("lossless", budget=budget)
-        u = measure("per-head budget", f"uniform {budget} per head (matches mass {mass})",
-                    uniform)
-        rows.append(u)
+    # (masses, how the mass policy prunes, what else both policies share)
+    for masses, how, extra in ((MASSES, "", {}), ((0.95,), ", re-pruned", {"reprune": True}),
+                               ((0.95,), ", score_decay 0.99", {"score_decay": 0.99})):
+        for mass in masses:
+            per_head = LeanKVConfig.preset("lossless", hi_mass=mass, keep_mass=mass, **extra)
+            r = measure("per-head budget", f"cumulative mass {mass}{how}", per_head)
+            rows.append(r)
+            kept = r["tier_counts"]["high"] + r["tier_counts"]["low"]
+            budget = max(1, round(kept / (layers * heads)))
+            shared = {"score_decay": extra["score_decay"]} if "score_decay" in extra else {}
+            uniform = LeanKVConfig.preset("lossless", budget=budget, **shared)
+            rows.append(measure("per-head budget",
+                                f"uniform {budget} per head (matches mass {mass}{how})", uniform))
     for reprune in (False, True):
         cfg = LeanKVConfig.preset("lossless", keep_mass=0.97, reprune=reprune)
         name = "re-pruned at every re-tier" if reprune else "pruned mass counted once"
