@@ -2,18 +2,22 @@
 
 Asks every shipped item (src/leanstack/chipexpert/bench/items/) twice — without retrieval and
 with the top 3 fused passages of the knowledge base — through the ChipExpert assistant, scores
-the answers (MCQ by per-character log-likelihood, numeric by tolerance, Verilog by iverilog +
+the answers (MCQ by PMI-calibrated log-likelihood, or per character with ``--mcq-scoring
+per-char``; numeric by tolerance, Verilog by iverilog +
 yosys, SPICE by ngspice .meas, open answers by the similarity/key-fact proxy) and reports mean
 scores per domain and level. Items run cheapest first (mcq, open, numeric, verilog, spice), each
 type round-robin over the domains, so a run cut short by ``--max-minutes`` still covers every
 domain; results are saved after every item and ``--resume`` continues a cut run.
+``--resume --redo-types mcq`` drops the saved items of those types and runs them again (after
+changing how they are scored) while keeping the rest.
 
 Run: ``.venv/bin/python benchmarks/chip_bench.py [--quick] [--configs norag,rag]
-[--max-minutes M] [--resume]``. Each configuration writes
-``benchmarks/results/chip_bench_<config>.json``; once both exist this script (or
-``--combine``) writes ``benchmarks/results/chip_bench.json`` and ``chip_bench.png`` and prints
-the Markdown table. Two processes with ``--configs norag`` and ``--configs rag`` can run side by
-side. Needs the knowledge base (``leanstack chip corpus build``) for the rag configuration.
+[--max-minutes M] [--resume [--redo-types T,...]] [--mcq-scoring pmi|per-char]``. Each
+configuration writes ``benchmarks/results/chip_bench_<config>.json``; once both exist this
+script (or ``--combine``) writes ``benchmarks/results/chip_bench.json`` and ``chip_bench.png``
+and prints the Markdown table. Two processes with ``--configs norag`` and ``--configs rag``
+can run side by side. Needs the knowledge base (``leanstack chip corpus build``) for the rag
+configuration.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 
 from leanstack.chipexpert.bench.items import DOMAINS, Item, load_items
 from leanstack.chipexpert.bench.report import markdown_table, save_chart, type_table
-from leanstack.chipexpert.bench.runner import BenchRunner, ItemResult, bench_record
+from leanstack.chipexpert.bench.runner import MCQ_SCORING, BenchRunner, ItemResult, bench_record
 from leanstack.chipexpert.store import write_json
 
 RESULTS = Path(__file__).parent / "results"
@@ -74,11 +78,12 @@ def run_config(config: str, items: list[Item], args: argparse.Namespace,
     from leanstack.chipexpert.assistant import Assistant, load_retriever
 
     assistant = Assistant(generator, load_retriever() if config == "rag" else None, k=3)
-    runner = BenchRunner(assistant)
+    runner = BenchRunner(assistant, mcq_scoring=args.mcq_scoring)
+    redo = {t.strip() for t in args.redo_types.split(",") if t.strip()}
     done: list[ItemResult] = []
     if args.resume and partial_path(config, args.quick).exists():
         old = json.loads(partial_path(config, args.quick).read_text())
-        done = [ItemResult(**r) for r in old["items"]]
+        done = [ItemResult(**r) for r in old["items"] if r["type"] not in redo]
     have = {r.id for r in done}
     todo = [it for it in items if it.id not in have]
     t_end = time.monotonic() + args.max_minutes * 60 if args.max_minutes else None
@@ -93,7 +98,8 @@ def run_config(config: str, items: list[Item], args: argparse.Namespace,
             bar.update(task, advance=1, description=f"{config} {it.id}")
             record = bench_record(done, generator.name, config == "rag",
                                   {**settings, "complete": len(done) == len(items),
-                                   "mcq_by_loglik": runner.loglik})
+                                   "mcq_by_loglik": runner.loglik,
+                                   "mcq_scoring": args.mcq_scoring})
             write_json(partial_path(config, args.quick), record)
     print(f"{config}: {len(done)}/{len(items)} items, "
           f"{sum(r.seconds for r in done) / 60:.1f} min of model time", flush=True)
@@ -155,6 +161,10 @@ def main() -> None:
     p.add_argument("--max-minutes", type=float, default=None, help="stop each configuration "
                    "after this long (results so far are kept)")
     p.add_argument("--resume", action="store_true", help="continue from the saved results")
+    p.add_argument("--redo-types", default="", help="with --resume: run the saved items of "
+                   "these types again (comma-separated)")
+    p.add_argument("--mcq-scoring", default="pmi", choices=MCQ_SCORING,
+                   help="how an MCQ choice is picked from log-likelihoods")
     p.add_argument("--combine", action="store_true", help="only merge the saved results")
     p.add_argument("--model", default=None, help="local model (default: bundled SmolLM2)")
     args = p.parse_args()

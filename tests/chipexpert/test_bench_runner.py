@@ -14,6 +14,7 @@ from leanstack.chipexpert.bench.checkers import OpenScorer
 from leanstack.chipexpert.bench.items import Item, load_items
 from leanstack.chipexpert.bench.report import markdown_table, save_chart
 from leanstack.chipexpert.bench.runner import (
+    NULL_QUESTION,
     BenchRunner,
     apply_human_scores,
     bench_record,
@@ -52,6 +53,8 @@ class ScriptedGenerator:
     def score_choices(self, messages: list[dict[str, str]], choices: list[str]) -> list[float]:
         if not self.loglik:
             raise LeanstackError("score_choices is not supported by endpoints")
+        if messages[-1]["content"] == NULL_QUESTION:  # pmi's content-free prompt: no preference
+            return [-1.0 * len(c) for c in choices]
         self.prompts.append(messages)
         key = "ABCD".index(self.item_for(messages).answer)
         target = key if self.right else (key + 1) % 4
@@ -101,7 +104,7 @@ def test_wrong_answers_score_zero_and_endpoint_mcq_falls_back_to_generation() ->
     assert results[1].response.startswith("I am not sure")
 
 
-def test_mcq_choice_uses_per_character_log_likelihood() -> None:
+def test_mcq_choice_per_character_log_likelihood() -> None:
     item = Item("t-1", "eda", "foundational", "mcq", "Pick one.", "B", [], {},
                 choices=["no", "a much longer but likelier answer", "maybe", "yes"])
 
@@ -113,8 +116,39 @@ def test_mcq_choice_uses_per_character_log_likelihood() -> None:
             # the raw sums favour the short "A. no"; per character, B is the most likely
             return [-6.0, -10.0, -9.0, -7.5]
 
-    result = BenchRunner(FakeAssistant(LengthBiased()), SAME).run_item(item)
+    runner = BenchRunner(FakeAssistant(LengthBiased()), SAME, mcq_scoring="per-char")
+    result = runner.run_item(item)
     assert result.response == "B" and result.passed
+
+
+class SurfaceBiased(ScriptedGenerator):
+    """Likes "A" whatever the question; the question itself raises "B" the most."""
+
+    def __init__(self, item: Item) -> None:
+        super().__init__()
+        self.item = item
+        self.null_prompts: list[list[dict[str, str]]] = []
+
+    def score_choices(self, messages, choices):
+        if messages[-1]["content"] == NULL_QUESTION:
+            self.null_prompts.append(messages)
+            return [-1.0, -6.0, -5.0, -5.0]
+        return [-2.0, -3.0, -5.0, -5.0]
+
+
+@pytest.mark.parametrize(("scoring", "picked"), [("pmi", "B"), ("per-char", "A")])
+def test_pmi_scoring_removes_a_surface_bias_the_question_does_not_cause(scoring: str,
+                                                                         picked: str) -> None:
+    item = Item("t-2", "eda", "foundational", "mcq", "Pick one.", "B", [], {},
+                choices=["same", "size", "each", "time"])
+    gen = SurfaceBiased(item)
+    result = BenchRunner(FakeAssistant(gen), SAME, mcq_scoring=scoring).run_item(item)
+    assert result.response == picked and result.passed == (picked == "B")
+    if scoring == "pmi":  # calibrated against the same system turn and no question
+        assert gen.null_prompts == [[{"role": "system", "content": "You are ChipExpert."},
+                                     {"role": "user", "content": NULL_QUESTION}]]
+    else:
+        assert gen.null_prompts == []
 
 
 def test_summary_groups_by_domain_level_and_type() -> None:
@@ -196,6 +230,7 @@ def test_bench_and_bench_report_commands(tmp_path: Path, monkeypatch) -> None:
 @pytest.mark.parametrize(("args", "message"), [
     (["bench", "--domains", "quantum"], "unknown domain"),
     (["bench", "--types", "essay"], "unknown type"),
+    (["bench", "--types", "mcq", "--mcq-scoring", "votes"], "unknown MCQ scoring"),
     (["bench", "--limit", "0"], "--limit must be at least 1"),
     (["bench-report", "missing.json"], "cannot read"),
 ])

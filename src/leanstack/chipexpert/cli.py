@@ -169,12 +169,15 @@ def bench(
                                              "(0-1) that replaces the automatic open scores"),
     k: int = typer.Option(3, "--k", help="passages per question with --rag"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+    mcq_scoring: str = typer.Option("pmi", "--mcq-scoring", help="how a scoring model picks an "
+                                    "MCQ choice: pmi (log-likelihood minus that after a "
+                                    "content-free prompt) or per-char"),
 ) -> None:
     """Run ChipICD-Bench: ask the model every item, score it, print per-domain/level tables."""
     from leanstack.chipexpert.bench.commands import run_bench_command
 
     run_bench_command(model, endpoint, rag, domains, types, limit, out, chart, human_scores, k,
-                      directory)
+                      directory, mcq_scoring)
 
 
 @chip_app.command("bench-report")

