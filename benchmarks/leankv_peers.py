@@ -50,7 +50,7 @@ def contenders() -> list[CacheSpec]:
         *[leankv_spec(f"H2O budget {b}", h2o_config(b), "h2o") for b in (64, 128, 256)],
         quanto_spec(4, 128), quanto_spec(4, 32), quanto_spec(2, 128),
         *[leankv_spec(f"LeanKV {p}", LeanKVConfig.preset(p)) for p in
-          ("lossless", "balanced", "aggressive")],
+          ("lossless", "balanced", "balanced-window", "aggressive")],
     ]
 
 

@@ -28,6 +28,9 @@ def _bits(text: str | None, name: str) -> tuple[int, int] | None:
     return k, v
 
 
+_PRESET_HELP = "lossless, balanced, balanced-window, aggressive or exact"
+
+
 def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = None,
                  hi_mass: float | None = None, keep_mass: float | None = None,
                  window: int | None = None, sinks: int | None = None,
@@ -56,7 +59,7 @@ def _environment() -> dict[str, Any]:
 
 @kv_app.command("eval")
 def kv_eval(
-    preset: str = typer.Option("balanced", help="lossless, balanced, aggressive or exact"),
+    preset: str = typer.Option("balanced", help=_PRESET_HELP),
     out: Path = typer.Option(..., "--out", help="where to write the results JSON"),
     model: str = typer.Option("smollm2", help="HF model directory, .gguf file or smollm2"),
     text_file: Path | None = typer.Option(None, "--text", help="UTF-8 text to score "
@@ -138,7 +141,7 @@ def markdown_row(r: dict[str, Any], header: bool = False) -> str:
 @kv_app.command("chat")
 def kv_chat(
     model: str = typer.Option("smollm2", help="HF model directory, .gguf file or smollm2"),
-    preset: str = typer.Option("balanced", help="lossless, balanced, aggressive or exact"),
+    preset: str = typer.Option("balanced", help=_PRESET_HELP),
     prompt: str | None = typer.Option(None, help="answer this one prompt and exit"),
     max_new_tokens: int = typer.Option(128, help="tokens per answer"),
 ) -> None:

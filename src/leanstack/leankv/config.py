@@ -78,7 +78,8 @@ class LeanKVConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> LeanKVConfig:
-        """A named preset (``lossless``, ``balanced``, ``aggressive``, ``exact``) with overrides."""
+        """A named preset (``lossless``, ``balanced``, ``balanced-window``, ``aggressive``,
+        ``exact``) with overrides."""
         if name not in PRESETS:
             raise LeanstackError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
         return replace(PRESETS[name], **overrides) if overrides else PRESETS[name]
@@ -108,9 +109,17 @@ PRESETS: dict[str, LeanKVConfig] = {
     # Half the mass at K4V4, up to 90% at K4V2, the rest pruned once.
     "balanced": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 2), hi_mass=0.5, keep_mass=0.9,
                              full_bits=8, recent_window=16, retier_every=8, page_bytes=1024),
-    # Everything at K4V4; every re-tier prunes the last 5% of the survivors' mass again, so old
-    # tokens thin out (progressive eviction).
-    "aggressive": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.95, keep_mass=0.95,
-                               full_bits=8, recent_window=16, retier_every=16, page_bytes=1024,
-                               reprune=True),
+    # balanced's compression at a third of its KL on long decodes, but old prompt tokens fade
+    # (fewer passkeys found): everything at K4V4, the survivors' last 0.2% of mass pruned every
+    # 8 tokens, ranked with score_decay 0.99 (half-life ~70 queries).
+    "balanced-window": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.998,
+                                    keep_mass=0.998, full_bits=8, recent_window=24,
+                                    retier_every=8, page_bytes=1024, score_decay=0.99,
+                                    reprune=True),
+    # Everything past the recent window at K4V4; every 8 tokens the survivors' last 1% of mass
+    # is pruned again (progressive eviction), ranked by attention that fades with a half-life
+    # of ~46 queries (score_decay 0.985: an observation window, so old tokens thin out first).
+    "aggressive": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.99, keep_mass=0.99,
+                               full_bits=8, recent_window=16, retier_every=8, page_bytes=1024,
+                               score_decay=0.985, reprune=True),
 }
