@@ -46,8 +46,13 @@ def test_new_settings_reach_the_config():
     assert (cfg.full_bits, cfg.budget, cfg.significance, cfg.key_channel_norm) == \
         (8, 12, "sum", False)
     assert build_config("balanced").key_channel_norm is True
+    window = build_config("balanced", score_decay=0.99, reprune=True, retier_every=4)
+    assert (window.score_decay, window.reprune, window.retier_every) == (0.99, True, 4)
+    assert build_config("aggressive", reprune=False).reprune is False
     with pytest.raises(LeanstackError, match="significance must be one of"):
         build_config("balanced", significance="max")
+    with pytest.raises(LeanstackError, match="score_decay must be in"):
+        build_config("balanced", score_decay=1.5)
 
 
 def test_bad_cli_input_is_one_line_error(tmp_path):

@@ -35,7 +35,9 @@ def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = 
                  hi_mass: float | None = None, keep_mass: float | None = None,
                  window: int | None = None, sinks: int | None = None,
                  full_bits: int | None = None, budget: int | None = None,
-                 significance: str | None = None, key_norm: bool | None = None) -> Any:
+                 significance: str | None = None, key_norm: bool | None = None,
+                 score_decay: float | None = None, reprune: bool | None = None,
+                 retier_every: int | None = None) -> Any:
     """A preset with the free settings given on the command line applied on top."""
     from leanstack.leankv.config import LeanKVConfig
 
@@ -43,7 +45,8 @@ def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = 
         "hi_bits": _bits(hi_bits, "hi-bits"), "lo_bits": _bits(lo_bits, "lo-bits"),
         "hi_mass": hi_mass, "keep_mass": keep_mass, "recent_window": window,
         "sink_tokens": sinks, "full_bits": full_bits, "budget": budget,
-        "significance": significance, "key_channel_norm": key_norm}.items() if v is not None}
+        "significance": significance, "key_channel_norm": key_norm, "score_decay": score_decay,
+        "reprune": reprune, "retier_every": retier_every}.items() if v is not None}
     return LeanKVConfig.preset(preset, **overrides)
 
 
@@ -79,6 +82,11 @@ def kv_eval(
     significance: str | None = typer.Option(None, help="mean or sum of attention mass"),
     key_norm: bool | None = typer.Option(None, "--key-norm/--no-key-norm",
                                          help="per-channel key normalization before quantizing"),
+    score_decay: float | None = typer.Option(None, help="weight of each older query's attention "
+                                             "(below 1: an observation window)"),
+    reprune: bool | None = typer.Option(None, "--reprune/--no-reprune", help="prune the "
+                                        "survivors' tail again at every re-tier"),
+    retier_every: int | None = typer.Option(None, help="re-rank and demote every N tokens"),
     threads: int = typer.Option(1, help="torch CPU threads"),
 ) -> None:
     """Measure compression, decode-time perplexity/KL/top-1 and passkey retrieval."""
@@ -89,7 +97,7 @@ def kv_eval(
     from leanstack.llm import load_model
 
     config = build_config(preset, hi_bits, lo_bits, hi_mass, keep_mass, window, sinks, full_bits,
-                          budget, significance, key_norm)
+                          budget, significance, key_norm, score_decay, reprune, retier_every)
     if text_file is not None and not text_file.is_file():
         raise LeanstackError(f"text file {text_file} not found: pass an existing UTF-8 file")
     text = text_file.read_text(encoding="utf-8") if text_file else default_text()
