@@ -3,11 +3,11 @@
 Asks every shipped item (src/leanstack/chipexpert/bench/items/) twice — without retrieval and
 with the top 3 fused passages of the knowledge base — through the ChipExpert assistant, scores
 the answers (MCQ by PMI-calibrated log-likelihood, or per character with ``--mcq-scoring
-per-char``; numeric by tolerance, Verilog by iverilog +
-yosys, SPICE by ngspice .meas, open answers by the similarity/key-fact proxy) and reports mean
-scores per domain and level. Items run cheapest first (mcq, open, numeric, verilog, spice), each
-type round-robin over the domains, so a run cut short by ``--max-minutes`` still covers every
-domain; results are saved after every item and ``--resume`` continues a cut run.
+per-char``; numeric by tolerance, Verilog by iverilog + yosys, SPICE by ngspice .meas, open
+answers by the similarity/key-fact proxy) and reports mean scores per domain and level. Items
+run cheapest first (mcq, open, numeric, verilog, spice), each type round-robin over the
+domains, so a run cut short by ``--max-minutes`` still covers every domain; results are saved
+after every item and ``--resume`` continues a cut run.
 ``--resume --redo-types mcq`` drops the saved items of those types and runs them again (after
 changing how they are scored) while keeping the rest.
 

@@ -70,7 +70,8 @@ def main() -> None:
             rows.append(r)
             kept = r["tier_counts"]["high"] + r["tier_counts"]["low"]
             budget = max(1, round(kept / (layers * heads)))
-            shared = {"score_decay": extra["score_decay"]} if "score_decay" in extra else {}
+            # a fixed budget re-ranks at every re-tier anyway; reprune only changes the mass policy
+            shared = {k: v for k, v in extra.items() if k != "reprune"}
             uniform = LeanKVConfig.preset("lossless", budget=budget, **shared)
             rows.append(measure("per-head budget",
                                 f"uniform {budget} per head (matches mass {mass}{how})", uniform))
