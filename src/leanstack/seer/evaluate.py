@@ -1,0 +1,263 @@
+"""The comparison harness: Seer's network, its CNN-only and LSTM-only ablations, the threshold
+rule, Sinan's boosted tree and BARO, scored on the very same held-out episodes.
+
+Alerts (anticipation, precision, false alerts per hour, lead time) come from each method's
+per-window score and the threshold it picked on the validation split. Culprit finders are
+compared at the same *diagnosis windows* (the first violated window after a fault began, in
+each faulted episode that violated QoS), each given the history up to that window; Seer is also
+scored at its own first true alert of each faulted episode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from leanstack.seer.baselines import BoostedTree, ThresholdRule, baro_ranking, tree_inputs
+from leanstack.seer.campaign import Dataset
+from leanstack.seer.metrics import alert_metrics, diagnosis_windows, hysteresis, merge, topk
+from leanstack.seer.model import VARIANTS, SeerModel
+from leanstack.seer.train import TrainConfig, pick_threshold, score, start_window, steps, train
+from leanstack.seer.train import windows as make_windows
+
+Split = tuple[Dataset, np.ndarray]
+"""A dataset and the episode indices taken from it."""
+
+
+def fault_start_windows(ds: Dataset) -> np.ndarray:
+    """Per episode, the window its fault began in (a large number without a fault)."""
+    dt = float(ds.meta["interval_s"])
+    return np.array([int(e["fault"]["start_s"] / dt) if e["fault"] else 10**9
+                     for e in ds.meta["episodes"]])
+
+
+def alert_eval(p: np.ndarray, ds: Dataset, thr: float, cfg: TrainConfig) -> dict[str, Any]:
+    return alert_metrics(hysteresis(p, thr), ds.arrays["violated"], steps(ds, cfg.lead_s),
+                         steps(ds, cfg.horizon_s), start_window(ds, cfg.lookback),
+                         float(ds.meta["interval_s"]))
+
+
+def culprit_at_first_alert(p: np.ndarray, c: np.ndarray, ds: Dataset, thr: float,
+                           cfg: TrainConfig) -> dict[str, Any]:
+    """Top-k of the ranking at the first true alert after each fault began."""
+    h, start = steps(ds, cfg.horizon_s), start_window(ds, cfg.lookback)
+    rankings, truth = [], []
+    for e, fs in enumerate(fault_start_windows(ds)):
+        cul = int(ds.arrays["culprit"][e])
+        if cul < 0:
+            continue
+        vi = ds.arrays["violated"][e]
+        for a in np.flatnonzero(hysteresis(p[e], thr)):
+            if a >= max(fs, start) and vi[a:a + h + 1].any():
+                rankings.append([int(i) for i in np.argsort(-c[e, a], kind="stable")])
+                truth.append(cul)
+                break
+    return topk(rankings, truth)
+
+
+def diagnosis_pairs(ds: Dataset, cfg: TrainConfig) -> list[tuple[int, int]]:
+    return diagnosis_windows(ds.arrays["violated"], ds.arrays["culprit"],
+                             fault_start_windows(ds), start_window(ds, cfg.lookback))
+
+
+def rank_at(pairs: list[tuple[int, int]], ds: Dataset,
+            ranker: Callable[[int, int], list[int]]) -> dict[str, Any]:
+    rankings = [ranker(e, t) for e, t in pairs]
+    return topk(rankings, [int(ds.arrays["culprit"][e]) for e, _ in pairs])
+
+
+def merge_topk(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    n = sum(p["n"] for p in parts)
+    if not n:
+        return {"n": 0, "top1": None, "top3": None}
+    return {"n": n, "top1": sum(p["top1"] * p["n"] for p in parts if p["n"]) / n,
+            "top3": sum(p["top3"] * p["n"] for p in parts if p["n"]) / n}
+
+
+def _clean(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in m.items() if k != "leads"}
+
+
+def evaluate_model(model: SeerModel, tests: list[Split], cfg: TrainConfig) -> dict[str, Any]:
+    """One trained network on the test episodes: alerts, culprit at first alert and at the
+    diagnosis windows, inference time per window."""
+    alerts, first, diag = [], [], []
+    infer_s, n_win = 0.0, 0
+    for ds, idx in tests:
+        sub = ds.subset(idx)
+        t0 = time.perf_counter()
+        p, c = score(model, sub)
+        infer_s += time.perf_counter() - t0
+        n_win += p.size
+        alerts.append(alert_eval(p, sub, model.threshold, cfg))
+        first.append(culprit_at_first_alert(p, c, sub, model.threshold, cfg))
+        diag.append(rank_at(diagnosis_pairs(sub, cfg), sub,
+                            lambda e, t, c=c: [int(i) for i in np.argsort(-c[e, t],
+                                                                         kind="stable")]))
+    return {"alerts": _clean(merge(alerts)), "culprit_at_first_alert": merge_topk(first),
+            "culprit": merge_topk(diag), "threshold": model.threshold,
+            "batched_inference_ms_per_window": 1e3 * infer_s / max(n_win, 1)}
+
+
+def compare(trains: list[Split], vals: list[Split], tests: list[Split], cfg: TrainConfig,
+            methods: tuple[str, ...] = (*VARIANTS, "threshold", "boosted_tree", "baro"),
+            progress: bool = True) -> tuple[dict[str, Any], dict[str, SeerModel]]:
+    """Train every learned method on ``trains`` (threshold on ``vals``), score all on
+    ``tests``; return the results per method and the trained networks."""
+    out: dict[str, Any] = {}
+    models: dict[str, SeerModel] = {}
+    for variant in [m for m in methods if m in VARIANTS]:
+        vcfg = replace(cfg, variant=variant)
+        model, meta = train([d for d, _ in trains], vcfg, progress,
+                            train_episodes=[i for _, i in trains],
+                            val_episodes=[i for _, i in vals])
+        models[variant] = model
+        out[variant] = {**evaluate_model(model, tests, vcfg), "train_s": meta["train_s"],
+                        "parameters": meta["parameters"], "size_bytes": model.size_bytes()}
+    if "threshold" in methods:
+        out["threshold"] = _threshold_rule(vals, tests, cfg)
+    if "boosted_tree" in methods:
+        out["boosted_tree"] = _boosted_tree(trains, vals, tests, cfg)
+    if "baro" in methods:
+        parts = []
+        for ds, idx in tests:
+            sub = ds.subset(idx)
+            x = sub.arrays["x"]
+            parts.append(rank_at(diagnosis_pairs(sub, cfg), sub,
+                                 lambda e, t, x=x, sub=sub: baro_ranking(x[e, :t + 1],
+                                                                         sub.tiers)))
+        out["baro"] = {"culprit": merge_topk(parts)}
+    return out, models
+
+
+def _threshold_rule(vals: list[Split], tests: list[Split], cfg: TrainConfig) -> dict[str, Any]:
+    rule = ThresholdRule()
+    subs = [ds.subset(i) for ds, i in vals]
+    width = min(s.arrays["violated"].shape[1] for s in subs)
+    ds0 = subs[0]
+    k, _ = pick_threshold(np.concatenate([rule.scores(s)[:, :width] for s in subs]),
+                          np.concatenate([s.arrays["violated"][:, :width] for s in subs]),
+                          steps(ds0, cfg.lead_s), steps(ds0, cfg.horizon_s),
+                          start_window(ds0, cfg.lookback), float(ds0.meta["interval_s"]),
+                          cfg.min_precision)
+    alerts, diag = [], []
+    for ds, idx in tests:
+        sub = ds.subset(idx)
+        alerts.append(alert_eval(rule.scores(sub), sub, k, cfg))
+        x = sub.arrays["x"]
+        diag.append(rank_at(diagnosis_pairs(sub, cfg), sub,
+                            lambda e, t, x=x: ThresholdRule.ranking(x[e, t])))
+    return {"k": k, "alerts": _clean(merge(alerts)), "culprit": merge_topk(diag)}
+
+
+def _boosted_tree(trains: list[Split], vals: list[Split], tests: list[Split],
+                  cfg: TrainConfig) -> dict[str, Any]:
+    def stack(splits: list[Split]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for ds, idx in splits:  # tree inputs aggregate over tiers, so apps stack
+            x, y, _, _ = make_windows(ds.subset(idx), cfg.lookback, steps(ds, cfg.horizon_s))
+            xs.append(tree_inputs(x))
+            ys.append(y)
+        return np.concatenate(xs), np.concatenate(ys)
+
+    t0 = time.monotonic()
+    tree = BoostedTree(seed=cfg.seed).fit(*stack(trains), *stack(vals))
+    train_s = time.monotonic() - t0
+
+    def scores(sub: Dataset) -> np.ndarray:
+        xs, _, _, idx = make_windows(sub, cfg.lookback, 1, last=True)
+        p = np.zeros(sub.arrays["violated"].shape, np.float32)
+        p[idx[:, 0], idx[:, 1]] = tree.predict(xs)
+        return p
+
+    subs = [ds.subset(i) for ds, i in vals]
+    width = min(s.arrays["violated"].shape[1] for s in subs)
+    ds0 = subs[0]
+    thr, _ = pick_threshold(np.concatenate([scores(s)[:, :width] for s in subs]),
+                            np.concatenate([s.arrays["violated"][:, :width] for s in subs]),
+                            steps(ds0, cfg.lead_s), steps(ds0, cfg.horizon_s),
+                            start_window(ds0, cfg.lookback), float(ds0.meta["interval_s"]),
+                            cfg.min_precision)
+    alerts = [alert_eval(scores(ds.subset(i)), ds.subset(i), thr, cfg) for ds, i in tests]
+    return {"threshold": thr, "alerts": _clean(merge(alerts)), "train_s": round(train_s, 2)}
+
+
+def online_eval(app: Any, model: SeerModel, episodes: int, seed: int = 0,
+                backend: str = "sim", interval_s: float = 1.0,
+                kinds: tuple[str, ...] | None = None, rps: float | None = None,
+                on_episode: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """A fresh fault campaign on ``app`` under HPA, each episode run twice on the same seeds:
+    with the Seer detector only watching (alerts, anticipation, culprit) and with it acting
+    (boosting the culprit). Returns the headline metrics and the per-episode outcomes."""
+    from leanstack.seer.campaign import observations, plan_campaign, run_episode
+    from leanstack.seer.detector import SeerDetector
+    from leanstack.seer.faults import FAULT_KINDS
+    from leanstack.seer.features import violated
+
+    plans = [replace(p, controller="hpa")
+             for p in plan_campaign(app, episodes, seed, kinds or FAULT_KINDS, rps=rps)]
+    tiers = list(app.services)
+    lead = max(1, round(float(model.meta["lead_s"]) / interval_s))
+    horizon = max(1, round(float(model.meta["horizon_s"]) / interval_s))
+    start = max(10, model.lookback)
+    alerting, viol, acted_viol, rankings, truth, rows = [], [], [], [], [], []
+    cpu_watch = cpu_act = 0.0
+    infer_ms: list[float] = []
+    for i, plan in enumerate(plans):
+        watch = SeerDetector(model, act=False)
+        r0 = run_episode(app, plan, backend, interval_s, detector=watch)
+        r1 = run_episode(app, plan, backend, interval_s, detector=SeerDetector(model, act=True))
+        infer_ms += watch.inference_ms
+        al = np.array([bool(e.get("alerts")) for e in r0["timeline"]])
+        v0 = np.array([violated(o) for o in observations(r0)])
+        v1 = np.array([violated(o) for o in observations(r1)])
+        n = min(len(al), len(v1))
+        alerting.append(al[:n])
+        viol.append(v0[:n])
+        acted_viol.append(v1[:n])
+        cpu_watch += r0["summary"]["mean_cpu"]
+        cpu_act += r1["summary"]["mean_cpu"]
+        f = plan.fault
+        first = None
+        if f is not None:
+            fs = int(f.start_s / interval_s)
+            for a in np.flatnonzero(al):
+                if a >= max(fs, start) and v0[a:a + horizon + 1].any():
+                    first = r0["timeline"][a]["alerts"][0]
+                    rankings.append([tiers.index(t) for t in first["ranking"]])
+                    truth.append(tiers.index(f.tier))
+                    break
+        rows.append({"fault": f.to_dict() if f else None, "rps": plan.rps, "seed": plan.seed,
+                     "violated_s": float(v0[start:].sum() * interval_s),
+                     "violated_s_with_seer": float(v1[start:].sum() * interval_s),
+                     "alert_windows": int(al.sum()),
+                     "first_alert": first, "mean_cpu": r0["summary"]["mean_cpu"],
+                     "mean_cpu_with_seer": r1["summary"]["mean_cpu"]})
+        if on_episode:
+            on_episode(i + 1, len(plans))
+    width = min(len(a) for a in alerting)
+    al_m = alert_metrics(np.stack([a[:width] for a in alerting]),
+                         np.stack([v[:width] for v in viol]), lead, horizon, start, interval_s)
+    cul = topk(rankings, truth)
+    without = sum(r["violated_s"] for r in rows)
+    with_seer = sum(r["violated_s_with_seer"] for r in rows)
+    return {
+        "app": app.name, "backend": backend, "episodes": len(plans), "seed": seed,
+        "interval_s": interval_s, "controller": "hpa (time constants x0.2, 2 pods at start)",
+        "lead_s": lead * interval_s, "horizon_s": horizon * interval_s,
+        "model_apps": model.meta.get("apps"), "threshold": model.threshold,
+        "anticipation": al_m["anticipation"], "precision": al_m["precision"],
+        "false_alerts_per_hour": al_m["false_alerts_per_hour"],
+        "lead_time_s": al_m["lead_time_s"], "violations": al_m["violations"],
+        "alerts": al_m["alerts"],
+        "culprit_top1": cul["top1"], "culprit_top3": cul["top3"], "culprit_n": cul["n"],
+        "violation_s_without": without, "violation_s_with": with_seer,
+        "avoided": 1.0 - with_seer / without if without else None,
+        "mean_cpu_without": cpu_watch / len(plans), "mean_cpu_with": cpu_act / len(plans),
+        "inference_ms_per_window_median": float(np.median(infer_ms)) if infer_ms else None,
+        "per_episode": rows,
+    }
