@@ -133,3 +133,58 @@ def test_eight_bit_full_tier_holds_fewer_bytes_and_stays_close(tiny_llama):
         assert cache.tier_counts()["full"] == 60 * 2 * 2
     assert held[8] < 0.7 * held[16]
     assert (out[8] - out[16]).abs().max() < 0.05
+
+
+def _compressing(**kw):
+    return LeanKVConfig.preset("balanced", group=16, page_bytes=256, recent_window=8,
+                               sink_tokens=2, retier_every=4, **kw)
+
+
+def test_working_set_mirrors_the_store_and_decodes_only_new_tokens(tiny_llama, monkeypatch):
+    from leanstack.leankv.records import RecordLayout
+
+    ids = torch.randint(3, 128, (2, 90), generator=torch.Generator().manual_seed(5))
+    decoded = []
+    real = RecordLayout.decode
+    monkeypatch.setattr(RecordLayout, "decode",
+                        lambda self, rec: decoded.append(rec.shape[0]) or real(self, rec))
+    cache = LeanKVCache(tiny_llama.config, _compressing())
+    with torch.no_grad():
+        tiny_llama(input_ids=ids[:, :80], cache=cache)
+        for i in range(80, 90):
+            decoded.clear()
+            tiny_llama(input_ids=ids[:, i:i + 1], cache=cache)
+            # per layer: the 2 x 2 new records, plus at a re-tier only the tokens that moved
+            stored = cache.store.tokens_held()
+            assert sum(decoded) < stored / 2
+    store = cache.store
+    for layer_idx, layer in enumerate(cache.layers):
+        tok = layer.working.flat()
+        assert tok["pos"].numel() == int(store.length.view(2, 2, 2, NUM_TIERS)[:, layer_idx]
+                                          .sum())
+        for tier in range(NUM_TIERS):
+            got = store.read(layer_idx, tier)
+            k, v, pos, _ = real(store.layouts[tier], got.records)
+            if store.quantizes_keys(tier):
+                k = store.normalize_keys(layer_idx, got.batch, got.head, k, inverse=True)
+            key = (got.batch * 2 + got.head) * 1000 + pos
+            mine = tok["group"] * 1000 + tok["pos"]
+            at = torch.nonzero(mine.unsqueeze(1) == key.unsqueeze(0))  # [match, (mine, theirs)]
+            assert at.shape[0] == pos.numel()  # every stored token once in the working set
+            j, i = at[:, 0], at[:, 1]
+            assert bool((tok["tier"][j] == tier).all())
+            assert torch.allclose(tok["k"][j], k[i], atol=1e-5)
+            assert torch.allclose(tok["v"][j], v[i], atol=1e-5)
+
+
+def test_pool_holds_about_the_pages_in_use(tiny_llama):
+    ids = torch.randint(3, 128, (1, 300), generator=torch.Generator().manual_seed(6))
+    cache = LeanKVCache(tiny_llama.config, _compressing())
+    with torch.no_grad():
+        tiny_llama(input_ids=ids[:, :260], cache=cache)
+        assert cache.bytes_reserved() <= 1.15 * cache.bytes_held()
+        for i in range(260, 300):
+            tiny_llama(input_ids=ids[:, i:i + 1], cache=cache)
+    assert cache.tier_counts()["pruned"] > 0
+    assert cache.bytes_held() <= cache.bytes_reserved() <= 1.15 * cache.bytes_held()
+    assert cache.working_set_bytes() > 0

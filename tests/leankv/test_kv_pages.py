@@ -215,3 +215,23 @@ def test_bad_table_ids_and_first_slot():
 def test_bad_pool_shape():
     with pytest.raises(LeanstackError, match="page pool"):
         PagePool(4, 0)
+
+
+def test_trim_gives_back_free_pages_and_keeps_data():
+    pool = PagePool(32, 16)
+    pages = pool.allocate(torch.tensor([0, 1, 2]), torch.tensor([3, 2, 4]))
+    pool.data[pages] = torch.arange(9, dtype=torch.uint8).unsqueeze(1).expand(-1, 16)
+    pool.free(torch.tensor([1]))
+    before = {t: pool.data[pool.pages_of(torch.tensor([t]))[0]].clone() for t in (0, 2)}
+    assert pool.trim(keep_free=2) == 32 - 7 - 2
+    assert (pool.num_pages, pool.num_allocated, pool.num_free) == (9, 7, 2)
+    assert pool.data.shape[0] == 9  # the bytes are really gone, not just marked free
+    check_invariants(pool)
+    for t, data in before.items():  # pages moved by compaction still hold their bytes
+        assert torch.equal(pool.data[pool.pages_of(torch.tensor([t]))[0]], data)
+    assert pool.allocate(torch.tensor([5]), torch.tensor([2])).tolist() == [7, 8]
+    with pytest.raises(PoolExhausted):
+        pool.allocate(torch.tensor([6]), torch.tensor([1]))
+    assert pool.trim() == 0
+    with pytest.raises(LeanstackError, match="keep_free"):
+        pool.trim(keep_free=-1)

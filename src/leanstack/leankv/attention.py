@@ -1,5 +1,5 @@
 """Attention over the store: each (request, KV head) attends to its own variable-length set of
-kept tokens, gathered and de-quantized into one padded batch. Registered with transformers as
+kept tokens, held de-quantized in one padded batch per layer. Registered with transformers as
 the ``leankv`` attention implementation."""
 
 from __future__ import annotations
@@ -14,53 +14,76 @@ ATTENTION_NAME = "leankv"
 ACTIVE_CACHE: ContextVar[Any] = ContextVar("leankv_active_cache", default=None)
 
 
+QUERY_CHUNK = 256  # queries per attention block (bounds a long prefill's logits)
+
+
+def padded_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     kpos: torch.Tensor, num_kv_heads: int, q_pos: torch.Tensor,
+                     mask: torch.Tensor | None, scaling: float,
+                     query_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grouped-query attention where KV head ``g = b * num_kv_heads + h`` sees only its own
+    tokens, all groups in one batched op.
+
+    ``query`` is [B, Hq, Q, D]; ``keys, values`` [G, W, D] hold each group's kept tokens in
+    slots, ``kpos`` [G, W] their cache indices (-1 marks an empty slot); ``q_pos`` [Q] are the
+    queries' cache indices. ``mask`` is transformers' 4D mask over cache indices (bool, or float
+    with 0 = attend) or None for plain causal. Returns the output [B, Q, Hq, D] and the attention
+    mass [G, W] each slot received (summed over the queries, each scaled by ``query_weight`` [Q]
+    if given, and over the query heads that share its KV head).
+    """
+    b_size, hq, q_len, dim = query.shape
+    n_groups, width = kpos.shape
+    rep = hq // num_kv_heads
+    qh = query.float().reshape(n_groups, rep, q_len, dim)
+    out = torch.empty(n_groups, rep, q_len, dim, dtype=torch.float32, device=query.device)
+    mass = torch.zeros(n_groups, width, dtype=torch.float32, device=query.device)
+    m = None
+    if mask is not None:
+        m = mask[:, 0]
+        m = (m if m.dtype == torch.bool else m == 0).repeat_interleave(num_kv_heads, 0)
+    keys_t = keys.transpose(1, 2)
+    for s in range(0, q_len, QUERY_CHUNK):
+        e = min(q_len, s + QUERY_CHUNK)
+        c = e - s
+        logits = torch.bmm(qh[:, :, s:e].reshape(n_groups, rep * c, dim), keys_t) * scaling
+        qp = q_pos[s:e].repeat(rep).view(1, -1, 1)  # row r = head_in_group * c + q
+        allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= qp)
+        if m is not None:
+            idx = kpos.clamp_min(0).unsqueeze(1).expand(-1, c, -1)
+            allowed &= torch.gather(m[:, s:e], 2, idx).repeat(1, rep, 1)
+        logits.masked_fill_(~allowed, float("-inf"))
+        probs = torch.softmax(logits, -1).nan_to_num_(0.0)  # nothing visible: zeros
+        out[:, :, s:e] = torch.bmm(probs, values).view(n_groups, rep, c, dim)
+        if query_weight is not None:
+            probs = probs * query_weight[s:e].repeat(rep).view(1, -1, 1)
+        mass += probs.sum(1)
+    out = out.view(b_size, hq, q_len, dim).transpose(1, 2)
+    return out.to(query.dtype), mass
+
+
 def sparse_attention(query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
                      pos: torch.Tensor, num_kv_heads: int, q_pos: torch.Tensor,
                      mask: torch.Tensor | None, scaling: float,
                      query_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grouped-query attention where KV head ``g = b * num_kv_heads + h`` sees only its tokens.
-
-    ``query`` is [B, Hq, Q, D]; ``k, v`` [n, D] hold every kept token, ``group[i]`` its (request,
-    head) and ``pos[i]`` its cache index; ``q_pos`` [Q] are the queries' cache indices. ``mask``
-    is transformers' 4D mask over cache indices (bool, or float with 0 = attend) or None for
-    plain causal. Returns the output [B, Q, Hq, D] and the attention mass each token received
-    (summed over the queries, each scaled by ``query_weight`` [Q] if given, and the query heads
-    that share its KV head).
-    """
-    b_size, hq, q_len, dim = query.shape
-    heads = num_kv_heads
-    n_groups = b_size * heads
-    rep = hq // heads
-    order = torch.argsort(pos, stable=True)
-    order = order[torch.argsort(group[order], stable=True)]
+    """:func:`padded_attention` over flat tokens: ``k, v`` [n, D] hold every kept token,
+    ``group[i]`` its (request, head) and ``pos[i]`` its cache index. Returns the output and the
+    mass [n] each token received."""
+    n_groups = query.shape[0] * num_kv_heads
     counts = torch.bincount(group, minlength=n_groups)
+    order = torch.argsort(group, stable=True)
     starts = torch.cumsum(counts, 0) - counts
     slot = torch.empty_like(group)
     slot[order] = torch.arange(group.numel(), device=group.device) - starts[group[order]]
     width = max(int(counts.max()) if group.numel() else 0, 1)
-    keys = torch.zeros(n_groups, width, dim, dtype=torch.float32, device=query.device)
+    keys = torch.zeros(n_groups, width, k.shape[-1], dtype=torch.float32, device=query.device)
     vals = torch.zeros_like(keys)
     kpos = torch.full((n_groups, width), -1, dtype=torch.int64, device=query.device)
     keys[group, slot] = k.float()
     vals[group, slot] = v.float()
     kpos[group, slot] = pos
-    qh = query.float().reshape(n_groups, rep * q_len, dim)
-    logits = torch.bmm(qh, keys.transpose(1, 2)) * scaling
-    qp = q_pos.repeat(rep)  # row r = head_in_group * Q + q
-    allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= qp.view(1, -1, 1))
-    if mask is not None:
-        m = mask[:, 0]
-        m = m if m.dtype == torch.bool else m == 0
-        m = m.repeat_interleave(heads, 0)  # [B*H, Q, T]
-        idx = kpos.clamp_min(0).unsqueeze(1).expand(-1, q_len, -1)
-        allowed &= torch.gather(m, 2, idx).repeat(1, rep, 1)
-    logits = logits.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(logits, -1).nan_to_num(0.0)  # rows with nothing visible give zeros
-    out = torch.bmm(probs, vals).reshape(b_size, hq, q_len, dim).transpose(1, 2)
-    if query_weight is not None:
-        probs = probs * query_weight.repeat(rep).view(1, -1, 1)
-    mass = probs.sum(1)[group, slot]
-    return out.to(query.dtype), mass
+    out, mass = padded_attention(query, keys, vals, kpos, num_kv_heads, q_pos, mask, scaling,
+                                 query_weight)
+    return out, mass[group, slot]
 
 
 def leankv_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,

@@ -16,12 +16,14 @@ from leanstack.errors import LeanstackError
 from leanstack.leankv.attention import (
     ACTIVE_CACHE,
     ATTENTION_NAME,
+    padded_attention,
     register_attention,
-    sparse_attention,
 )
 from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.significance import assign_tiers, decision_significance
 from leanstack.leankv.store import NUM_TIERS, PRUNED, TIER_FULL, KVStore
+from leanstack.leankv.working_set import WorkingSet
+from leanstack.llm.shapes import attention_shape, text_config
 
 
 class LeanKVLayer(CacheLayerMixin):
@@ -36,6 +38,7 @@ class LeanKVLayer(CacheLayerMixin):
         self.committed = 0  # tokens already written to the store (including pruned ones)
         self.since_retier = 0
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.working: WorkingSet | None = None  # this layer's kept tokens, de-quantized
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -75,106 +78,112 @@ class LeanKVLayer(CacheLayerMixin):
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise LeanstackError("LeanKVCache does not support beam search: use num_beams=1")
 
-    def _stored_tokens(self) -> dict[str, torch.Tensor]:
-        store = self.cache.store
-        parts: dict[str, list[torch.Tensor]] = {k: [] for k in
-                                                ("k", "v", "pos", "score", "batch", "head",
-                                                 "tier", "base", "raw")}
-        for tier in range(NUM_TIERS):
-            got = store.read(self.layer_idx, tier)
-            k, v, pos, score = store.layouts[tier].decode(got.records)
-            if store.quantizes_keys(tier):
-                k = store.normalize_keys(self.layer_idx, got.batch, got.head, k, inverse=True)
-            for name, val in (("k", k), ("v", v), ("pos", pos), ("score", score),
-                              ("batch", got.batch), ("head", got.head),
-                              ("tier", torch.full_like(pos, tier)), ("base", got.byte_base)):
-                parts[name].append(val)
-            parts["raw"].append(got.records)
-        out = {k: torch.cat(v) for k, v in parts.items() if k != "raw"}
-        out["raw_by_tier"] = parts["raw"]  # type: ignore[assignment]
-        return out
+    def _working_set(self, b_size: int, dim: int, device: torch.device) -> WorkingSet:
+        if self.working is None:
+            self.working = WorkingSet(b_size * self.cache.num_kv_heads, dim, device)
+        return self.working
 
     def attend(self, query: torch.Tensor, mask: torch.Tensor | None,
                scaling: float) -> torch.Tensor:
-        """Attention of ``query`` over stored + pending tokens; then store the pending tokens,
-        add this step's attention mass to every token's score and re-tier when due."""
+        """Store the pending tokens, then attention of ``query`` over every kept token of the
+        layer; add this step's attention mass to every token's score and re-tier when due."""
         assert self.pending is not None
         key, value = self.pending
         self.pending = None
         store, heads = self.cache.store, self.cache.num_kv_heads
         b_size, _, q_len, dim = key.shape
-        old = self._stored_tokens()
         dev = key.device
-        nb = torch.arange(b_size, device=dev).repeat_interleave(heads * q_len)
-        nh = torch.arange(heads, device=dev).repeat_interleave(q_len).repeat(b_size)
+        working = self._working_set(b_size, dim, dev)
         q_pos = self.committed + torch.arange(q_len, device=dev)
-        npos = q_pos.repeat(b_size * heads)
-        n_old = old["pos"].numel()
+        n_new = b_size * heads * q_len
+        layout = store.layouts[TIER_FULL]
+        records = layout.encode(key.reshape(-1, dim), value.reshape(-1, dim),
+                                q_pos.repeat(b_size * heads), torch.zeros(n_new, device=dev))
+        if q_len == 1:
+            store.append_one_each(self.layer_idx, TIER_FULL, records)
+        else:
+            nb = torch.arange(b_size, device=dev).repeat_interleave(heads * q_len)
+            nh = torch.arange(heads, device=dev).repeat_interleave(q_len).repeat(b_size)
+            store.append(self.layer_idx, TIER_FULL, nb, nh, records)
+        shape = (b_size * heads, q_len, dim)
+        # this step attends to its own tokens at full precision; later steps read them decoded
+        working.append(key.reshape(shape), value.reshape(shape), q_pos,
+                       torch.zeros(shape[:2], device=dev), TIER_FULL)
         decay = self.cache.config.score_decay
-        weight = decay ** torch.arange(q_len - 1, -1, -1, device=dev, dtype=torch.float32)
-        out, mass = sparse_attention(
-            query,
-            torch.cat([old["k"], key.reshape(-1, dim).float()]),
-            torch.cat([old["v"], value.reshape(-1, dim).float()]),
-            torch.cat([old["batch"], nb]) * heads + torch.cat([old["head"], nh]),
-            torch.cat([old["pos"], npos]), heads, q_pos, mask, scaling,
-            weight if decay < 1.0 else None)
+        weight = None
+        if decay < 1.0 and q_len > 1:  # older queries of this chunk count less
+            weight = decay ** torch.arange(q_len - 1, -1, -1, device=dev, dtype=torch.float32)
+        out, mass = padded_attention(query, working.keys, working.values, working.pos, heads,
+                                     q_pos, mask, scaling, weight)
+        k_new, v_new, _, _ = layout.decode(records)  # decoded once, when stored
+        working.overwrite_newest(k_new.view(shape), v_new.view(shape))
         if self.committed == 0:
             self.cache.note_first_valid(mask, q_len)
-        new_score = old["score"] * decay ** q_len + mass[:n_old]
-        for tier in range(NUM_TIERS):
-            sel = old["tier"] == tier
-            if bool(sel.any()):
-                store.write_scores(tier, old["base"][sel], new_score[sel])
-        layout = store.layouts[TIER_FULL]
-        store.append(self.layer_idx, TIER_FULL, nb, nh,
-                     layout.encode(key.reshape(-1, dim), value.reshape(-1, dim), npos,
-                                   mass[n_old:]))
+        if decay < 1.0:
+            working.score.mul_(decay ** q_len)
+        working.score.add_(mass)
         self.committed += q_len
         self.since_retier += q_len
         if self.since_retier >= self.cache.config.retier_every or q_len > 1:
             self.retier()
         return out
 
+    def _stored_records(self, tier: int, group: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """The stored records of ``tier`` of the tokens (group[i], pos[i]), in that order."""
+        store, heads = self.cache.store, self.cache.num_kv_heads
+        got = store.read(self.layer_idx, tier)
+        span = self.committed + 1
+        have = (got.batch * heads + got.head) * span + store.layouts[tier].positions(got.records)
+        ordered, order = torch.sort(have)
+        return got.records[order[torch.searchsorted(ordered, group * span + pos)]]
+
     def retier(self) -> None:
-        """Move tokens down the tiers (or prune them) by their current significance."""
+        """Move tokens down the tiers (or prune them) by their current significance; only the
+        tokens that change tier are re-encoded and re-decoded."""
         self.since_retier = 0
-        store, cfg = self.cache.store, self.cache.config
-        tok = self._stored_tokens()
+        store, cfg, working = self.cache.store, self.cache.config, self.working
+        tok = working.flat()
         if tok["pos"].numel() == 0:
             return
         heads = self.cache.num_kv_heads
-        group = tok["batch"] * heads + tok["head"]
+        group, pos, score, tier = tok["group"], tok["pos"], tok["score"], tok["tier"]
+        batch, head = group // heads, group % heads
         pruned_mass = store.pruned_mass[self.layer_idx]
-        new = assign_tiers(cfg, group, tok["pos"], tok["score"], tok["tier"], self.committed,
-                           self.cache.first_valid, tok["batch"],
-                           None if cfg.reprune else pruned_mass)
+        new = assign_tiers(cfg, group, pos, score, tier, self.committed,
+                           self.cache.first_valid, batch, None if cfg.reprune else pruned_mass)
         gone = new == PRUNED
-        sig = decision_significance(cfg, tok["pos"][gone], tok["score"][gone], self.committed,
-                                    self.cache.first_valid, tok["batch"][gone])
+        sig = decision_significance(cfg, pos[gone], score[gone], self.committed,
+                                    self.cache.first_valid, batch[gone])
         pruned_mass.index_add_(0, group[gone], sig)
-        counts = [int((tok["tier"] == t).sum()) for t in range(NUM_TIERS)]
-        raw_offsets = torch.tensor([0, *counts]).cumsum(0)
-        for tier in range(NUM_TIERS):
-            stay = (tok["tier"] == tier) & (new == tier)
-            enter = (tok["tier"] != tier) & (new == tier)
-            if bool(stay.sum() == (tok["tier"] == tier).sum()) and not bool(enter.any()):
+        k, v = tok["k"], tok["v"]
+        for t in range(NUM_TIERS):
+            was, now = tier == t, new == t
+            stay, enter = was & now, ~was & now
+            if bool(stay.sum() == was.sum()) and not bool(enter.any()):
                 continue  # tier unchanged
-            lo = int(raw_offsets[tier])
-            raw = tok["raw_by_tier"][tier][stay[lo:lo + counts[tier]]]
-            layout = store.layouts[tier]
-            k_in = tok["k"][enter]
-            if store.quantizes_keys(tier):
-                valid = (new < PRUNED) & (tok["pos"] >= self.cache.first_valid[tok["batch"]])
-                store.set_key_norm(self.layer_idx, tok["batch"][valid], tok["head"][valid],
-                                   tok["k"][valid])
-                k_in = store.normalize_keys(self.layer_idx, tok["batch"][enter],
-                                            tok["head"][enter], k_in)
-            moved = layout.encode(k_in, tok["v"][enter], tok["pos"][enter], tok["score"][enter])
-            store.clear(self.layer_idx, tier)
-            store.append(self.layer_idx, tier, torch.cat([tok["batch"][stay], tok["batch"][enter]]),
-                         torch.cat([tok["head"][stay], tok["head"][enter]]),
-                         torch.cat([raw, moved]))
+            layout = store.layouts[t]
+            leaves = not bool(stay.sum() == was.sum())
+            k_in = k[enter]
+            if store.quantizes_keys(t):
+                valid = (new < PRUNED) & (pos >= self.cache.first_valid[batch])
+                store.set_key_norm(self.layer_idx, batch[valid], head[valid], k[valid])
+                k_in = store.normalize_keys(self.layer_idx, batch[enter], head[enter], k_in)
+            moved = layout.encode(k_in, v[enter], pos[enter], score[enter])
+            if leaves:  # rewrite the tier without the leavers
+                raw = self._stored_records(t, group[stay], pos[stay])
+                store.clear(self.layer_idx, t)
+                store.append(self.layer_idx, t, torch.cat([batch[stay], batch[enter]]),
+                             torch.cat([head[stay], head[enter]]), torch.cat([raw, moved]))
+            else:  # nobody leaves: only the newcomers are written
+                store.append(self.layer_idx, t, batch[enter], head[enter], moved)
+            k_dec, v_dec, _, _ = layout.decode(moved)
+            if store.quantizes_keys(t):
+                k_dec = store.normalize_keys(self.layer_idx, batch[enter], head[enter], k_dec,
+                                             inverse=True)
+            k[enter], v[enter] = k_dec, v_dec
+        keep = ~gone
+        working.rebuild(k[keep], v[keep], pos[keep], score[keep], new[keep], group[keep])
+        store.release_spare_pages()
 
 
 class LeanKVCache(Cache):
@@ -184,19 +193,10 @@ class LeanKVCache(Cache):
         if isinstance(config, str):
             config = LeanKVConfig.preset(config)
         self.config = config or LeanKVConfig.preset("balanced")
-        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") \
-            else model_config
-        try:
-            self.num_layers = int(text.num_hidden_layers)
-            self.num_heads = int(text.num_attention_heads)
-            self.num_kv_heads = int(getattr(text, "num_key_value_heads", None) or self.num_heads)
-            self.head_dim = int(getattr(text, "head_dim", None)
-                                or text.hidden_size // text.num_attention_heads)
-        except AttributeError as e:
-            raise LeanstackError(
-                "LeanKVCache needs a decoder config with attention heads "
-                f"({e}): pass model.config"
-            ) from e
+        text = text_config(model_config)
+        shape = attention_shape(model_config)
+        self.num_layers, self.num_heads = shape.num_layers, shape.num_heads
+        self.num_kv_heads, self.head_dim = shape.num_kv_heads, shape.head_dim
         if getattr(text, "sliding_window", None) and getattr(text, "use_sliding_window", True):
             raise LeanstackError(
                 f"{text.model_type} uses sliding-window attention, which LeanKVCache does not "
@@ -244,8 +244,17 @@ class LeanKVCache(Cache):
         return self.layers[0].get_seq_length()
 
     def bytes_held(self) -> int:
-        """Bytes the store holds (pages with slack, page tables, counters)."""
+        """Bytes of the store's pages in use (with slack), page tables and counters."""
         return self.store.bytes_held() if self.store is not None else 0
+
+    def bytes_reserved(self) -> int:
+        """Bytes the store's page pool really has allocated (free pages included)."""
+        return self.store.bytes_reserved() if self.store is not None else 0
+
+    def working_set_bytes(self) -> int:
+        """Bytes of the de-quantized working sets attention reads (a compute buffer, apart
+        from the store)."""
+        return sum(layer.working.bytes() for layer in self.layers if layer.working is not None)
 
     def fp16_bytes(self) -> int:
         """What a dense fp16 cache would hold for the same tokens."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-from leanstack.atomic import write_json
+from leanstack.atomic import write_bytes, write_json
 from leanstack.errors import LeanstackError
 
 kv_app = typer.Typer(help="LeanKV: KV-cache compression (evaluate, chat).", no_args_is_help=True)
@@ -28,7 +28,8 @@ def _bits(text: str | None, name: str) -> tuple[int, int] | None:
     return k, v
 
 
-_PRESET_HELP = "lossless, balanced, balanced-window, aggressive or exact"
+_PRESET_HELP = ("lossless, balanced, balanced-window, aggressive, exact, or a .toml file "
+                "(e.g. from `kv calibrate`)")
 
 
 def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = None,
@@ -39,6 +40,8 @@ def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = 
                  score_decay: float | None = None, reprune: bool | None = None,
                  retier_every: int | None = None) -> Any:
     """A preset with the free settings given on the command line applied on top."""
+    from dataclasses import replace
+
     from leanstack.leankv.config import LeanKVConfig
 
     overrides = {k: v for k, v in {
@@ -47,7 +50,7 @@ def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = 
         "sink_tokens": sinks, "full_bits": full_bits, "budget": budget,
         "significance": significance, "key_channel_norm": key_norm, "score_decay": score_decay,
         "reprune": reprune, "retier_every": retier_every}.items() if v is not None}
-    return LeanKVConfig.preset(preset, **overrides)
+    return replace(LeanKVConfig.load(preset), **overrides)
 
 
 def _environment() -> dict[str, Any]:
@@ -60,17 +63,56 @@ def _environment() -> dict[str, Any]:
                                                                       time.gmtime())}
 
 
+def _lengths(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise LeanstackError(f"--lengths takes token counts like 1024,2048; got {text!r}") from None
+
+
+def check_out_path(out: Path) -> None:
+    """Fail before any work when ``out`` cannot be written as a file."""
+    if out.is_dir():
+        raise LeanstackError(f"--out {out} is a directory: give a file path like {out}/eval.json")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise LeanstackError(f"{parent} is not a writable directory: choose another --out path")
+
+
+def read_text_file(path: Path) -> str:
+    """A UTF-8 text file's contents, or a one-line error saying what is wrong with it."""
+    if path.is_dir():
+        raise LeanstackError(f"--text {path} is a directory: pass one UTF-8 text file")
+    if not path.is_file():
+        raise LeanstackError(f"text file {path} not found: pass an existing UTF-8 file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise LeanstackError(f"--text {path} is not UTF-8 ({e.reason} at byte {e.start}): "
+                             "convert it, e.g. with iconv -t UTF-8") from None
+
+
 @kv_app.command("eval")
 def kv_eval(
     preset: str = typer.Option("balanced", help=_PRESET_HELP),
     out: Path = typer.Option(..., "--out", help="where to write the results JSON"),
     model: str = typer.Option("smollm2", help="HF model directory, .gguf file or smollm2"),
-    text_file: Path | None = typer.Option(None, "--text", help="UTF-8 text to score "
-                                          "(default: CPython's pydoc topics)"),
-    prefix: int = typer.Option(512, help="tokens prefilled before teacher forcing"),
-    decode: int = typer.Option(256, help="tokens teacher-forced one at a time"),
-    passkey_trials: int = typer.Option(5, help="passkey prompts (0 to skip)"),
-    passkey_length: int = typer.Option(1000, help="approximate passkey prompt length"),
+    split: str = typer.Option("test", help="corpus half to evaluate: test (the default; every "
+                              "reported number), calibration (for tuning) or all"),
+    text_file: Path | None = typer.Option(None, "--text", help="evaluate this UTF-8 text "
+                                          "instead of the corpus"),
+    prefix: int = typer.Option(256, help="tokens prefilled before teacher forcing"),
+    decode: int = typer.Option(64, help="tokens teacher-forced one at a time, per document"),
+    passkey_trials: int = typer.Option(1, help="passkey and multikey items per document and "
+                                       "context length (0 to skip retrieval)"),
+    lengths: str = typer.Option("1024", help="retrieval context lengths in tokens, e.g. "
+                                "1024,2048,4096"),
+    multikeys: int = typer.Option(3, help="keys hidden in a multikey item (2-4)"),
+    question_aware: bool = typer.Option(False, "--question-aware/--question-agnostic",
+                                        help="prefill the question with the context (default: "
+                                        "ask after the context is compressed)"),
     hi_bits: str | None = typer.Option(None, help="high tier KEY,VALUE bits, e.g. 8,4"),
     lo_bits: str | None = typer.Option(None, help="low tier KEY,VALUE bits, e.g. 4,2"),
     hi_mass: float | None = typer.Option(None, help="attention mass kept at high precision"),
@@ -89,46 +131,106 @@ def kv_eval(
     retier_every: int | None = typer.Option(None, help="re-rank and demote every N tokens"),
     threads: int = typer.Option(1, help="torch CPU threads"),
 ) -> None:
-    """Measure compression, decode-time perplexity/KL/top-1 and passkey retrieval."""
+    """Per document of a corpus half: compression, decode-time perplexity/KL/top-1 and passkey /
+    multikey retrieval against the dense cache; prints the mean and the worst document."""
     import torch
     from rich.progress import Progress
 
-    from leanstack.leankv.evaluate import decode_fidelity, default_text, passkey_accuracy
+    from leanstack.leankv.corpus import documents
+    from leanstack.leankv.suite import SuiteSettings, evaluate_split
     from leanstack.llm import load_model
 
     config = build_config(preset, hi_bits, lo_bits, hi_mass, keep_mass, window, sinks, full_bits,
                           budget, significance, key_norm, score_decay, reprune, retier_every)
-    if text_file is not None and not text_file.is_file():
-        raise LeanstackError(f"text file {text_file} not found: pass an existing UTF-8 file")
-    text = text_file.read_text(encoding="utf-8") if text_file else default_text()
+    if passkey_trials < 0:
+        raise LeanstackError(f"--passkey-trials must be >= 0 (0 skips retrieval), got "
+                             f"{passkey_trials}")
+    settings = SuiteSettings(split=split, prefix=prefix, decode=decode,
+                             lengths=_lengths(lengths) if passkey_trials else (),
+                             multikeys=multikeys, question_aware=question_aware,
+                             trials=passkey_trials)
+    check_out_path(out)
+    if text_file is not None:
+        texts = [(text_file.name, "custom", read_text_file(text_file))]
+        where = f"text {text_file}"
+    else:
+        texts = [(d.name, d.kind, d.text) for d in documents(split)]
+        where = f"the {split} half of the corpus ({len(texts)} documents)"
     torch.set_num_threads(max(1, threads))
     loaded = load_model(model)
-    ids = loaded.tokenizer(text, return_tensors="pt").input_ids[:, :prefix + decode]
-    if ids.shape[1] < prefix + decode:
-        raise LeanstackError(f"text has {ids.shape[1]} tokens, need prefix + decode = "
-                             f"{prefix + decode}: use a longer --text or smaller numbers")
-    with Progress(transient=True) as bar:
-        task = bar.add_task("decode", total=decode - 1 + 2 * passkey_trials)
-
-        def step(n: int) -> None:
-            bar.advance(task, n)
-
-        fid = decode_fidelity(loaded.model, ids, prefix, config, step)
-        acc_dense = passkey_accuracy(loaded.model, loaded.tokenizer, None, passkey_trials,
-                                     passkey_length, progress=step)
-        acc = passkey_accuracy(loaded.model, loaded.tokenizer, config, passkey_trials,
-                               passkey_length, progress=step)
+    print(f"evaluating {preset} on {where}")
+    with Progress() as bar:
+        task = bar.add_task(f"{preset} on {split if text_file is None else 'custom text'}",
+                            total=settings.steps_per_document() * len(texts))
+        report = evaluate_split(loaded, config, settings, lambda n: bar.advance(task, n), texts)
+    mean = report["mean"]
     result = {
         "preset": preset, "config": config.to_dict(), "model": loaded.source
-        if model != "smollm2" else "smollm2", "prefix": prefix, "decode": decode,
-        "compression": fid.compression, "ppl_fp16": fid.ppl_dense, "ppl": fid.ppl,
-        "ppl_increase_pct": 100 * (fid.ppl / fid.ppl_dense - 1), "kl": fid.kl,
-        "top1_agreement": fid.top1_agreement, "retrieval_acc_fp16": acc_dense,
-        "retrieval_acc": acc, "passkey_trials": passkey_trials,
-        "tier_counts": fid.tier_counts, "environment": _environment(),
+        if model != "smollm2" else "smollm2", "split": split if text_file is None else "custom",
+        "prefix": prefix, "decode": decode, "compression": mean["compression"],
+        "ppl_increase_pct": mean["ppl_increase_pct"], "kl": mean["kl"],
+        "top1_agreement": mean["top1_agreement"], "retrieval_acc_fp16": mean["retrieval_dense"],
+        "retrieval_acc": mean["retrieval"], "passkey_trials": passkey_trials, **report,
+        "environment": _environment(),
     }
     write_json(out, result, indent=2)
-    print(markdown_row(result, header=True))
+    print(markdown_rows(result))
+    print(f"wrote {out}")
+
+
+@kv_app.command("calibrate")
+def kv_calibrate(
+    out: Path = typer.Option(..., "--out", help="where to write the preset (.toml)"),
+    model: str = typer.Option("smollm2", help="HF model directory, .gguf file or smollm2"),
+    target_ppl: float = typer.Option(0.5, help="largest mean perplexity increase, in %"),
+    target_kl: float = typer.Option(0.01, help="largest mean KL(dense || compressed)"),
+    prefix: int = typer.Option(256, help="tokens prefilled before teacher forcing"),
+    decode: int = typer.Option(64, help="tokens teacher-forced one at a time, per document"),
+    passkey_trials: int = typer.Option(1, help="passkey and multikey items per document and "
+                                       "context length (0: judge on perplexity and KL only)"),
+    lengths: str = typer.Option("1024", help="retrieval context lengths in tokens"),
+    threads: int = typer.Option(1, help="torch CPU threads"),
+) -> None:
+    """Pick the most compressed configuration that meets the targets on the calibration half
+    of the corpus (never the test half) and write it as a preset file for `--preset`."""
+    import torch
+    from rich.progress import Progress
+
+    from leanstack.leankv.calibrate import LADDER, calibrate, preset_toml
+    from leanstack.leankv.corpus import documents
+    from leanstack.leankv.suite import SuiteSettings
+    from leanstack.llm import load_model
+
+    if passkey_trials < 0:
+        raise LeanstackError(f"--passkey-trials must be >= 0, got {passkey_trials}")
+    if out.suffix != ".toml":
+        raise LeanstackError(f"--out {out} must end in .toml (it is read back by --preset)")
+    check_out_path(out)
+    settings = SuiteSettings(split="calibration", prefix=prefix, decode=decode,
+                             lengths=_lengths(lengths) if passkey_trials else (),
+                             trials=passkey_trials)
+    torch.set_num_threads(max(1, threads))
+    loaded = load_model(model)
+    n_docs = len(documents("calibration"))
+    print(f"calibrating on the calibration half of the corpus ({n_docs} documents), targets: "
+          f"ppl +{target_ppl}%, KL {target_kl}")
+    with Progress() as bar:
+        task = bar.add_task("calibrate", total=settings.steps_per_document() * n_docs
+                            * len(LADDER))
+
+        def report(rung: Any) -> None:
+            m = rung.mean
+            print(f"{rung.base} {rung.overrides or ''}: {m['compression']:.2f}x, "
+                  f"ppl {m['ppl_increase_pct']:+.2f}%, KL {m['kl']:.4f}, retrieval "
+                  f"{_fmt(m['retrieval'])} (dense {_fmt(m['retrieval_dense'])}) -> "
+                  f"{'meets the targets' if rung.passed else 'misses'}")
+
+        rungs = calibrate(loaded, target_ppl, target_kl, settings,
+                          lambda n: bar.advance(task, n), report)
+    chosen = rungs[-1]
+    write_bytes(out, preset_toml(chosen, model, target_ppl, target_kl).encode())
+    if not chosen.passed:
+        print("no configuration met the targets; wrote the safest one tried")
     print(f"wrote {out}")
 
 
@@ -136,14 +238,20 @@ def _fmt(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x:.2f}"
 
 
-def markdown_row(r: dict[str, Any], header: bool = False) -> str:
-    """One results row (optionally with the table header) for an eval result dict."""
-    head = ("| preset | compression | ppl dense | ppl | ppl +% | KL | top-1 | passkey dense "
-            "| passkey |\n|---|---|---|---|---|---|---|---|---|\n")
-    row = (f"| {r['preset']} | {r['compression']:.2f}x | {r['ppl_fp16']:.2f} | {r['ppl']:.2f} | "
-           f"{r['ppl_increase_pct']:.2f} | {r['kl']:.4f} | {r['top1_agreement']:.3f} | "
-           f"{_fmt(r['retrieval_acc_fp16'])} | {_fmt(r['retrieval_acc'])} |")
-    return (head if header else "") + row
+def markdown_rows(r: dict[str, Any]) -> str:
+    """The mean and worst-document rows (with the table header) of an eval result dict."""
+    head = ("| preset | split | | compression (pages in use / pool held) | ppl +% | KL | top-1 | "
+            "retrieval dense | retrieval |\n|---|---|---|---|---|---|---|---|---|\n")
+    mean = r["mean"]
+    worst = {k: v["value"] for k, v in r["worst"].items()}
+    rows = []
+    for label, m in (("mean", mean), ("worst document", worst)):
+        held = m.get("compression_reserved", float("nan"))
+        rows.append(f"| {r['preset']} | {r['split']} | {label} | {m['compression']:.2f}x / "
+                    f"{held:.2f}x | "
+                    f"{m['ppl_increase_pct']:.2f} | {m['kl']:.4f} | {m['top1_agreement']:.3f} | "
+                    f"{_fmt(m['retrieval_dense'])} | {_fmt(m['retrieval'])} |")
+    return head + "\n".join(rows)
 
 
 @kv_app.command("chat")
@@ -158,7 +266,7 @@ def kv_chat(
     from leanstack.leankv.config import LeanKVConfig
     from leanstack.llm import generate_text, load_model
 
-    config = LeanKVConfig.preset(preset)
+    config = LeanKVConfig.load(preset)
     loaded = load_model(model)
     prompts = [prompt] if prompt is not None else None
     while True:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from leanstack.errors import LeanstackError
@@ -95,6 +97,43 @@ class LeanKVConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def load(cls, spec: str) -> LeanKVConfig:
+        """A preset name, or a ``.toml`` file of settings (``preset = "NAME"`` picks the base
+        the other settings override; without it they override the defaults)."""
+        if not spec.endswith(".toml"):
+            return cls.preset(spec)
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise LeanstackError(f"preset file {path} not found: pass a preset name or a .toml "
+                                 "file written by `leanstack kv calibrate`")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise LeanstackError(f"preset file {path} is not valid UTF-8 TOML: {e}") from None
+        data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+                if not isinstance(v, dict)}  # tables (e.g. [calibration]) are notes
+        base = data.pop("preset", None)
+        if base is None:
+            return cls.from_dict(data)
+        cls.from_dict(data)  # names any unknown key
+        return cls.preset(str(base), **data)
+
+    def to_toml(self) -> str:
+        """The settings as TOML lines that :meth:`load` reads back."""
+        lines = []
+        for key, value in self.to_dict().items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = f'"{value}"'
+            elif isinstance(value, tuple | list):
+                text = "[" + ", ".join(str(v) for v in value) + "]"
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+        return "\n".join(lines) + "\n"
 
 
 PRESETS: dict[str, LeanKVConfig] = {

@@ -19,6 +19,7 @@ import torch
 from leanstack.errors import LeanstackError
 from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.peers import CacheSpec, leankv_spec
+from leanstack.llm.shapes import attention_shape
 
 FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
           "There and back again. ")
@@ -41,6 +42,7 @@ class FidelityResult:
     bytes_held: int
     fp16_bytes: int
     tier_counts: dict[str, int]
+    bytes_reserved: int = 0  # what the cache's page pool really has allocated (LeanKV only)
 
 
 def as_spec(config: LeanKVConfig | CacheSpec) -> CacheSpec:
@@ -50,11 +52,7 @@ def as_spec(config: LeanKVConfig | CacheSpec) -> CacheSpec:
 
 def fp16_bytes(model_config: Any, tokens: int, batch: int = 1) -> int:
     """What a dense fp16 cache holds for ``tokens`` tokens of ``batch`` requests."""
-    text = model_config.get_text_config() if hasattr(model_config, "get_text_config") \
-        else model_config
-    heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
-    dim = int(getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads)
-    return batch * tokens * int(text.num_hidden_layers) * heads * dim * 4
+    return batch * tokens * attention_shape(model_config).fp16_bytes_per_token()
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -87,8 +85,9 @@ def decode_fidelity(model: Any, input_ids: torch.Tensor, prefix: int,
     agree = (dense.argmax(-1) == comp.argmax(-1)).float().mean().item()
     held, full = spec.bytes_held(cache), fp16_bytes(model.config, n - 1)
     counts = cache.tier_counts() if hasattr(cache, "tier_counts") else {}
+    reserved = cache.bytes_reserved() if hasattr(cache, "bytes_reserved") else held
     return FidelityResult(math.exp(nll_dense), math.exp(nll), kl, agree, full / held, held, full,
-                          counts)
+                          counts, reserved)
 
 
 def passkey_prompt(tokenizer: Any, length: int, depth: float, key: int) -> str:

@@ -85,6 +85,27 @@ class PagePool:
         self.free_stack = torch.cat([new_ids, self.free_stack[:self._num_free], spare])
         self._num_free += extra
 
+    def trim(self, keep_free: int = 0) -> int:
+        """Give back all but ``keep_free`` free pages: compact, then drop the free tail (page
+        ids of allocated pages change as in :meth:`compact`). Returns the pages released."""
+        if keep_free < 0:
+            raise LeanstackError(f"keep_free must be >= 0, got {keep_free}")
+        extra = self._num_free - keep_free
+        if extra <= 0:
+            return 0
+        if not self.is_compact():
+            self.compact()
+        n = self.num_pages - extra
+        used = self.num_allocated
+        self.data = self.data[:n].clone()
+        self.owner = self.owner[:n].clone()
+        self.slot = self.slot[:n].clone()
+        self.free_stack = torch.cat([
+            torch.arange(n - 1, used - 1, -1, dtype=torch.int32, device=self.owner.device),
+            torch.full((used,), FREE, dtype=torch.int32, device=self.owner.device)])
+        self._num_free = keep_free
+        return extra
+
     def page_counts(self, tables: torch.Tensor) -> torch.Tensor:
         """Pages currently owned by each table id in ``tables`` (int64)."""
         return self._lengths(tables.to(self.owner.device, torch.int64))

@@ -27,6 +27,7 @@ from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 from leanstack.errors import LeanstackError
 from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.quant import dequantize, quantize
+from leanstack.llm.shapes import attention_shape
 
 FP16 = 2  # bytes per float as counted
 
@@ -40,11 +41,6 @@ class CacheSpec:
     make: Callable[[Any], Cache]
     bytes_held: Callable[[Cache], int]
     settings: dict[str, Any]
-
-
-def _text_config(model_config: Any) -> Any:
-    return model_config.get_text_config() if hasattr(model_config, "get_text_config") \
-        else model_config
 
 
 def leankv_spec(name: str, config: LeanKVConfig, family: str = "leankv") -> CacheSpec:
@@ -121,14 +117,13 @@ class KIVICache(Cache):
     """KIVI-style quantized cache (simulated; see :class:`KIVILayer`)."""
 
     def __init__(self, model_config: Any, bits: int, residual: int = 32, group: int = 64):
-        text = _text_config(model_config)
-        head_dim = int(getattr(text, "head_dim", None)
-                       or text.hidden_size // text.num_attention_heads)
+        shape = attention_shape(model_config)
+        head_dim = shape.head_dim
         if bits not in (2, 4, 8) or head_dim % group:
             raise LeanstackError(f"KIVI needs bits in 2/4/8 and a group dividing {head_dim}, "
                                  f"got {bits} bits, group {group}")
         super().__init__(layers=[KIVILayer(bits, residual, group)
-                                 for _ in range(int(text.num_hidden_layers))])
+                                 for _ in range(shape.num_layers)])
 
     def bytes_held(self) -> int:
         return sum(layer.packed_bytes() for layer in self.layers)

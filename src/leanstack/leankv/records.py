@@ -48,9 +48,14 @@ class RecordLayout:
     def encode(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor,
                score: torch.Tensor) -> torch.Tensor:
         """Tokens ``k, v`` [n, head_dim] with positions and scores -> uint8 [n, size]."""
+        if self.key_bits == self.value_bits:  # one pass over keys and values together
+            kv = self._encode_vector(torch.stack([k, v]), self.key_bits)
+            parts = [kv[0], kv[1]]
+        else:
+            parts = [self._encode_vector(k, self.key_bits),
+                     self._encode_vector(v, self.value_bits)]
         return torch.cat([
-            self._encode_vector(k, self.key_bits),
-            self._encode_vector(v, self.value_bits),
+            *parts,
             pos.to(torch.int32).reshape(-1, 1).view(torch.uint8),
             score.to(torch.float16).reshape(-1, 1).view(torch.uint8),
         ], -1)
@@ -62,3 +67,7 @@ class RecordLayout:
         pos = _view(rec[:, self.pos_offset:self.score_offset], torch.int32)
         score = _view(rec[:, self.score_offset:], torch.float16).float()
         return k, v, pos.reshape(-1).long(), score.reshape(-1)
+
+    def positions(self, rec: torch.Tensor) -> torch.Tensor:
+        """uint8 [n, size] -> positions (int64), without decoding keys and values."""
+        return _view(rec[:, self.pos_offset:self.score_offset], torch.int32).reshape(-1).long()

@@ -48,6 +48,7 @@ class KVStore:
                 "raise page_bytes"
             )
         self.num_layers, self.num_kv_heads, self.batch_size = num_layers, num_kv_heads, batch_size
+        self._table_ids: torch.Tensor | None = None
         self.pool = PagePool(initial_pages, config.page_bytes, device)
         self.length = torch.zeros(batch_size * num_layers * num_kv_heads * NUM_TIERS,
                                   dtype=torch.int64, device=device)
@@ -63,10 +64,15 @@ class KVStore:
 
     def table_ids(self, layer: int, tier: int) -> torch.Tensor:
         """Table ids of (every request, every KV head) of ``layer`` and ``tier``, request-major."""
-        dev = self.length.device
-        b = torch.arange(self.batch_size, device=dev).repeat_interleave(self.num_kv_heads)
-        h = torch.arange(self.num_kv_heads, device=dev).repeat(self.batch_size)
-        return ((b * self.num_layers + layer) * self.num_kv_heads + h) * NUM_TIERS + tier
+        if self._table_ids is None:  # [layer, tier, request x head], computed once
+            dev = self.length.device
+            b = torch.arange(self.batch_size, device=dev).repeat_interleave(self.num_kv_heads)
+            h = torch.arange(self.num_kv_heads, device=dev).repeat(self.batch_size)
+            layers = torch.arange(self.num_layers, device=dev).view(-1, 1, 1)
+            tiers = torch.arange(NUM_TIERS, device=dev).view(1, -1, 1)
+            self._table_ids = ((b * self.num_layers + layers) * self.num_kv_heads + h) \
+                * NUM_TIERS + tiers
+        return self._table_ids[layer, tier]
 
     def _bytes_index(self, base: torch.Tensor, size: int) -> torch.Tensor:
         return base.unsqueeze(1) + torch.arange(size, device=base.device)
@@ -95,13 +101,32 @@ class KVStore:
         tpp = self.tokens_per_page[tier]
         need = (old + counts + tpp - 1) // tpp - (old + tpp - 1) // tpp
         shortfall = int(need.sum()) - self.pool.num_free
-        if shortfall > 0:
-            self.pool.grow(max(2 * self.pool.num_pages, self.pool.num_pages + shortfall))
+        if shortfall > 0:  # grow by an eighth at least, so growth stays amortised
+            self.pool.grow(self.pool.num_pages + max(shortfall, self.pool.num_pages // 8))
         self.pool.allocate(uniq, need, first_slot=(old + tpp - 1) // tpp)
         self.length[uniq] = old + counts
         base = self._locate(tables, old.repeat_interleave(counts) + rank, tier)
         flat = self.pool.data.view(-1)
         flat[self._bytes_index(base, records.shape[1])] = records
+
+    def append_one_each(self, layer: int, tier: int, records: torch.Tensor) -> None:
+        """Append one record to every (request, KV head) table of ``layer`` and ``tier``
+        (``records`` in :meth:`table_ids` order): a decode step, without sorting or lookups."""
+        tables = self.table_ids(layer, tier)
+        old = self.length[tables]
+        tpp = self.tokens_per_page[tier]
+        need = old % tpp == 0
+        n_need = int(need.sum())
+        if n_need:
+            shortfall = n_need - self.pool.num_free
+            if shortfall > 0:
+                self.pool.grow(self.pool.num_pages + max(shortfall, self.pool.num_pages // 8))
+            self.pool.allocate(tables[need], torch.ones(n_need, dtype=torch.int64,
+                                                        device=tables.device))
+        page = self.pool.table_pages[tables, old // tpp].long()
+        base = page * self.pool.page_bytes + (old % tpp) * self.layouts[tier].size
+        self.pool.data.view(-1)[self._bytes_index(base, records.shape[1])] = records
+        self.length[tables] = old + 1
 
     def read(self, layer: int, tier: int) -> TokenRecords:
         """Every stored record of ``layer`` and ``tier``, with its request and head."""
@@ -169,6 +194,20 @@ class KVStore:
     def tokens_held(self) -> int:
         """Records stored, over all requests, layers, heads and tiers."""
         return int(self.length.sum())
+
+    def release_spare_pages(self) -> int:
+        """Give free pages back once they exceed an eighth of those in use (keeping a
+        sixteenth as headroom), so the pool really holds about what the pages in use need.
+        Returns the pages released."""
+        used = self.pool.num_allocated
+        if self.pool.num_free <= used // 8 + 8:
+            return 0
+        return self.pool.trim(keep_free=used // 16)
+
+    def bytes_reserved(self) -> int:
+        """Bytes the pool really has allocated: every page, free ones included, plus the
+        same metadata as :meth:`bytes_held`."""
+        return (self.bytes_held() + self.pool.num_free * self.pool.page_bytes)
 
     def bytes_held(self) -> int:
         """Bytes this store really holds: its pages (slack included) plus page tables,

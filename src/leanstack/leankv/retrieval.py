@@ -1,0 +1,102 @@
+"""Long-context retrieval items: pass keys hidden in a real document, asked about afterwards.
+
+A *passkey* item hides one key, a *multikey* item hides 2–4 keys (one per colour) at spread
+depths. The context is a corpus document cut to the wanted length. By default the context is
+prefilled (and so compressed) first and each question is fed afterwards as its own chunk
+(question-agnostic: the cache cannot know what will be asked); ``question_aware`` prefills the
+context and the question together.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from leanstack.errors import LeanstackError
+
+COLOURS = ("red", "blue", "green", "yellow")
+INTRO = "Below is a document. Pass keys are hidden in it; remember them.\n\n"
+ANSWER_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class RetrievalItem:
+    """A context with hidden keys and one question per key."""
+
+    kind: str  # passkey | multikey
+    length: int  # context tokens (approximate)
+    depths: tuple[float, ...]
+    context: str
+    questions: tuple[str, ...]
+    answers: tuple[str, ...]
+
+
+def _needle(colour: str | None, key: int) -> str:
+    name = f"the {colour} pass key" if colour else "the pass key"
+    return f"\n{name.capitalize()} is {key}. Remember it. {key} is {name}.\n"
+
+
+def make_item(tokenizer: Any, haystack: str, length: int, depths: tuple[float, ...],
+              rng: random.Random) -> RetrievalItem:
+    """Hide ``len(depths)`` keys (1: a passkey item, 2–4: multikey) in the first ``length``
+    tokens of ``haystack`` (repeated if shorter), at the given fractional depths."""
+    if not 1 <= len(depths) <= len(COLOURS):
+        raise LeanstackError(f"an item hides 1 to {len(COLOURS)} keys, got {len(depths)}")
+    if length < 16:
+        raise LeanstackError(f"retrieval context length {length} is too short: use >= 16 tokens")
+    ids = tokenizer(haystack, add_special_tokens=False).input_ids
+    if not ids:
+        raise LeanstackError("retrieval haystack is empty: pass a document with text")
+    ids = (ids * (length // len(ids) + 1))[:length]
+    multi = len(depths) > 1
+    colours = COLOURS[:len(depths)] if multi else (None,)
+    keys = [rng.randint(10000, 99999) for _ in depths]
+    cuts = sorted((int(d * length), c, k) for d, c, k in zip(depths, colours, keys, strict=True))
+    parts, last = [], 0
+    for cut, colour, key in cuts:
+        parts += [tokenizer.decode(ids[last:cut]), _needle(colour, key)]
+        last = cut
+    parts.append(tokenizer.decode(ids[last:]))
+    questions = tuple(f"\n\nWhat is the {c} pass key? The {c} pass key is" if c else
+                      "\n\nWhat is the pass key? The pass key is" for c in colours)
+    return RetrievalItem("multikey" if multi else "passkey", length, tuple(depths),
+                         INTRO + "".join(parts), questions, tuple(str(k) for k in keys))
+
+
+def _greedy(model: Any, cache: Any, ids: torch.Tensor, steps: int) -> list[int]:
+    """Feed ``ids`` through ``cache``, then ``steps`` greedy tokens one at a time."""
+    out: list[int] = []
+    logits = model(ids, cache=cache).logits[:, -1]
+    for i in range(steps):
+        nxt = int(logits.argmax(-1))
+        out.append(nxt)
+        if i + 1 < steps:
+            logits = model(torch.tensor([[nxt]], device=ids.device), cache=cache).logits[:, -1]
+    return out
+
+
+def answer_item(model: Any, tokenizer: Any, item: RetrievalItem,
+                make_cache: Callable[[], Any], question_aware: bool = False) -> list[bool]:
+    """Whether each of ``item``'s keys is recalled through caches from ``make_cache``."""
+    enc = tokenizer(item.context, return_tensors="pt").input_ids.to(model.device)
+    hits = []
+    with torch.no_grad():
+        prefilled = None
+        if not question_aware:
+            prefilled = make_cache()
+            model(enc, cache=prefilled)  # the context is stored (and compressed) first
+        for question, key in zip(item.questions, item.answers, strict=True):
+            q = tokenizer(question, add_special_tokens=False,
+                          return_tensors="pt").input_ids.to(model.device)
+            if question_aware:
+                got = _greedy(model, make_cache(), torch.cat([enc, q], 1), ANSWER_TOKENS)
+            else:
+                cache = prefilled if len(item.questions) == 1 else copy.deepcopy(prefilled)
+                got = _greedy(model, cache, q, ANSWER_TOKENS)
+            hits.append(key in tokenizer.decode(got, skip_special_tokens=True))
+    return hits

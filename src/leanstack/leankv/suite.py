@@ -1,0 +1,145 @@
+"""Evaluate a cache on every document of a corpus split: decode-time fidelity and retrieval,
+per document, with the mean and the worst document.
+
+Fidelity per document: prefill ``prefix`` tokens, then teacher-force ``decode`` tokens one at a
+time through the cache (every scored token reads the compressed store), against the dense model.
+Retrieval per document: for each context length, ``trials`` passkey and multikey items built
+from the document itself, depths spread over 10–90%, answered by the dense cache and the
+evaluated one in the same run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from leanstack.errors import LeanstackError
+from leanstack.leankv.corpus import documents
+from leanstack.leankv.evaluate import as_spec, decode_fidelity
+from leanstack.leankv.peers import CacheSpec, dense_spec
+from leanstack.leankv.retrieval import answer_item, make_item
+
+DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@dataclass(frozen=True)
+class SuiteSettings:
+    """How much of each document the suite reads."""
+
+    split: str = "test"
+    prefix: int = 256
+    decode: int = 64
+    lengths: tuple[int, ...] = (1024,)
+    multikeys: int = 3
+    question_aware: bool = False
+    trials: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prefix < 1 or self.decode < 2:
+            raise LeanstackError(f"need prefix >= 1 and decode >= 2 tokens, got {self.prefix} "
+                                 f"and {self.decode}")
+        if any(n < 16 for n in self.lengths):
+            raise LeanstackError(f"retrieval lengths must be >= 16 tokens, got {self.lengths}")
+        if self.trials < 0:
+            raise LeanstackError(f"retrieval trials must be >= 0, got {self.trials}")
+        if not 2 <= self.multikeys <= 4:
+            raise LeanstackError(f"multikeys must be 2 to 4, got {self.multikeys}")
+
+    def steps_per_document(self) -> int:
+        """Progress units one document costs (decode steps plus retrieval questions x 2)."""
+        return self.decode - 1 + 2 * self.trials * len(self.lengths) * (1 + self.multikeys)
+
+
+@dataclass
+class DocumentResult:
+    name: str
+    kind: str
+    tokens_seen: int
+    ppl_dense: float
+    ppl: float
+    ppl_increase_pct: float
+    kl: float
+    top1_agreement: float
+    compression: float
+    bytes_held: int
+    fp16_bytes: int
+    compression_reserved: float  # fp16 bytes over what the page pool really has allocated
+    retrieval_dense: float = float("nan")
+    retrieval: float = float("nan")
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _depths(i: int, n: int) -> tuple[float, ...]:
+    """``n`` depths from DEPTHS, rotated by ``i`` so items cover 10–90% across documents."""
+    return tuple(sorted(DEPTHS[(i + j * len(DEPTHS) // n) % len(DEPTHS)] for j in range(n)))
+
+
+def evaluate_document(loaded: Any, doc_index: int, text: str, name: str, kind: str,
+                      spec: CacheSpec, settings: SuiteSettings,
+                      progress: Callable[[int], None] | None = None) -> DocumentResult:
+    """Fidelity and retrieval of one document."""
+    model, tok = loaded.model, loaded.tokenizer
+    ids = tok(text, return_tensors="pt").input_ids[:, :settings.prefix + settings.decode]
+    if ids.shape[1] < settings.prefix + settings.decode:
+        raise LeanstackError(f"document {name} has {ids.shape[1]} tokens, need prefix + decode "
+                             f"= {settings.prefix + settings.decode}: use smaller numbers")
+    fid = decode_fidelity(model, ids.to(model.device), settings.prefix, spec, progress)
+    result = DocumentResult(name, kind, ids.shape[1] - 1, fid.ppl_dense, fid.ppl,
+                            100 * (fid.ppl / fid.ppl_dense - 1), fid.kl, fid.top1_agreement,
+                            fid.compression, fid.bytes_held, fid.fp16_bytes,
+                            fid.fp16_bytes / fid.bytes_reserved)
+    rng = random.Random(f"{settings.seed}:{name}")
+    dense = dense_spec()
+    hits_dense, hits = [], []
+    rounds = [(j, length, t) for j, length in enumerate(settings.lengths)
+              for t in range(settings.trials)]
+    for j, length, t in rounds:
+        for n_keys in (1, settings.multikeys):
+            item = make_item(tok, text, length, _depths(doc_index + j + t, n_keys), rng)
+            got_dense = answer_item(model, tok, item, lambda: dense.make(model.config),
+                                    settings.question_aware)
+            got = answer_item(model, tok, item, lambda: spec.make(model.config),
+                              settings.question_aware)
+            hits_dense += got_dense
+            hits += got
+            result.items.append({"kind": item.kind, "length": length, "depths": item.depths,
+                                 "dense": got_dense, "ours": got})
+            if progress:
+                progress(2 * n_keys)
+    if hits:
+        result.retrieval_dense = sum(hits_dense) / len(hits_dense)
+        result.retrieval = sum(hits) / len(hits)
+    return result
+
+
+METRICS = ("ppl_increase_pct", "kl", "top1_agreement", "compression", "compression_reserved",
+           "retrieval_dense", "retrieval")
+WORSE_IS_HIGHER = {"ppl_increase_pct", "kl"}
+
+
+def summarise(results: list[DocumentResult]) -> dict[str, Any]:
+    """Mean over documents and the worst document of each metric (with its name)."""
+    mean, worst = {}, {}
+    for m in METRICS:
+        vals = [(getattr(r, m), r.name) for r in results]
+        mean[m] = sum(v for v, _ in vals) / len(vals)
+        pick = max if m in WORSE_IS_HIGHER else min
+        value, name = pick(vals)
+        worst[m] = {"value": value, "document": name}
+    return {"mean": mean, "worst": worst}
+
+
+def evaluate_split(loaded: Any, config: Any, settings: SuiteSettings,
+                   progress: Callable[[int], None] | None = None,
+                   texts: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+    """Every document of ``settings.split`` (or the given ``(name, kind, text)`` texts)."""
+    spec = as_spec(config)
+    if texts is None:
+        texts = [(d.name, d.kind, d.text) for d in documents(settings.split)]
+    results = [evaluate_document(loaded, i, text, name, kind, spec, settings, progress)
+               for i, (name, kind, text) in enumerate(texts)]
+    return {"settings": asdict(settings), "cache": spec.name, "cache_settings": spec.settings,
+            **summarise(results), "documents": [asdict(r) for r in results]}
