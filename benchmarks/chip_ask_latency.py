@@ -55,7 +55,8 @@ def main() -> None:
     retriever = load_retriever()
     retriever.search("warm-up query", k=args.k)  # loads the embedding model
     load_s = time.perf_counter() - t0
-    modes = {"rag": Assistant(generator, retriever, args.k), "no_rag": Assistant(generator, None)}
+    modes = {"rag": Assistant(generator, retriever, args.k, mode="generative"),
+             "no_rag": Assistant(generator, None, mode="generative")}
     modes["rag"].ask("What does the yosys stat command print?", 4)  # warm the model
     questions = [it.question for it in load_eval_set()][::4][:n_questions]
     tok = generator.loaded.tokenizer

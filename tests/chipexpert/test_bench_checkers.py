@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
+from tests._require import needs, require
 
 from leanstack.chipexpert.bench import checkers
 from leanstack.chipexpert.bench.checkers import (
@@ -21,13 +25,13 @@ from leanstack.chipexpert.bench.checkers import (
     parse_letter,
     parse_quantities,
 )
-from leanstack.chipexpert.bench.items import Item, load_items
+from leanstack.chipexpert.bench.items import Item, load_items, parse_item
+from leanstack.chipexpert.bench.sandbox import run_limited
+from leanstack.errors import LeanstackError
 
 ITEMS = {it.id: it for it in load_items()}
 EXECUTABLE = sorted(i for i, it in ITEMS.items() if it.executable)
-needs_tools = pytest.mark.skipif(bool(checkers.tools_missing()),
-                                 reason="needs iverilog, vvp, yosys, ngspice "
-                                        "(scripts/system-deps.sh)")
+needs_tools = needs(checkers.tools_missing, "run scripts/system-deps.sh")
 
 
 def hollow_module(code: str) -> str:
@@ -76,8 +80,7 @@ def find(fragment: str) -> Item:
 @pytest.fixture(scope="module")
 def outcomes() -> dict[str, dict[str, Check]]:
     """All reference, generic-broken and targeted answers, checked in parallel once."""
-    if checkers.tools_missing():
-        pytest.skip("needs iverilog, vvp, yosys, ngspice")
+    require(checkers.tools_missing(), "run scripts/system-deps.sh")
     jobs = [(ITEMS[i], ITEMS[i].answer, "reference", i) for i in EXECUTABLE]
     jobs += [(ITEMS[i], broken(ITEMS[i]), "broken", i) for i in EXECUTABLE]
     for name, old, new in TARGETED:
@@ -137,11 +140,80 @@ endmodule"""
 @pytest.mark.parametrize(("line", "named"), [
     ('initial $system("true");', "$system"), ('`include "/etc/passwd"', "`include"),
     ('initial $readmemh("/etc/hosts", mem);', "$readmemh"),
+    ('initial begin $dumpfile("/tmp/x.vcd"); $dumpvars; end', "$dumpfile"),
+    ('integer f; initial f = $fopen("/tmp/x", "w");', "$fopen"),
+    ('integer f; initial $fdisplayh(f, 1);', "$fdisplayh"),
+    ('initial $writememb("/tmp/m", mem);', "$writememb"),
+    ('integer c; initial c = $fgetc(0);', "$fgetc"),
+    ('`define P(a, b) a``b', "``"),
 ])
 def test_verilog_that_reaches_outside_is_refused(line: str, named: str) -> None:
     item = find("relu8")
     chk = check_verilog(item, item.answer.replace("endmodule", f"{line}\nendmodule"))
-    assert not chk.passed and named in chk.detail
+    assert not chk.passed and named in chk.detail, chk.detail
+
+
+@needs_tools
+def test_macro_that_assembles_a_forbidden_task_is_refused() -> None:
+    item = find("relu8")
+    code = item.answer.replace("endmodule", '`define OPEN $fo\n`define EN pen\n'
+                               'integer f; initial f = `OPEN`EN("x", "w");\nendmodule')
+    chk = check_verilog(item, code)
+    assert not chk.passed and "after macro expansion" in chk.detail, chk.detail
+
+
+def test_allowed_system_tasks_are_not_mistaken_for_file_tasks() -> None:
+    assert checkers.FORBIDDEN_VERILOG.search('initial begin $display("x"); $finish; $fatal; end '
+                                             "initial $monitor(a); wire [3:0] f = $floor(1);") \
+        is None
+
+
+def test_top_must_be_an_identifier() -> None:
+    item = find("relu8")
+    rec = {"id": item.id, "domain": item.domain, "level": item.level, "type": "verilog",
+           "question": item.question, "answer": item.answer, "key_facts": item.key_facts,
+           "checker": {**item.checker, "top": "relu8; write_verilog /tmp/x.v"}}
+    with pytest.raises(LeanstackError, match="checker.top.*Verilog identifier"):
+        parse_item(rec, "items.jsonl:1")
+    bad = dataclasses.replace(item, checker=rec["checker"])
+    with pytest.raises(LeanstackError, match="not a Verilog identifier"):
+        check_verilog(bad, item.answer)
+
+
+ESCAPE_TB = """module tb;
+  integer f;
+  initial begin
+    f = $fopen("{target}", "w");
+    $fdisplay(f, "escaped");
+    $fclose(f);
+    $dumpfile("{dump}");
+    $dumpvars(0, tb);
+    #1 $display("done");
+    $finish;
+  end
+endmodule
+"""
+
+
+@needs_tools
+def test_simulator_cannot_write_outside_its_directory(tmp_path) -> None:
+    """A testbench that writes to absolute paths outside the box (an existing directory on
+    another file system, and under /tmp): vvp runs, no file appears; the box itself is
+    writable."""
+    shm = Path("/dev/shm")
+    with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else tmp_path) as other:
+        outside, dump = Path(other) / "escaped.txt", tmp_path / "wave.vcd"
+        box = tmp_path / "box"
+        box.mkdir()
+        (box / "tb.v").write_text(ESCAPE_TB.format(target=outside, dump=dump))
+        assert run_limited(["iverilog", "-o", "sim.vvp", "tb.v"], box, 10).ok
+        sim = run_limited(["vvp", "-n", "sim.vvp"], box, 10)
+        assert sim.returncode is not None and not sim.timed_out
+        assert not outside.exists() and not dump.exists()
+        shell = run_limited(["sh", "-c", f"echo x > {other}/sh.txt; echo z > inside.txt"], box, 10)
+        assert not (Path(other) / "sh.txt").exists()
+        assert "Read-only file system" in shell.stderr
+        assert (box / "inside.txt").read_text() == "z\n"
 
 
 def test_code_extraction() -> None:
@@ -149,6 +221,24 @@ def test_code_extraction() -> None:
              "endmodule\n```\nDone.")
     assert extract_verilog(reply) == "module m(input a, output y);\nassign y = a;\nendmodule\n"
     assert extract_verilog("no code here") is None
+    assert extract_verilog("This module is simple. See the endmodule keyword.") is None
+
+
+def test_prose_that_mentions_module_before_the_design_is_skipped() -> None:
+    design = "module m #(parameter W = 2) (input [W-1:0] a, output y);\nassign y = &a;\nendmodule"
+    prose = ("The module below is a reduction AND; each module port is listed.\n"
+             + design + "\nThis module synthesises to one gate.")
+    assert extract_verilog(prose) == design + "\n"
+    fenced = f"A module for you:\n```verilog\n// this module ANDs\n{design}\n```"
+    assert extract_verilog(fenced) == design + "\n"
+
+
+@needs_tools
+def test_correct_design_after_prose_about_the_module_passes() -> None:
+    item = find("relu8")
+    chk = check_verilog(item, "Sure. This module clamps negative inputs to zero; the module "
+                              "is combinational.\n\n" + item.answer)
+    assert chk.passed, chk.detail
     netlist = extract_netlist("```spice\nR1 a b 1k\n.tran 1u 1m\n.control\nshell rm -rf x\n"
                               ".endc\n.include /etc/passwd\nC1 b 0 1n\n.end\n```")
     assert netlist.split("\n") == ["R1 a b 1k", "C1 b 0 1n"]

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests._require import require
 
 from leanstack.chipexpert.assistant import Assistant
 from leanstack.chipexpert.retrieval import Retriever
@@ -42,8 +43,8 @@ def base_url(small_kb: Path, embedding_model) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def page(base_url: str):
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
-        pytest.skip("needs Debian chromium (run scripts/system-deps.sh)")
+    require(not Path(CHROMIUM).exists() and not shutil.which("chromium") and ["chromium"],
+            "run scripts/system-deps.sh")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
+from tests._require import require
 
 from leanstack.chipexpert import sources
 from leanstack.chipexpert.chunking import MAX_WORDS, MIN_WORDS
@@ -133,10 +135,34 @@ def test_pdf_manual_and_html_manual_split_at_numbered_headings() -> None:
 
     manual = sources.DEBIAN_DOC / "yosys/manual.pdf"
     html = sources.DEBIAN_DOC / "ngspice-doc/html/manual.html"
-    if not (manual.exists() and html.exists()):
-        pytest.skip("needs yosys-doc and ngspice-doc (run scripts/system-deps.sh)")
+    require([str(p) for p in (manual, html) if not p.exists()], "run scripts/system-deps.sh")
     pdf = {s.title: s.text for s in extract.pdf_manual_sections(manual, skip=("C.",))}
     assert "backslash" in pdf["4.2.1 RTLIL Identifiers"]
     assert not any(t.startswith("C.") for t in pdf)
     ng = {s.title: s.text for s in extract.html_sections(html)}
     assert "PULSE" in ng["4.1.1 Pulse"] and "TD" in ng["4.1.1 Pulse"]
+
+
+def test_groff_timeout_is_one_line_and_the_build_goes_on(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A groff that hangs: its man page is reported as skipped in one line, the other source is
+    built."""
+    from leanstack.chipexpert import extract
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "groff").write_text("#!/bin/sh\nexec sleep 30\n")
+    (bin_dir / "groff").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(extract, "GROFF_TIMEOUT_S", 0.5)
+    page = tmp_path / "tool.1"
+    page.write_text(".TH TOOL 1\n.SH NAME\ntool \\- does things\n")
+    doc = tmp_path / "notes.md"
+    doc.write_text("# Clock gating\n" + "Gate the clock of idle registers to save power. " * 5)
+    report = build_corpus(tmp_path / "kb", [sources.file_source(page),
+                                            sources.file_source(doc)])
+    status = {s.name: s for s in report.sources}
+    assert status["file-tool.1"].status == "failed"
+    assert "groff ran over 0.5 s" in status["file-tool.1"].error
+    assert "\n" not in status["file-tool.1"].error
+    assert status["file-notes.md"].status == "built"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tests._require import require
 
 from leanstack.chipexpert import sources
 from leanstack.chipexpert.corpus import build_corpus, load_corpus
@@ -27,8 +28,8 @@ def test_every_question_points_at_a_section_of_the_full_corpus(tmp_path: Path) -
     """Guards the set against re-chunking or extractor changes that rename sections."""
     require_docs()
     srcs = sources.default_sources()
-    if any(not p.exists() for s in srcs for p in s.inputs[:1]):
-        pytest.skip("needs the Debian documentation (run scripts/system-deps.sh)")
+    require([str(p) for s in srcs for p in s.inputs[:1] if not p.exists()],
+            "run scripts/system-deps.sh")
     build_corpus(tmp_path, srcs)
     chunks = load_corpus(tmp_path)
     assert missing_locators(load_eval_set(), {(c.source, c.section) for c in chunks}) == []

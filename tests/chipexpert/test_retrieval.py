@@ -92,3 +92,28 @@ def test_tokenizer_keeps_identifiers_and_stems_words() -> None:
     assert "the" not in toks and "and" not in toks
     assert tokenize("run measure") == [t for t in toks if t in ("run", "measur")]
     assert tokenize(".meas") == tokenize("meas") == tokenize("MEAS")
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda ix: (ix / "dense.npy").unlink(), "dense.npy"),
+    (lambda ix: (ix / "dense.npy").write_bytes(b"not numpy"), "dense.npy"),
+    (lambda ix: shutil.rmtree(ix / "bm25"), "bm25/"),
+])
+def test_damaged_index_is_a_one_line_error(small_kb: Path, tmp_path: Path, damage,
+                                           named: str) -> None:
+    kb = tmp_path / "kb"
+    shutil.copytree(small_kb, kb)
+    damage(kb / "index")
+    with pytest.raises(LeanstackError, match=f"no readable {named}.*chip corpus build"):
+        Retriever.load(kb)
+
+
+def test_rebuilt_index_replaces_the_old_one_without_leftovers(small_kb: Path, tmp_path: Path,
+                                                               embedding_model) -> None:
+    kb = tmp_path / "kb"
+    shutil.copytree(small_kb, kb)
+    (kb / "index" / "stray-file").write_text("from the old index")
+    build_index(kb, model=embedding_model)
+    assert not (kb / "index" / "stray-file").exists()
+    assert sorted(p.name for p in kb.iterdir() if p.name.startswith(".")) == []
+    assert len(Retriever.load(kb, model=embedding_model).chunks) > 0

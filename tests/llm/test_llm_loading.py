@@ -17,6 +17,19 @@ def test_missing_model_path_is_one_line_error(tmp_path):
         resolve_model_dir(tmp_path)
 
 
+def test_existing_file_without_gguf_suffix_says_what_it_is(tmp_path):
+    plain = tmp_path / "model.bin"
+    plain.write_bytes(b"\x00" * 16)
+    with pytest.raises(LeanstackError, match=r"'.*model.bin' is a file without the .gguf "
+                                             r"suffix .*: pass a Hugging Face model directory"):
+        load_model(plain)
+    renamed = tmp_path / "smollm2-q4"
+    renamed.write_bytes(b"GGUF" + b"\x00" * 16)
+    with pytest.raises(LeanstackError, match=r"is a GGUF file without the .gguf suffix: "
+                                             r"rename it to smollm2-q4.gguf"):
+        resolve_model_dir(renamed)
+
+
 def test_corrupt_gguf_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LEANSTACK_CACHE", str(tmp_path / "cache"))
     bad = tmp_path / "bad.gguf"

@@ -1,1 +1,2 @@
-"""ChipExpert, an IC-design assistant: its knowledge base (corpus) and retrieval so far."""
+"""ChipExpert, an IC-design assistant: knowledge base, retrieval, an assistant that answers with
+citations (HTTP API and web page included) and the ChipICD-Bench benchmark."""

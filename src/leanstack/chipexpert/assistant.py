@@ -1,15 +1,23 @@
-"""The ChipExpert assistant: retrieve the top-k passages, put them numbered [1]..[k] into the
-prompt, and let the model answer briefly, citing them as [n]."""
+"""The ChipExpert assistant: retrieve the top-k passages, number them [1]..[k], and answer.
+
+Two ways to answer (``mode``): *extractive* quotes the passages' sentences that best match the
+question, each with its citation (``extractive.py``); *generative* puts the passages into the
+prompt and lets the model answer briefly, citing them as [n]; its answer is cut to a few
+distinct sentences and citations of passages that were not shown are taken out
+(``grounding.py``). *auto* (the default) is extractive for a small local model, whose own
+answers are not reliable, and generative otherwise.
+"""
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from leanstack.chipexpert.extractive import Passage, extract_answer
 from leanstack.chipexpert.generators import Generator, make_generator
+from leanstack.chipexpert.grounding import cap_sentences, cited_numbers, drop_unshown_citations
 from leanstack.errors import LeanstackError
 
 if TYPE_CHECKING:
@@ -19,7 +27,9 @@ SYSTEM_PROMPT = ("You are ChipExpert, an assistant for integrated-circuit design
                  "(Verilog, yosys, Icarus Verilog, Verilator, ngspice).")
 RAG_INSTRUCTION = ("Answer in one or two sentences using the documentation, citing it as [1], "
                    "[2], ...")
-_CITE = re.compile(r"\[(\d+)\]")
+MODES = ("auto", "extractive", "generative")
+NO_EXTRACT = "None of the passages found has a sentence that answers this; see them below."
+NO_ANSWER = "The model gave no usable answer (empty or a loop); see the passages below."
 
 
 @dataclass
@@ -43,11 +53,16 @@ class Answer:
     latency_s: float
     retrieval_s: float = 0.0
     generation_s: float = 0.0
+    mode: str = "generative"
+    invalid_citations: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        """JSON-ready: {answer, citations: [{n, source, section, text, score, cited}], latency_s,
-        retrieval_s, generation_s}."""
-        return {"answer": self.answer, "citations": [asdict(c) for c in self.citations],
+        """JSON-ready: {answer, mode, citations: [{n, source, section, text, score, cited}],
+        invalid_citations (numbers the model cited that were not shown; taken out of the
+        answer), latency_s, retrieval_s, generation_s}."""
+        return {"answer": self.answer, "mode": self.mode,
+                "citations": [asdict(c) for c in self.citations],
+                "invalid_citations": list(self.invalid_citations),
                 "latency_s": round(self.latency_s, 4), "retrieval_s": round(self.retrieval_s, 4),
                 "generation_s": round(self.generation_s, 4)}
 
@@ -59,21 +74,36 @@ def format_passages(citations: list[Citation]) -> str:
     return "\n\n".join(f"[{c.n}] {c.text}" for c in citations)
 
 
-def cited_numbers(text: str) -> set[int]:
-    """The passage numbers an answer refers to, e.g. {1, 3} for "... [1] ... [3]"."""
-    return {int(m) for m in _CITE.findall(text)}
-
-
 class Assistant:
-    """Answers questions with a ``Generator``; with a ``Retriever`` the top ``k`` passages go
-    into the prompt and come back as citations (retriever None: the model alone)."""
+    """Answers questions with a ``Generator``; with a ``Retriever`` the top ``k`` passages are
+    quoted or go into the prompt, and come back as citations (retriever None: the model alone).
+    ``mode`` is the default way to answer (see the module docstring)."""
 
-    def __init__(self, generator: Generator, retriever: Retriever | None, k: int = 3) -> None:
+    def __init__(self, generator: Generator, retriever: Retriever | None, k: int = 3,
+                 mode: str = "auto") -> None:
         if k < 1:
             raise LeanstackError(f"k must be at least 1 (got {k})")
         self.generator = generator
         self.retriever = retriever
         self.k = k
+        self.mode = mode
+        self.resolve_mode(mode)  # fail at start-up, not on the first question
+
+    def resolve_mode(self, mode: str | None = None) -> str:
+        """``extractive`` or ``generative`` for ``mode`` (default: the assistant's): auto is
+        extractive when there is a knowledge base and the generator is small (``small = True``,
+        as the local generator sets for models under a billion parameters)."""
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise LeanstackError(f"unknown answer mode {mode!r}; use one of {', '.join(MODES)}")
+        if mode == "auto":
+            small = bool(getattr(self.generator, "small", False))
+            return "extractive" if small and self.retriever is not None else "generative"
+        if mode == "extractive" and self.retriever is None:
+            raise LeanstackError("extractive answers quote the knowledge base, and there is none "
+                                 "here; build it with 'leanstack chip corpus build' or use "
+                                 "--mode generative")
+        return mode
 
     def retrieve(self, question: str) -> list[Citation]:
         """The top-k passages for ``question`` as numbered citations (none without a retriever)."""
@@ -100,17 +130,30 @@ class Assistant:
         citations = self.retrieve(question)
         return self.messages_for(question, citations), citations
 
-    def ask(self, question: str, max_new_tokens: int = 256) -> Answer:
-        """Retrieve, generate (greedy) and return the answer with its citations and timings."""
+    def ask(self, question: str, max_new_tokens: int = 256, mode: str | None = None) -> Answer:
+        """Retrieve, answer (quoting, or generating greedily and post-checking) and return the
+        answer with its citations and timings; ``mode`` overrides the assistant's."""
+        mode = self.resolve_mode(mode)
         t0 = time.perf_counter()
         citations = self.retrieve(question)
         t1 = time.perf_counter()
-        text = self.generator.generate(self.messages_for(question, citations), max_new_tokens)
+        invalid: list[int] = []
+        if mode == "extractive":
+            assert self.retriever is not None  # resolve_mode saw to it
+            passages = [Passage(c.n, c.section, c.text) for c in citations]
+            text = extract_answer(question, passages, self.retriever.embed) or NO_EXTRACT
+        else:
+            raw = self.generator.generate(self.messages_for(question, citations),
+                                          max_new_tokens, prose=True)
+            text, invalid = drop_unshown_citations(cap_sentences(raw),
+                                                   {c.n for c in citations})
+            text = text or NO_ANSWER
         t2 = time.perf_counter()
         used = cited_numbers(text)
         for c in citations:
             c.cited = c.n in used
-        return Answer(text, citations, t2 - t0, retrieval_s=t1 - t0, generation_s=t2 - t1)
+        return Answer(text, citations, t2 - t0, retrieval_s=t1 - t0, generation_s=t2 - t1,
+                      mode=mode, invalid_citations=invalid)
 
 
 def load_retriever(directory: Path | None = None) -> Retriever:
@@ -127,8 +170,14 @@ def load_retriever(directory: Path | None = None) -> Retriever:
 
 
 def make_assistant(model: str | None = None, endpoint: str | None = None, rag: bool = True,
-                   k: int = 3, directory: Path | None = None) -> Assistant:
+                   k: int = 3, directory: Path | None = None, mode: str = "auto") -> Assistant:
     """An assistant over the knowledge base in ``directory`` (default: the user cache dir);
-    ``model``/``endpoint`` as in ``make_generator``; ``rag=False`` answers without retrieval."""
+    ``model``/``endpoint`` as in ``make_generator``; ``rag=False`` answers without retrieval;
+    ``mode`` as in ``Assistant``."""
+    if mode not in MODES:  # fail fast, before loading anything
+        raise LeanstackError(f"unknown answer mode {mode!r}; use one of {', '.join(MODES)}")
+    if mode == "extractive" and not rag:
+        raise LeanstackError("--mode extractive quotes the knowledge base; drop --no-rag or use "
+                             "--mode generative")
     retriever = load_retriever(directory) if rag else None  # fail fast, before loading a model
-    return Assistant(make_generator(model, endpoint), retriever, k)
+    return Assistant(make_generator(model, endpoint), retriever, k, mode)

@@ -94,6 +94,8 @@ def search(
 _MODEL_HELP = ("local model: a Hugging Face directory or .gguf file (default: the bundled "
                "SmolLM2-135M-Instruct); with --endpoint, the model name on that server")
 _ENDPOINT_HELP = "an OpenAI-compatible server, e.g. http://localhost:8000/v1"
+_MODE_HELP = ("extractive (quote the best sentences of the passages), generative (the model "
+              "answers from them) or auto (extractive for a small local model, else generative)")
 
 
 @chip_app.command("ask")
@@ -107,14 +109,15 @@ def ask(
                                  "section, text, score, cited}], latency_s, ...}"),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="answer length cap"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+    mode: str = typer.Option("auto", "--mode", help=_MODE_HELP),
 ) -> None:
     """Answer a question from the top-k passages of the knowledge base, with numbered citations."""
     from leanstack.chipexpert.assistant import make_assistant
 
     if max_new_tokens < 1:
         raise LeanstackError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
-    answer = make_assistant(model, endpoint, rag=not no_rag, k=k,
-                            directory=directory).ask(question, max_new_tokens)
+    answer = make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory,
+                            mode=mode).ask(question, max_new_tokens)
     if as_json:
         print(json.dumps(answer.to_dict(), indent=1, ensure_ascii=False))
         return
@@ -123,8 +126,13 @@ def ask(
         print()
     for c in answer.citations:
         print(f"[{c.n}]{'*' if c.cited else ' '} {c.source} — {c.section}  (score {c.score:.4f})")
-    print(f"\n({answer.latency_s:.2f} s: retrieval {answer.retrieval_s:.2f} s, generation "
-          f"{answer.generation_s:.2f} s{'; * = cited in the answer' if answer.citations else ''})")
+    if answer.invalid_citations:
+        print(f"(taken out: citations {', '.join(f'[{n}]' for n in answer.invalid_citations)}"
+              " of passages that were not shown)")
+    step = "extraction" if answer.mode == "extractive" else "generation"
+    print(f"\n({answer.mode}, {answer.latency_s:.2f} s: retrieval {answer.retrieval_s:.2f} s, "
+          f"{step} {answer.generation_s:.2f} s"
+          f"{'; * = cited in the answer' if answer.citations else ''})")
 
 
 @chip_app.command("serve")
@@ -136,6 +144,7 @@ def serve(
     k: int = typer.Option(3, "--k", help="default number of passages per answer"),
     no_rag: bool = typer.Option(False, "--no-rag", help="serve without the knowledge base"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+    mode: str = typer.Option("auto", "--mode", help="default answer mode: " + _MODE_HELP),
 ) -> None:
     """Serve the assistant: a web page at / and the JSON API at /api/ask and /api/search."""
     import uvicorn
@@ -145,7 +154,8 @@ def serve(
 
     if not 0 < port < 65536:
         raise LeanstackError(f"--port must be 1..65535 (got {port})")
-    app = create_app(make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory))
+    app = create_app(make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory,
+                                    mode=mode))
     print(f"ChipExpert on http://{host}:{port}/  (API: POST /api/ask, GET /api/search)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

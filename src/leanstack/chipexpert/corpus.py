@@ -19,7 +19,6 @@ from pathlib import Path
 
 from leanstack.chipexpert import store
 from leanstack.chipexpert.chunking import CHUNKER_VERSION, Chunk, chunk_sections
-from leanstack.chipexpert.dedup import deduplicate
 from leanstack.chipexpert.sources import Source
 from leanstack.errors import LeanstackError
 
@@ -99,6 +98,8 @@ def build_corpus(out_dir: Path, sources: list[Source], *, force: bool = False,
     if not all_chunks:
         raise LeanstackError("no source could be read; install the documentation with "
                              "scripts/system-deps.sh")
+    from leanstack.chipexpert.dedup import deduplicate  # datasketch: slow to import, build only
+
     result = deduplicate(all_chunks, dedup_threshold)
     report.chunks, report.duplicates = len(result.kept), len(result.dropped)
     store.write_jsonl(out_dir / CORPUS_FILE, (c.to_json() for c in result.kept))

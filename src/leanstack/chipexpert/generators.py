@@ -1,20 +1,37 @@
 """Text generators the assistant can talk to: a local model (the bundled SmolLM2, any Hugging Face
 directory or .gguf file) or a remote OpenAI-compatible ``/v1/chat/completions`` endpoint.
 
-Both decode greedily (temperature 0), so the same question gives the same answer.
+Both decode greedily (temperature 0), so the same question gives the same answer. Asked for
+``prose``, the local model also stops after a few sentences or words and may not repeat an
+8-token run (which ends loops); code and MCQ answers are decoded plainly. A repetition penalty
+is not used: on SmolLM2-135M a penalty of 1.1-1.3 turned answers from the passages into
+off-topic prose and code.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import threading
 import urllib.error
 import urllib.request
 from typing import Any, Protocol, runtime_checkable
 
+from leanstack.chipexpert.grounding import (
+    MAX_ANSWER_SENTENCES,
+    MAX_ANSWER_WORDS,
+    loop_start,
+    split_sentences,
+)
 from leanstack.errors import LeanstackError
 
 ENDPOINT_TIMEOUT_S = 120.0
+SMALL_MODEL_PARAMS = 1_000_000_000  # below this a local model counts as small (auto: extractive)
+PROSE_NO_REPEAT_NGRAM = 8
+
+
+class UpstreamError(LeanstackError):
+    """The model endpoint failed (unreachable, an HTTP error, or not OpenAI-compatible)."""
 
 
 @runtime_checkable
@@ -23,8 +40,10 @@ class Generator(Protocol):
 
     name: str
 
-    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256) -> str:
-        """The model's reply to ``messages`` (greedy decoding)."""
+    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
+                 prose: bool = False) -> str:
+        """The model's reply to ``messages`` (greedy decoding); ``prose`` asks for a short
+        answer in sentences (the generator may stop early and block repetition)."""
         ...
 
     def score_choices(self, messages: list[dict[str, str]], choices: list[str]) -> list[float]:
@@ -43,6 +62,8 @@ class LocalGenerator:
         transformers.utils.logging.disable_progress_bar()
         self.loaded = load_model(source)
         self.name = source or "SmolLM2-135M-Instruct"
+        self.parameters = sum(p.numel() for p in self.loaded.model.parameters())
+        self.small = self.parameters < SMALL_MODEL_PARAMS
         self._lock = threading.Lock()  # one forward pass at a time (the server is threaded)
 
     def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -52,18 +73,26 @@ class LocalGenerator:
         tok = self.loaded.tokenizer
         return tok(chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
 
-    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256) -> str:
-        """Greedy-decode the reply to ``messages``; returns the new text only."""
+    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
+                 prose: bool = False) -> str:
+        """Greedy-decode the reply to ``messages``; returns the new text only. With ``prose``,
+        no 8-token run repeats and decoding stops after ``MAX_ANSWER_SENTENCES`` sentences or
+        ``MAX_ANSWER_WORDS`` words."""
         import torch
 
         if max_new_tokens < 1:
             raise LeanstackError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
         tok = self.loaded.tokenizer
         ids = torch.tensor([self.prompt_ids(messages)], device=self.loaded.model.device)
+        extra: dict[str, Any] = {}
+        if prose:
+            extra = {"no_repeat_ngram_size": PROSE_NO_REPEAT_NGRAM,
+                     "stopping_criteria": [_SentenceStop(tok, ids.shape[1],
+                                                         MAX_ANSWER_SENTENCES, MAX_ANSWER_WORDS)]}
         with self._lock, torch.no_grad():
             out = self.loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                              max_new_tokens=max_new_tokens, do_sample=False,
-                                             pad_token_id=tok.pad_token_id)
+                                             pad_token_id=tok.pad_token_id, **extra)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
     def score_choices(self, messages: list[dict[str, str]], choices: list[str]) -> list[float]:
@@ -91,6 +120,26 @@ class LocalGenerator:
                 scores.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].sum()))
                 cache.crop(-len(cont))  # back to the prompt for the next choice
         return scores
+
+
+class _SentenceStop:
+    """A stopping criterion: true once the new text holds ``limit`` finished sentences or
+    ``max_words`` words, or has started a loop of a few words."""
+
+    def __init__(self, tokenizer: Any, prompt_len: int, limit: int, max_words: int) -> None:
+        self.tokenizer, self.prompt_len = tokenizer, prompt_len
+        self.limit, self.max_words = limit, max_words
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        text = self.tokenizer.decode(input_ids[0, self.prompt_len:], skip_special_tokens=True)
+        # finished: followed by more text, or ending the text with its citation
+        sentences = split_sentences(text)
+        done = len(sentences) - (0 if re.search(r"[.!?](\s*\[\d+\])*\s*$", text) else 1)
+        stop = done >= self.limit or len(text.split()) >= self.max_words or \
+            loop_start(text) is not None
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool)
 
 
 def chat_completions_url(endpoint: str) -> str:
@@ -122,26 +171,28 @@ class EndpointGenerator:
                 payload = resp.read()
         except urllib.error.HTTPError as e:
             detail = e.read(300).decode(errors="replace").replace("\n", " ")
-            raise LeanstackError(f"the model endpoint {self.url} answered HTTP {e.code} "
+            raise UpstreamError(f"the model endpoint {self.url} answered HTTP {e.code} "
                                  f"({detail or e.reason}); check the URL and model name") from e
         except (urllib.error.URLError, OSError) as e:
             reason = getattr(e, "reason", e)
-            raise LeanstackError(f"cannot reach the model endpoint {self.url} ({reason}); "
+            raise UpstreamError(f"cannot reach the model endpoint {self.url} ({reason}); "
                                  "check the URL and that the server is running") from e
         try:
             return json.loads(payload)
         except json.JSONDecodeError as e:
-            raise LeanstackError(f"the model endpoint {self.url} did not answer JSON; "
+            raise UpstreamError(f"the model endpoint {self.url} did not answer JSON; "
                                  "is it an OpenAI-compatible server?") from e
 
-    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256) -> str:
-        """POST the messages with temperature 0 and return the first choice's content."""
+    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
+                 prose: bool = False) -> str:
+        """POST the messages with temperature 0 and return the first choice's content
+        (``prose`` changes nothing here: the assistant's post-check caps the answer)."""
         data = self._post({"model": self.model, "messages": messages,
                            "max_tokens": max_new_tokens, "temperature": 0})
         try:
             return str(data["choices"][0]["message"]["content"]).strip()
         except (KeyError, IndexError, TypeError) as e:
-            raise LeanstackError(f"the model endpoint {self.url} answered without "
+            raise UpstreamError(f"the model endpoint {self.url} answered without "
                                  "choices[0].message.content; is it OpenAI-compatible?") from e
 
     def score_choices(self, messages: list[dict[str, str]], choices: list[str]) -> list[float]:

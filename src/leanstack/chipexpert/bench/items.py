@@ -16,6 +16,7 @@ for the other types.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ LEVELS = ("foundational", "advanced")
 TYPES = ("open", "mcq", "numeric", "verilog", "spice")
 EXECUTABLE = ("verilog", "spice")
 LETTERS = "ABCD"
+VERILOG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 REQUIRED = ("id", "domain", "level", "type", "question", "answer", "key_facts", "checker")
 OPTIONAL = ("choices", "tolerance", "unit")
 
@@ -109,6 +111,9 @@ def _check_fields(rec: dict[str, Any], where: str) -> None:
         for f in ("top", "testbench"):
             if not isinstance(rec["checker"].get(f), str) or not rec["checker"][f].strip():
                 raise _problem(where, f"checker.{f}", "must be a non-empty string")
+        if not VERILOG_IDENTIFIER.fullmatch(rec["checker"]["top"]):
+            raise _problem(where, "checker.top", "must be a Verilog identifier (it is passed "
+                           "to yosys as 'synth -top NAME')")
     if kind == "spice":
         if not isinstance(rec["checker"].get("analysis"), str) or ".meas" not in \
                 rec["checker"]["analysis"].lower():
