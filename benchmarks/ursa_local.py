@@ -4,7 +4,7 @@ Profiles every tier on real worker processes, redis-server and memcached under c
 (recording the collection wall time), plans, then runs static, HPA (time constants x0.1 for the
 short run) and Ursa on the same diurnal arrivals, one after the other.
 
-    python benchmarks/ursa_local.py [--quick]
+    python benchmarks/ursa_local.py [--quick] [--fast-profile]
 
 Writes benchmarks/results/ursa_local.json and prints a Markdown table. Needs writable cgroups
 (root); on a busy machine the numbers move — run it alone.
@@ -13,6 +13,7 @@ Writes benchmarks/results/ursa_local.json and prints a Markdown table. Needs wri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,12 +36,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="40 s runs, one measured step interval")
     ap.add_argument("--rps", type=float, default=100.0)
+    ap.add_argument("--fast-profile", action="store_true",
+                    help="profile with ProfileSettings.fast (non-interacting tiers at once)")
     args = ap.parse_args()
     require_local()
     t0 = time.monotonic()
+    load_before = os.getloadavg()
     app = load_app(APP)
     duration = 40.0 if args.quick else 180.0
-    settings = ProfileSettings(rps=args.rps, step_intervals=1 if args.quick else 2)
+    steps = 1 if args.quick else 2
+    settings = (ProfileSettings.fast(args.rps, step_intervals=max(steps, 3))
+                if args.fast_profile else ProfileSettings(rps=args.rps, step_intervals=steps))
     profile = profile_app(app, make_backend("local"), settings)
     plan = make_plan(app, profile)
     print(f"profiled in {profile.collection_wall_s:.0f} s; plan {plan.cpu_per_rps * 100:.2f} "
@@ -54,7 +60,9 @@ def main() -> None:
               "hpa_time_scale": 0.1, "profile_wall_s": profile.collection_wall_s,
               "profile_settings": profile.settings, "plan_cpu_per_rps": plan.cpu_per_rps,
               "backpressure_free": {t: p.backpressure_free for t, p in profile.tiers.items()},
-              "runs": runs, "environment": environment(time.monotonic() - t0, sys.argv)}
+              "runs": runs, "loadavg_before": list(load_before),
+              "loadavg_after": list(os.getloadavg()),
+              "environment": environment(time.monotonic() - t0, sys.argv)}
     write_json_atomic(result, RESULT)
     print_table(runs)
 

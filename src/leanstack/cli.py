@@ -11,6 +11,8 @@ from rich.console import Console
 from leanstack.chipexpert.cli import chip_app
 from leanstack.errors import LeanstackError
 from leanstack.leankv.cli import kv_app
+from leanstack.llm.cli import llm_app
+from leanstack.seer.cli import seer_app
 from leanstack.sinan.cli import sinan_app
 from leanstack.ursa.cli import ursa_app
 
@@ -21,8 +23,10 @@ micro = typer.Typer(help="The microservice substrate: apps, backends, load, expe
 app.add_typer(micro, name="micro")
 app.add_typer(chip_app, name="chip")
 app.add_typer(kv_app, name="kv")
+app.add_typer(llm_app, name="llm")
 app.add_typer(ursa_app, name="ursa")
 app.add_typer(sinan_app, name="sinan")
+app.add_typer(seer_app, name="seer")
 err = Console(stderr=True)
 
 
@@ -51,7 +55,7 @@ def micro_validate(
 @micro.command("run")
 def micro_run(
     app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
-    backend: str = typer.Option("sim", help="sim | local"),
+    backend: str = typer.Option("sim", help="sim | local (k8s: see 'micro control')"),
     controller: str = typer.Option("static", help="static | hpa | any registered controller"),
     load: str = typer.Option("poisson", help="constant | poisson | diurnal | step | trace"),
     rps: float = typer.Option(100.0, help="mean request rate (requests/s)"),
@@ -65,8 +69,12 @@ def micro_run(
     opt: list[str] = typer.Option([], "--opt", help="controller option KEY=VALUE (repeatable), "
                                   "e.g. --opt plan=runs/ursa-plan.json"),
     spans: Path | None = typer.Option(None, help="write the run's spans here (OTLP JSON lines)"),
+    backend_opt: list[str] = typer.Option([], "--backend-opt", help="backend option KEY=VALUE "
+                                          "(repeatable), e.g. local: cfs_period_ms=20, "
+                                          "cfs_burst=0.5"),
     calibration: Path | None = typer.Option(None, help="sim: service-time model to use"),
     amplitude: float = typer.Option(0.5, help="diurnal/step load: swing around the mean"),
+    detector: str | None = typer.Option(None, help="act on anomaly alerts too, e.g. 'seer'"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
     """Run one experiment: an app on a backend under open-loop load, managed by a controller."""
@@ -83,10 +91,18 @@ def micro_run(
         opts = {"seed": seed, "calibration": calibration, "record_spans": spans is not None}
     elif calibration is not None:
         raise LeanstackError("--calibration only applies to the sim backend — drop it")
-    be = make_backend(backend, interval, **opts)
+    if backend == "k8s":
+        raise LeanstackError("the k8s backend sends no load — drive a cluster with 'leanstack "
+                             "micro control --backend k8s'")
+    be = make_backend(backend, interval, **{**opts, **parse_options(backend_opt)})
+    det = None
+    if detector is not None:
+        from leanstack.microservices.detector import make_detector
+
+        det = make_detector(detector)
     try:
         result = run_experiment(spec, be, ctrl, load_spec, out, report_html=report,
-                                progress=not quiet, spans_out=spans)
+                                progress=not quiet, spans_out=spans, detector=det)
     except KeyboardInterrupt:
         err.print(f"interrupted — partial result in {out}")
         sys.exit(130)
@@ -122,7 +138,8 @@ def micro_calibrate(
 ) -> None:
     """Fit the simulator's service-time model from spans (and the result) of a local run."""
     from leanstack.microservices.app import load_app
-    from leanstack.microservices.calibrate import calibrate, observations_of, save_calibration
+    from leanstack.microservices.calibrate import calibrate, observations_of
+    from leanstack.microservices.calibration import save_calibration
     from leanstack.microservices.runner import read_spans
 
     spec = load_app(app_name)
@@ -133,10 +150,96 @@ def micro_calibrate(
     print(f"calibration for {spec.name} from {source}: {out}")
 
 
+@micro.command("control")
+def micro_control(
+    app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
+    backend: str = typer.Option("k8s", help="k8s (the app's real traffic is the load)"),
+    controller: str = typer.Option("ursa", help="ursa | sinan | hpa | static | any registered"),
+    out: Path = typer.Option(..., help="where to write the result JSON (after every interval)"),
+    duration: float | None = typer.Option(None, help="seconds to run (default: until Ctrl-C)"),
+    interval: float = typer.Option(5.0, help="control interval in seconds"),
+    prometheus: str = typer.Option("http://127.0.0.1:9090", help="Prometheus scraping the app"),
+    scrape: float = typer.Option(5.0, help="Prometheus' scrape interval in seconds"),
+    namespace: str = typer.Option("leanstack", help="Kubernetes namespace of the app"),
+    deploy: bool = typer.Option(False, "--deploy", help="apply the app's manifests first "
+                                "(default: drive the deployment already running)"),
+    keep: bool = typer.Option(False, "--keep", help="with --deploy: leave the app applied"),
+    image: str = typer.Option("leanstack:0.1.0", help="with --deploy: the logic tiers' image"),
+    kubeconfig: str | None = typer.Option(None, help="kubeconfig file (default: in-cluster, "
+                                          "then KUBECONFIG or ~/.kube/config)"),
+    context: str | None = typer.Option(None, help="kubeconfig context"),
+    api_url: str | None = typer.Option(None, help="API server URL without credentials (e.g. "
+                                       "'kubectl proxy' at http://127.0.0.1:8001)"),
+    opt: list[str] = typer.Option([], "--opt", help="controller option KEY=VALUE (repeatable)"),
+) -> None:
+    """Run a controller against a running app, without the load generator."""
+    from leanstack.microservices.app import load_app
+    from leanstack.microservices.control import control
+    from leanstack.microservices.controllers import make_controller
+    from leanstack.microservices.runner import make_backend
+
+    if backend != "k8s":
+        raise LeanstackError(f"--backend {backend}: control mode drives a cluster — use --backend "
+                             "k8s (other backends need 'leanstack micro run' and its load)")
+    if keep and not deploy:
+        raise LeanstackError("--keep only applies with --deploy (an adopted app is never removed)")
+    spec = load_app(app_name)
+    ctrl = make_controller(controller, **parse_options(opt))
+    be = make_backend("k8s", interval, prometheus=prometheus, scrape_s=scrape,
+                      namespace=namespace, adopt=not deploy, keep=keep, image=image,
+                      kubeconfig=kubeconfig, context=context, api_url=api_url)
+    try:
+        result = control(spec, be, ctrl, out, duration_s=duration, log=err)
+    except KeyboardInterrupt:
+        err.print(f"stopped — the timeline so far is in {out}")
+        sys.exit(130)
+    print(f"{spec.name} on k8s with {controller}: {len(result['timeline'])} intervals, "
+          f"violation rate {result['summary']['violation_rate']:.1%}; result: {out}")
+
+
+@micro.command("export")
+def micro_export(
+    out_dir: Path = typer.Argument(..., help="directory to write the manifests into"),
+    app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
+    to: str = typer.Option("k8s", "--to", help="target format: k8s"),
+    image: str = typer.Option("leanstack:0.1.0", help="container image of the logic tiers"),
+    namespace: str = typer.Option("leanstack", help="Kubernetes namespace of every object"),
+    allocation: Path | None = typer.Option(
+        None, help="JSON {tier: {cpu, replicas}} for the pods' CPU (default: every tier at max)"),
+    hpa_pods: bool = typer.Option(False, "--hpa-pods", help="size the logic tiers' pods as the "
+                                  "HPA model does (max_cpu / 4 each) instead"),
+) -> None:
+    """Write Kubernetes manifests (Deployments, Services, ConfigMap, HPA, Prometheus config)."""
+    from leanstack.microservices.app import load_app
+    from leanstack.microservices.k8s.backend import read_allocation
+    from leanstack.microservices.k8s.manifests import (
+        ExportOptions,
+        hpa_allocation,
+        read_manifests,
+        write_manifests,
+    )
+    from leanstack.microservices.k8s.validate import check_manifests, supported_versions
+
+    if to != "k8s":
+        raise LeanstackError(f"--to {to}: unknown target — use --to k8s")
+    if hpa_pods and allocation:
+        raise LeanstackError("--hpa-pods and --allocation both size the pods — give one")
+    spec = load_app(app_name)
+    opts = ExportOptions(image=image, namespace=namespace)
+    alloc = read_allocation(allocation, spec) if allocation else None
+    if hpa_pods:
+        alloc = hpa_allocation(spec, opts)
+    files = write_manifests(spec, out_dir, alloc, opts)
+    versions = supported_versions()
+    check_manifests(read_manifests(out_dir), versions)
+    print(f"{spec.name}: {len(files)} files in {out_dir}, valid in Kubernetes "
+          f"{versions[0]}–{versions[-1]}; apply with 'kubectl apply -f {out_dir}'")
+
+
 @app.command("demo")
 def demo(
     only: str | None = typer.Option(None, help="comma-separated sections: micro, ursa, sinan, "
-                                    "kv, chip (default: all)"),
+                                    "seer, kv, chip (default: all)"),
     duration: float = typer.Option(90.0, help="micro/ursa: seconds of load"),
     rps: float = typer.Option(100.0, help="micro/ursa: mean request rate of the diurnal load"),
     out_dir: Path = typer.Option(Path("runs/demo"), help="where results and reports go"),
@@ -151,24 +254,16 @@ def demo(
         raise LeanstackError(f"demo section(s) {', '.join(failed)} failed (see above)")
 
 
-def parse_options(pairs: list[str]) -> dict[str, object]:
-    """``["plan=p.json", "headroom=0.1"]`` -> ``{"plan": "p.json", "headroom": 0.1}``."""
-    opts: dict[str, object] = {}
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """``["plan=p.json", "headroom=0.1"]`` -> ``{"plan": "p.json", "headroom": "0.1"}``; the
+    controller's declared types convert them (see ``make_controller``)."""
+    opts: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise LeanstackError(f"--opt '{pair}' is not KEY=VALUE — write e.g. --opt headroom=0.1")
-        opts[key.replace("-", "_")] = _number_or_text(value)
+        opts[key.replace("-", "_")] = value
     return opts
-
-
-def _number_or_text(value: str) -> object:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return value
 
 
 def main() -> None:

@@ -3,7 +3,6 @@ files went. A section that cannot run here says why and the others still run."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import time
 from collections.abc import Callable
@@ -13,12 +12,15 @@ from typing import Any
 from rich.console import Console
 
 from leanstack.errors import LeanstackError
+from leanstack.registry import load_target
 
 SECTIONS: dict[str, tuple[str, str]] = {
     "micro": ("leanstack.microservices.demo:run_demo",
               "the social network on real processes, managed by Kubernetes HPA"),
     "ursa": ("leanstack.ursa.demo:run_demo", "Ursa on the same app and load, side by side"),
     "sinan": ("leanstack.sinan.demo:run_demo", "Sinan's learned controller on the simulator"),
+    "seer": ("leanstack.seer.demo:run_demo", "Seer: a QoS violation anticipated, its culprit "
+             "named and boosted (simulator)"),
     "kv": ("leanstack.leankv.demo:run_demo", "LeanKV: a long-prompt question, with and without "
            "KV compression"),
     "chip": ("leanstack.chipexpert.demo:run_demo", "ChipExpert: answers with citations"),
@@ -54,11 +56,7 @@ def run(sections: list[str], out_dir: Path, **options: Any) -> list[str]:
 
 
 def _load(target: str) -> Callable[..., Any]:
-    module, _, attr = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise LeanstackError(f"this section is not available in this install ({e})") from None
+    return load_target(target, "this section")
 
 
 def _accepted(fn: Callable[..., Any], options: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -27,3 +28,21 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def local_missing() -> list[str]:
+    """What the local backend needs and this machine lacks: writable cgroup v1 hierarchies
+    (root), ``redis-server`` and ``memcached``. Empty when it can run."""
+    from leanstack.errors import LeanstackError
+    from leanstack.microservices import cgroups
+    from leanstack.microservices.storage import BINARIES
+
+    missing = [b for b in BINARIES.values() if shutil.which(b) is None]
+    try:
+        cgroups.check_available()
+    except LeanstackError:
+        missing.insert(0, "writable cgroup v1 cpu/cpuacct/memory (root)")
+    return missing
+
+
+LOCAL_HOW = "run as root on a host with cgroup v1 and scripts/system-deps.sh installed"

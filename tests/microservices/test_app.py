@@ -86,11 +86,18 @@ def test_load_by_path_and_defaults(tmp_path: Path):
         ({"services__front__endpoints__get__calls": [["back.nope"]]}, "has no endpoint 'nope'"),
         ({"services__front__endpoints__get__calls": [["cache.lpush"]]}, "has no endpoint 'lpush'"),
         ({"classes__get__sla": None}, "missing SLA"),
-        ({"classes__get__sla": {"percentile": 100, "ms": 5}}, "not below 100"),
+        ({"classes__get__sla": {"percentile": 100, "ms": 5}}, "not a measured percentile"),
+        ({"classes__get__sla": {"percentile": 75, "ms": 5}}, "use one of 50, 90, 95, 99, 99.9"),
+        ({"services__back__endpoints__work__cpu_ms": float("nan")}, "number (finite)"),
+        ({"services__back__max_cpu": float("inf")}, "number (finite)"),
         ({"classes__get__sla": {"percentile": 99, "ms": -1}}, "out of range"),
         ({"classes__get__weight": 0}, "out of range"),
         ({"classes__get__entry": "cache.get"}, "cannot take requests"),
         ({"classes__get__entry": "front"}, "expected 'service.endpoint'"),
+        ({"classes__get__entry": "fr\nont.get"}, "expected 'service.endpoint'"),
+        ({"services__front__endpoints__get__calls": [["back.work"], ["ca che.get"]]},
+         "expected 'service.endpoint'"),
+        ({"services__x.y": {"kind": "redis"}}, "not a valid name"),
         ({"services__back__replicas": 0}, "whole number >= 1"),
         ({"services__back__kind": "mongodb"}, "unknown kind"),
         ({"services__back__endpoints__work__work": "sleep"}, "unknown work kind"),
@@ -165,3 +172,82 @@ def test_the_documented_example_app_is_valid():
     app = parse_app(tomllib.loads(example), source="shop.toml")
     assert app.services["mailer"].queue == "jobs"
     assert [str(c) for c in app.endpoint(Call("web", "checkout")).enqueue] == ["mailer.send"]
+
+
+def test_directory_and_binary_app_files_are_one_line_errors(tmp_path: Path):
+    with pytest.raises(AppSpecError, match="not a file") as e:
+        load_app(tmp_path)
+    assert "\n" not in str(e.value)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"name = '\xff\xfe'\n")
+    with pytest.raises(AppSpecError, match="not UTF-8 text") as e:
+        load_app(binary)
+    assert "\n" not in str(e.value)
+
+
+# --- property test: whatever a file holds, the parser loads it or answers in one line ----------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_LEAVES = st.one_of(st.none(), st.booleans(), st.integers(-3, 5),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12),
+                    st.sampled_from(["front.get", "back.work", "cache.get", "logic", "redis",
+                                     "pipeline", "hash", ".", "a\n.b", "front.\n"]))
+_VALUES = st.recursive(_LEAVES, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8)
+
+
+def _paths(node, prefix=()):
+    yield prefix
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _paths(v, (*prefix, k))
+
+
+@st.composite
+def _mutated_apps(draw):
+    d = copy.deepcopy(TINY)
+    for _ in range(draw(st.integers(1, 3))):
+        paths = [p for p in _paths(d) if p]
+        path = draw(st.sampled_from(paths))
+        node = d
+        for k in path[:-1]:
+            node = node[k]
+        if draw(st.booleans()):
+            node[path[-1]] = draw(_VALUES)
+        else:
+            del node[path[-1]]
+    return d
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated_apps())
+def test_mutated_app_files_load_or_fail_in_one_line(data):
+    try:
+        parse_app(data, source="fuzz.toml")
+    except AppSpecError as e:
+        assert "\n" not in str(e) and str(e).startswith("fuzz.toml: ")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode))
+def test_random_bytes_as_an_app_file_load_or_fail_in_one_line(tmp_path_factory, raw):
+    f = tmp_path_factory.mktemp("fuzz") / "app.toml"
+    f.write_bytes(raw)
+    try:
+        load_app(f)
+    except AppSpecError as e:
+        assert "\n" not in str(e)
+
+
+@pytest.mark.parametrize("name", app_names())
+def test_app_round_trips_through_its_plain_data_form(name):
+    import dataclasses
+    import json
+
+    app = load_app(name)
+    back = parse_app(json.loads(json.dumps(app.to_data())), source=app.source)
+    assert back == app
+    assert dataclasses.replace(back, source="x") != app  # the comparison sees fields

@@ -13,9 +13,8 @@ from leanstack.microservices.app import load_app, parse_app
 from leanstack.microservices.calibrate import (
     calibrate,
     fit_distribution,
-    load_calibration,
-    save_calibration,
 )
+from leanstack.microservices.calibration import load_calibration, save_calibration
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Span
 from leanstack.microservices.sim import SimBackend

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tests._require import needs
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices import cgroups
@@ -23,18 +24,18 @@ from leanstack.microservices.cgroups import (
 from .helpers import alive
 
 
-def _writable() -> bool:
+def _cgroups_missing() -> list[str]:
     try:
         check_available()
     except LeanstackError:
-        return False
-    return True
+        return ["writable cgroup v1 cpu/cpuacct/memory"]
+    return []
 
 
 def needs_cgroups(test):
-    """Mark a test as needing writable cgroups and skip it cleanly where they are not."""
-    skip = pytest.mark.skipif(not _writable(), reason="cgroup v1 cpu/cpuacct/memory not writable")
-    return pytest.mark.cgroups(skip(test))
+    """Mark a test as needing writable cgroups: it fails in CI and skips loudly elsewhere
+    when they are not."""
+    return pytest.mark.cgroups(needs(_cgroups_missing, "run as root on a cgroup v1 host")(test))
 
 
 BUSY = [sys.executable, "-c", "while True: pass"]
@@ -84,6 +85,45 @@ def test_quota_limits_a_busy_process_and_changes_live(run):
     finally:
         p.kill()
         p.wait()
+
+
+@needs_cgroups
+def test_cfs_period_and_burst_are_set_per_run(tmp_path):
+    run = RunCgroups(state_dir=tmp_path, period_us=20_000,
+                     burst=0.5 if (cgroups.CGROUP_ROOT / "cpu" / "cpu.cfs_burst_us").exists()
+                     else 0.0)
+    try:
+        run.create("t", 0.25)
+        d = run.path("cpu", "t")
+        assert (d / "cpu.cfs_period_us").read_text().strip() == "20000"
+        assert (d / "cpu.cfs_quota_us").read_text().strip() == "5000"
+        assert run.cpu_limit("t") == pytest.approx(0.25)
+        if run.burst:
+            assert (d / "cpu.cfs_burst_us").read_text().strip() == "2500"
+            run.set_cpu("t", 0.05)  # the burst follows the quota down (never above it)
+            assert (d / "cpu.cfs_burst_us").read_text().strip() == "500"
+        run.set_cpu("t", 0.01)  # below 1 ms per 20 ms period: the kernel's floor
+        assert run.cpu_limit("t") == pytest.approx(0.05)
+    finally:
+        run.remove()
+
+
+@pytest.mark.parametrize(("period_us", "burst", "match"), [
+    (500, 0.0, "outside the kernel's 1-1000 ms range"),
+    (2_000_000, 0.0, "outside the kernel's"),
+    (100_000, 1.5, "fraction of the quota in \\[0, 1\\]"),
+])
+def test_bad_cfs_settings_are_one_line_errors(period_us, burst, match):
+    with pytest.raises(LeanstackError, match=match) as e:
+        cgroups.check_cfs(period_us, burst, root=None)
+    assert "\n" not in str(e.value)
+
+
+def test_burst_without_kernel_support_is_refused(tmp_path):
+    (tmp_path / "cpu").mkdir()
+    with pytest.raises(LeanstackError, match="no cpu.cfs_burst_us"):
+        cgroups.check_cfs(100_000, 0.5, root=tmp_path)
+    cgroups.check_cfs(100_000, 0.0, root=tmp_path)  # no burst asked: fine
 
 
 @needs_cgroups
@@ -185,3 +225,65 @@ def test_unwritable_hierarchy_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(LeanstackError, match="not writable — run as root") as e:
         check_available(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def _fake_hierarchies(root: Path) -> None:
+    for h in cgroups.HIERARCHIES:
+        (root / h / cgroups.PARENT).mkdir(parents=True)
+        (root / h / "victim").mkdir()
+        (root / h / "cgroup.procs").write_text("")
+
+
+@pytest.mark.parametrize("stem", ["..", ".", "12-0123abcd.x", "..json", "1-abcdefgh"])
+def test_cleanup_never_derives_a_path_from_a_crafted_state_file(tmp_path, stem):
+    root, state = tmp_path / "cg", tmp_path / "state"
+    _fake_hierarchies(root)
+    state.mkdir()
+    (state / f"{stem}.json").write_text("{}")  # a dead runner's state, as far as it says
+    assert cleanup_stale_runs(root=root, state_dir=state) == []
+    for h in cgroups.HIERARCHIES:  # the hierarchy roots and their other groups are untouched
+        assert (root / h / "victim").is_dir() and (root / h / cgroups.PARENT).is_dir()
+
+
+def test_cleanup_removes_a_stale_run_of_the_created_format(tmp_path):
+    root, state = tmp_path / "cg", tmp_path / "state"
+    _fake_hierarchies(root)
+    state.mkdir()
+    run_id = "999999999-0123abcd"  # no such PID
+    for h in cgroups.HIERARCHIES:
+        (root / h / cgroups.PARENT / run_id / "front").mkdir(parents=True)
+    (state / f"{run_id}.json").write_text(json.dumps({"runner_pid": 999999999}))
+    assert cleanup_stale_runs(root=root, state_dir=state) == [run_id]
+    assert not any((root / h / cgroups.PARENT / run_id).exists() for h in cgroups.HIERARCHIES)
+    assert all((root / h / "victim").is_dir() for h in cgroups.HIERARCHIES)
+    with pytest.raises(LeanstackError, match="not a leanstack run id"):
+        cgroups.check_run_id("..")
+
+
+def test_runtime_dir_is_never_one_another_user_could_write(tmp_path):
+    shared = tmp_path / "shared"
+    (shared / "leanstack").mkdir(parents=True)
+    (shared / "leanstack").chmod(0o777)  # anyone could plant state files here
+    private = tmp_path / "private"
+    private.mkdir()
+    assert cgroups.runtime_dir((shared, private)) == private / "leanstack"
+    with pytest.raises(LeanstackError, match="no private writable runtime directory"):
+        cgroups.runtime_dir((shared,))
+    if os.geteuid() == 0:  # a directory another user owns, even if private to them
+        other = tmp_path / "other"
+        (other / "leanstack").mkdir(parents=True)
+        os.chown(other / "leanstack", 65534, 65534)
+        assert cgroups.runtime_dir((other, private)) == private / "leanstack"
+
+
+def test_local_backend_takes_cfs_options_from_the_command_line():
+    from leanstack.microservices.runner import make_backend
+
+    be = make_backend("local", 1.0, cfs_period_ms="20", cfs_burst="0")
+    assert be.cfs_period_us == 20_000 and be.cfs_burst == 0.0
+    with pytest.raises(LeanstackError, match="option 'cfs_period_ms' expects a number"):
+        make_backend("local", 1.0, cfs_period_ms="fast")
+    with pytest.raises(LeanstackError, match="outside the kernel's"):
+        make_backend("local", 1.0, cfs_period_ms="0.5")
+    with pytest.raises(LeanstackError, match="backend 'sim' has no option 'cfs_period_ms'"):
+        make_backend("sim", 1.0, cfs_period_ms="20")

@@ -27,6 +27,15 @@ RUN = ("micro", "run", "--app", "social-network", "--backend", "sim", "--quiet")
     (("--controller", "hpa", "--opt", "plan=p.json", "--out", "r.json"), "has no option 'plan'"),
     (("--controller", "hpa", "--opt", "tolerance", "--out", "r.json"), "is not KEY=VALUE"),
     (("--interval", "0", "--out", "r.json"), "--interval must be above 0"),
+    (("--seed", "-1", "--out", "r.json"), "--seed must be a whole number >= 0"),
+    (("--rps", "inf", "--out", "r.json"), "--rps must be above 0"),
+    (("--rps", "1e9", "--duration", "600", "--out", "r.json"), "one run takes at most 5e+07"),
+    (("--controller", "hpa", "--opt", "min_replicas=1.5", "--out", "r.json"),
+     "option 'min_replicas' expects a whole number, got '1.5'"),
+    (("--controller", "ursa", "--opt", "headroom=abc", "--out", "r.json"),
+     "option 'headroom' expects a number, got 'abc'"),
+    (("--controller", "ursa", "--opt", "window=1.5", "--out", "r.json"),
+     "option 'window' expects a whole number"),
 ])
 def test_run_bad_input_is_one_line_and_nonzero(monkeypatch, capsys, tmp_path, args, message):
     monkeypatch.chdir(tmp_path)

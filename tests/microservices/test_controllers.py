@@ -60,15 +60,25 @@ def test_static_is_max_and_never_changes():
 
 
 def test_hpa_initial_allocation_uses_pod_size_and_keeps_storage_at_max():
-    hpa = HPAController(max_replicas=4)
+    hpa = HPAController(max_replicas=4, initial_replicas=1)
     a = hpa.reset(APP, 1.0)
     assert a.tiers["front"].replicas == 1 and a.tiers["front"].cpu == pytest.approx(0.5)
-    assert a.tiers["back"].replicas == 2 and a.tiers["back"].cpu == pytest.approx(0.5)
+    assert a.tiers["back"].replicas == 1 and a.tiers["back"].cpu == pytest.approx(0.25)
     assert a.tiers["db"].cpu == 0.5  # storage: not scalable, stays at max
 
 
+def test_hpa_starts_where_a_kubernetes_user_would_deploy():
+    """By default half the replica range (rounded up), or the configured replicas if more."""
+    a = HPAController(max_replicas=4).reset(APP, 1.0)
+    assert a.tiers["front"].replicas == 2 and a.tiers["front"].cpu == pytest.approx(1.0)
+    assert a.tiers["back"].replicas == 2
+    b = HPAController(max_replicas=3).reset(APP, 1.0)
+    assert b.tiers["front"].replicas == 2 and b.tiers["back"].replicas == 2
+    assert HPAController(max_replicas=1).reset(APP, 1.0).tiers["front"].replicas == 1
+
+
 def test_hpa_scales_up_on_high_utilisation_at_the_sync_and_not_before():
-    hpa = HPAController(max_replicas=4)
+    hpa = HPAController(max_replicas=4, initial_replicas=1)
     hpa.reset(APP, 1.0)
     # front: 1 pod of 0.5 core, using 0.8 core -> utilisation 1.6 -> ratio 2 -> 2 pods.
     trail = drive(hpa, lambda t, r: {"front": 0.8, "back": 0.4}, 15)
@@ -78,7 +88,7 @@ def test_hpa_scales_up_on_high_utilisation_at_the_sync_and_not_before():
 
 
 def test_hpa_scale_up_is_limited_to_max_of_4_pods_and_100_percent_per_period():
-    hpa = HPAController(max_replicas=40)  # front pods of 0.05 core
+    hpa = HPAController(max_replicas=40, initial_replicas=1)  # front pods of 0.05 core
     hpa.reset(APP, 1.0)
     history: list[Observation] = []
     # Huge demand: 10x the request of whatever is running -> desired 13x, far above the limit.
@@ -134,7 +144,7 @@ def test_hpa_respects_min_and_max_replicas():
 
 
 def test_hpa_time_scale_shrinks_every_time_constant_and_is_reported():
-    hpa = HPAController(time_scale=0.1)
+    hpa = HPAController(time_scale=0.1, initial_replicas=1)
     hpa.reset(APP, 1.0)
     d = hpa.describe()
     assert d["sync_period_s"] == pytest.approx(1.5)
@@ -152,7 +162,7 @@ def test_hpa_ignores_tiers_missing_from_observations():
     hpa = HPAController()
     hpa.reset(APP, 1.0)
     drive(hpa, lambda t, r: {}, 30)
-    assert hpa.replicas() == {"front": 1, "back": 2}
+    assert hpa.replicas() == {"front": 2, "back": 2}
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -160,6 +170,7 @@ def test_hpa_ignores_tiers_missing_from_observations():
     ({"min_replicas": 3, "max_replicas": 2}, "min_replicas"),
     ({"target_utilization": 0}, "target"),
     ({"initial_replicas": 9}, "initial_replicas"),
+    ({"tolerance": -0.1}, "tolerance"),
 ])
 def test_hpa_bad_settings_are_one_line_errors(kwargs, match):
     with pytest.raises(LeanstackError, match=match) as e:
@@ -176,9 +187,53 @@ def test_registry_builds_by_name_and_rejects_unknown_names_and_options(monkeypat
     with pytest.raises(LeanstackError, match="has no option .time_scale."):
         make_controller("static", time_scale=0.1)
     monkeypatch.setitem(CONTROLLERS, "broken", "leanstack.no_such_module:X")
-    with pytest.raises(LeanstackError, match="cannot be loaded"):
+    with pytest.raises(LeanstackError, match="is not available in this install"):
         make_controller("broken")
     monkeypatch.setattr("leanstack.microservices.controllers._FACTORIES", {})
     register_controller("mine", StaticController)
     assert isinstance(make_controller("mine"), StaticController)
     monkeypatch.delitem(CONTROLLERS, "mine")
+
+
+class _Typed:
+    """A controller factory declaring one option of each kind --opt can carry."""
+
+    def __init__(self, flag: bool = True, steps: int = 1, share: float = 0.5,
+                 path: str | None = None) -> None:
+        self.flag, self.steps, self.share, self.path = flag, steps, share, path
+
+
+@pytest.mark.parametrize(("opts", "expected"), [
+    ({"flag": "false"}, {"flag": False}),
+    ({"flag": "yes", "steps": "3", "share": "2"}, {"flag": True, "steps": 3, "share": 2.0}),
+    ({"share": "0.25", "path": "p.json"}, {"share": 0.25, "path": "p.json"}),
+    ({"steps": 4, "share": 1}, {"steps": 4, "share": 1.0}),  # typed values from Python
+])
+def test_option_strings_become_the_declared_types(monkeypatch, opts, expected):
+    monkeypatch.setattr("leanstack.microservices.controllers._FACTORIES", {})
+    register_controller("typed", _Typed)
+    try:
+        ctrl = make_controller("typed", **opts)
+    finally:
+        CONTROLLERS.pop("typed")
+    for k, v in expected.items():
+        got = getattr(ctrl, k)
+        assert got == v and type(got) is type(v), (k, got)
+
+
+@pytest.mark.parametrize(("opts", "message"), [
+    ({"flag": "maybe"}, "option 'flag' expects true/false, got 'maybe'"),
+    ({"steps": "1.5"}, "option 'steps' expects a whole number, got '1.5'"),
+    ({"share": "abc"}, "option 'share' expects a number, got 'abc'"),
+    ({"share": "nan"}, "option 'share' expects a number"),
+    ({"steps": True}, "option 'steps' expects a whole number"),
+])
+def test_option_of_the_wrong_type_is_one_line(monkeypatch, opts, message):
+    monkeypatch.setattr("leanstack.microservices.controllers._FACTORIES", {})
+    register_controller("typed", _Typed)
+    try:
+        with pytest.raises(LeanstackError, match=message) as e:
+            make_controller("typed", **opts)
+    finally:
+        CONTROLLERS.pop("typed")
+    assert "\n" not in str(e.value)

@@ -47,6 +47,16 @@ def test_violation_rate_counts_intervals_with_any_class_over_its_sla():
     assert violation_rate(TIMELINE) == pytest.approx(2 / 3)
 
 
+def test_violations_are_also_reported_without_the_first_minute():
+    assert summarize(TIMELINE)["violation_rate_after_warmup"] is None  # all in the first minute
+    start_up = [entry(t, {"a": cls(60 if t <= 60 else 40)}, {"x": 1.0}) for t in range(1, 121)]
+    s = summarize(start_up)
+    assert s["violation_rate"] == pytest.approx(0.5)
+    assert s["violation_rate_after_warmup"] == 0.0
+    late = [entry(t, {"a": cls(60 if t > 90 else 40)}, {"x": 1.0}) for t in range(1, 121)]
+    assert summarize(late)["violation_rate_after_warmup"] == pytest.approx(0.5)
+
+
 def test_mean_cpu_is_time_weighted_over_all_intervals():
     # (4 * 1 + 1 * 1 + 2 * 1 + 1 * 2) / 5 s — the 2 s interval counts twice.
     assert mean_cpu(TIMELINE) == pytest.approx(9 / 5)
@@ -98,7 +108,7 @@ def test_result_roundtrip_atomic_and_checked(tmp_path):
     with pytest.raises(LeanstackError, match="not valid JSON"):
         load_result(tmp_path / "bad.json")
     (tmp_path / "other.json").write_text(json.dumps({"app": "x"}))
-    with pytest.raises(LeanstackError, match="missing backend"):
+    with pytest.raises(LeanstackError, match="other.json: backend: field required"):
         load_result(tmp_path / "other.json")
     with pytest.raises(LeanstackError, match="no such result"):
         load_result(tmp_path / "absent.json")
@@ -111,3 +121,49 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
         write_json_atomic({"v": object()}, path)
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda r: r["summary"].pop("classes"), "summary.classes: field required"),
+    (lambda r: r["timeline"][1].pop("allocation"), "timeline.1.allocation: field required"),
+    (lambda r: r["timeline"][0]["classes"]["a"].update(completed=-3), "timeline.0.classes.a"),
+    (lambda r: r["timeline"][0]["classes"]["a"].update(sla_key="p75"), "sla_key"),
+    (lambda r: r["timeline"][2].update(interval_s=0), "timeline.2.interval_s"),
+    (lambda r: r.update(timeline="none"), "timeline: input should be a valid list"),
+])
+def test_result_missing_or_bad_nested_keys_are_one_line(tmp_path, monkeypatch, capsys,
+                                                        mutate, field):
+    from .helpers import run_cli
+
+    r = build_result("app", "sim", "static", 1.0, json.loads(json.dumps(TIMELINE)), {},
+                     environment(1.0, command=[]))
+    mutate(r)
+    path = write_json_atomic(r, tmp_path / "r.json")
+    with pytest.raises(LeanstackError, match=field.replace(".", r"\.")) as e:
+        load_result(path)
+    assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "report", str(path), "--out",
+                           str(tmp_path / "r.html"))
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_decision_percentiles_use_the_one_percentile_rule():
+    import numpy as np
+
+    timeline = [{**TIMELINE[0], "decision_ms": float(ms)} for ms in range(1, 11)]
+    s = summarize(timeline)
+    assert s["decision_ms_median"] == pytest.approx(5.5)
+    assert s["decision_ms_p90"] == pytest.approx(np.percentile(np.arange(1, 11), 90))  # 9.1
+    assert summarize(TIMELINE)["decision_ms_p90"] is None
+
+
+def test_one_sla_rule_for_results_observations_and_sinan():
+    from leanstack.microservices.observation import ClassStats, Observation
+    from leanstack.sinan.features import violated
+
+    for stats in (cls(40), cls(60), cls(10, completed=95, errors=5), cls(0, completed=0),
+                  cls(40, key="p99.9"), cls(0, completed=0, errors=3)):
+        as_obs = ClassStats(**stats)
+        obs = Observation(t=1.0, interval_s=1.0, classes={"a": as_obs}, tiers={})
+        assert bool(class_violated(stats)) == as_obs.violated == violated(obs), stats

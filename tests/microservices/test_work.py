@@ -1,5 +1,7 @@
 """Real work kinds: each spends the CPU it is asked for, and targets follow mean and cv."""
 
+import hashlib
+import re
 import time
 
 import numpy as np
@@ -19,10 +21,29 @@ def test_work_spends_the_target_cpu(kind):
     assert measured_ms == pytest.approx(used_ms, abs=0.5)
 
 
-@pytest.mark.parametrize("kind", WORK_KINDS)
-def test_work_units_compute_something_real(kind):
-    a, b = UNITS[kind](1), UNITS[kind](2)
-    assert a is not None and b is not None
+def test_work_units_compute_what_they_claim():
+    from scipy.signal import convolve2d
+
+    from leanstack.microservices import work
+
+    # json: a document serialised and parsed back, its nested object intact
+    assert UNITS["json"](5) == {"likes": 5, "ts": 1700000005}
+    # hash: four chained SHA-256 rounds over the seed
+    h = work._DIGEST_SEED
+    for _ in range(4):
+        h = hashlib.sha256(h + (3).to_bytes(4, "little")).digest() * 32
+    assert UNITS["hash"](3) == h[:8] and UNITS["hash"](3) != UNITS["hash"](4)
+    # text: tokens, URLs and mentions found in the post
+    n, urls, mentions = UNITS["text"](0)
+    assert n == len(re.findall(r"\w+", work._POST[:200]))
+    assert urls and all(u.startswith("http://example.com/p/") for u in urls)
+    assert mentions and all(m.startswith("user") for m in mentions)
+    # compress: a zlib round trip gives the input's length back
+    assert UNITS["compress"](10) == len(work._BLOB[10:][:900]) == 900
+    # image: a 3x3 blur of the image, its maximum
+    blur = convolve2d(work._IMAGE, work._KERNEL[::-1, ::-1], mode="valid")
+    assert UNITS["image"](0) == pytest.approx(blur.max())
+    assert set(UNITS) == set(WORK_KINDS)
 
 
 def test_zero_target_does_no_work():

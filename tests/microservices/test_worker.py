@@ -1,6 +1,7 @@
 """The service process: real work, real downstream calls, W3C trace propagation, OTLP spans."""
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from leanstack.errors import LeanstackError
 from leanstack.microservices.app import Call, load_app, parse_app
 from leanstack.microservices.cgroups import die_with_parent
 from leanstack.microservices.local import _free_ports
@@ -212,3 +214,79 @@ def test_pipeline_leaf_counting():
     })
     # mid -> b (1); a -> b, c (2); b (1)
     assert async_leaves(fan, Call("entry", "go")) == 4
+
+
+class _Planted:
+    """A pickle that runs code when loaded: what a writable app.pickle would let anyone do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_worker_reads_the_app_as_data_and_never_unpickles(tmp_path):
+    import pickle
+
+    from leanstack.microservices.worker import load_app_file
+
+    app = load_app("social-network")
+    as_json = tmp_path / "app.json"
+    as_json.write_text(json.dumps(app.to_data()))
+    assert load_app_file(as_json).services == app.services
+    marker = tmp_path / "ran"
+    planted = tmp_path / "app.pickle"
+    planted.write_bytes(pickle.dumps(_Planted(str(marker))))
+    with pytest.raises(LeanstackError):
+        load_app_file(planted)
+    assert not marker.exists()
+    as_json.write_text('{"name": "x", "services": {}, "classes": {}}')
+    with pytest.raises(LeanstackError, match="no services"):
+        load_app_file(as_json)
+
+
+def test_metrics_have_the_latency_histogram_and_storage_calls(tiny):
+    admin = tiny["admin"]["front"]
+    for _ in range(4):
+        assert _post(f"http://127.0.0.1:{tiny['ports']['front']}/get",
+                     {"x-leanstack-class": "read"}) == 200
+    text = _get(f"http://127.0.0.1:{admin}/metrics").decode()
+    count = re.search(r'leanstack_request_duration_seconds_count\{class="read",endpoint="get",'
+                      r'ok="true",service="front"\} (\S+)', text)
+    assert count and float(count.group(1)) >= 4
+    assert re.search(r'leanstack_storage_calls_total\{op="get",service="cache"\} [1-9]', text)
+    assert "leanstack_inflight_seconds_total" in text
+    back = _get(f"http://127.0.0.1:{tiny['admin']['back']}/metrics").decode()
+    assert re.search(r'leanstack_storage_calls_total\{op="set",service="store"\} [1-9]', back)
+
+
+def test_hosts_file_points_calls_at_other_hosts(tiny, tmp_path):
+    """``--hosts`` (how pods find Services): a wrong host for 'back' makes front's call fail."""
+    app_file = tiny["dir"] / "tiny.toml"
+    for host, want in (("localhost", 200), ("127.0.0.9", 502)):
+        d = tmp_path / host
+        d.mkdir()
+        (d / "ports.json").write_text(json.dumps(tiny["ports"]))
+        (d / "hosts.json").write_text(json.dumps({"back": host}))
+        port, admin = _free_ports(2)
+        log = open(d / "front.log", "ab")  # noqa: SIM115
+        with log:
+            p = subprocess.Popen([sys.executable, "-m", "leanstack.microservices.worker",
+                                  "--app", str(app_file), "--service", "front", "--port",
+                                  str(port), "--admin-port", str(admin), "--run-dir", str(d),
+                                  "--hosts", str(d / "hosts.json"), "--bind", "127.0.0.1"],
+                                 stdout=log, stderr=log, preexec_fn=die_with_parent())
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    _get(f"http://127.0.0.1:{admin}/health")
+                    break
+                except OSError:
+                    assert p.poll() is None and time.monotonic() < deadline
+                    time.sleep(0.05)
+            assert _post(f"http://127.0.0.1:{port}/get") == want, host
+        finally:
+            p.terminate()
+            p.wait(timeout=10)

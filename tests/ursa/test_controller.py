@@ -79,3 +79,107 @@ def test_bad_plans_are_one_line_errors(tmp_path, shop_profile, social):
         make_controller("ursa", plan=str(tmp_path / "none.json"))
     with pytest.raises(LeanstackError, match="headroom"):
         UrsaController(make_plan(shop(), shop_profile), headroom=-1)
+
+
+def _obs(t: float, app, rps: float, own_ms: dict[str, float]):
+    from leanstack.microservices.observation import Observation, TierStats
+
+    tiers = {n: TierStats(rps=rps, own_latency_ms={"p99": own_ms.get(n, 0.0)})
+             for n in app.services}
+    return Observation(t=t, interval_s=1.0, classes={}, tiers=tiers, offered_rps=rps)
+
+
+def test_threshold_recovers_when_the_drift_clears(shop_profile):
+    app = shop()
+    plan = make_plan(app, shop_profile)
+    ctrl = UrsaController(plan, drift_intervals=3)
+    current = ctrl.reset(app, 1.0)
+    tier = plan.tiers["catalog"]
+    cpu = current.tiers["catalog"].cpu
+    rps = tier.threshold * cpu  # the tier runs exactly at its planned load per core
+    predicted = tier.latency_at(tier.threshold)
+    history = []
+    for t in range(4):  # a transient slowdown: 3x the profile, above the budget
+        history.append(_obs(t, app, rps, {"catalog": 3 * max(predicted, tier.budget_ms)}))
+        ctrl.decide(history, current)
+    lowered = ctrl.thresholds()["catalog"]
+    assert lowered < tier.threshold
+    for t in range(4, 8):  # the drift clears: latency is the profile's again
+        history.append(_obs(t, app, rps, {"catalog": predicted}))
+        ctrl.decide(history, current)
+    assert ctrl.thresholds()["catalog"] == pytest.approx(tier.threshold)
+    kinds = [(e["threshold_after"] < e["threshold_before"]) for e in ctrl.events]
+    assert kinds == [True, False]  # one lowering, one recovery
+
+
+def test_controller_options_are_range_checked(shop_profile):
+    plan = make_plan(shop(), shop_profile)
+    for bad, fragment in [({"window": 0}, "at least 1"), ({"warmup_intervals": -1}, "0 or more"),
+                          ({"capacity": 0.0}, "capacity"), ({"headroom": 6.0}, "headroom")]:
+        with pytest.raises(LeanstackError, match=fragment):
+            UrsaController(plan, **bad)
+    with pytest.raises(LeanstackError, match="below the .* min_cpu"):
+        UrsaController(plan, capacity=0.2).reset(shop(), 1.0)
+
+
+TWO_SHOPS = """
+name = "two-shops"
+[services.pay-front]
+max_cpu = 2.0
+[services.pay-front.endpoints.pay]
+work = "json"
+cpu_ms = 2.0
+cv = 0.3
+[services.browse-front]
+max_cpu = 2.0
+[services.browse-front.endpoints.browse]
+work = "json"
+cpu_ms = 2.0
+cv = 0.3
+[classes.pay]
+entry = "pay-front.pay"
+weight = 1
+sla = { percentile = 99, ms = 40 }
+priority = PAY
+[classes.browse]
+entry = "browse-front.browse"
+weight = 1
+sla = { percentile = 99, ms = 40 }
+priority = BROWSE
+"""
+
+
+def _two_shops(pay: int, browse: int):
+    return parse_app(tomllib.loads(TWO_SHOPS.replace("PAY", str(pay))
+                                   .replace("BROWSE", str(browse))))
+
+
+@pytest.fixture(scope="module")
+def two_shops_plan():
+    app = _two_shops(1, 2)
+    prof = profile_app(app, SimBackend(seed=4), ProfileSettings(rps=200), progress=False)
+    return make_plan(app, prof)
+
+
+@pytest.mark.parametrize(("pay", "browse"), [(1, 2), (2, 1)])
+def test_high_priority_class_keeps_its_sla_when_capacity_is_short(tmp_path, two_shops_plan,
+                                                                  pay, browse):
+    app = _two_shops(pay, browse)
+    plan = two_shops_plan
+    plan.app = app.name
+    # at 300 req/s (150 per class) each front wants ~0.6 cores: 0.75 cannot carry both
+    ctrl = UrsaController(plan, capacity=0.75)
+    s = _run(app, ctrl, tmp_path, rps=300, duration=40)["summary"]
+    important, other = ("pay", "browse") if pay == 1 else ("browse", "pay")
+    assert s["mean_cpu"] <= 0.75 + 1e-6
+    assert s["classes"][important]["violation_rate"] <= 0.05
+    assert s["classes"][other]["violation_rate"] >= 0.5
+
+
+def test_opt_strings_are_typed_for_ursa(tmp_path, shop_profile):
+    path = make_plan(shop(), shop_profile).save(tmp_path / "plan.json")
+    ctrl = make_controller("ursa", plan=str(path), reprofile="false", window="2",
+                           headroom="0.1", capacity="3")
+    assert ctrl.reprofile is False and ctrl.window == 2 and ctrl.headroom == 0.1
+    assert ctrl.capacity == 3.0
+    assert make_controller("ursa", plan=str(path), reprofile="true").reprofile is True

@@ -40,8 +40,8 @@ def test_the_too_tight_sla_in_the_doc_is_refused(tmp_path, shop_file):
     from leanstack.ursa.plan import make_plan
     from leanstack.ursa.profile import ProfileSettings, profile_app
 
-    text = shop_file.read_text().replace("ms = 15 }", "ms = 5 }")
-    assert "ms = 5 }" in text
+    text = shop_file.read_text().replace("ms = 15 }", "ms = 3 }")
+    assert "ms = 3 }" in text
     shop_file.write_text(text)
     app = load_app(shop_file)
     profile = profile_app(app, SimBackend(), ProfileSettings(rps=150), progress=False)

@@ -57,8 +57,24 @@ def test_profile_round_trips_and_bad_files_are_one_line(tmp_path, shop_profile):
     with pytest.raises(LeanstackError, match="no such Ursa profile"):
         AppProfile.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text(json.dumps({"app": "x"}))
-    with pytest.raises(LeanstackError, match="not an Ursa profile"):
+    with pytest.raises(LeanstackError, match="bad.json: backend: field required"):
         AppProfile.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(("mutate", "field"), [
+    (lambda d: d["tiers"]["front"].update(points=[]), "tiers.front.points"),
+    (lambda d: d["tiers"]["front"].update(points=[[1.0, float("nan")]]), "tiers.front.points"),
+    (lambda d: d["tiers"]["catalog"].update(stopped="tired"), "tiers.catalog.stopped"),
+    (lambda d: d.update(percentile="p75"), "percentile"),
+    (lambda d: d.update(rps=-1), "rps"),
+])
+def test_profile_values_are_checked_on_load(tmp_path, shop_profile, mutate, field):
+    d = json.loads(json.dumps(shop_profile.to_dict()))
+    mutate(d)
+    (tmp_path / "p.json").write_text(json.dumps(d))
+    with pytest.raises(LeanstackError, match=f"p.json: {field}") as e:
+        AppProfile.load(tmp_path / "p.json")
+    assert "\n" not in str(e.value)
 
 
 def test_unknown_tier_and_bad_load_are_rejected():
@@ -66,3 +82,36 @@ def test_unknown_tier_and_bad_load_are_rejected():
         profile_app(shop(), SimBackend(), ProfileSettings(tiers=["nope"]), progress=False)
     with pytest.raises(LeanstackError, match="above 0"):
         profile_app(shop(), SimBackend(), ProfileSettings(rps=0), progress=False)
+
+
+def test_parallel_batches_never_squeeze_a_tier_with_one_it_calls(social):
+    from leanstack.microservices.observation import Allocation
+    from leanstack.ursa.callgraph import callers
+    from leanstack.ursa.profile import _Explorer
+
+    up = callers(social)
+    names = list(social.services)
+    for parallel, widest in ((1, 1), (4, 4), (24, 24)):
+        explorer = _Explorer(social, SimBackend(), Allocation.static_max(social),
+                             ProfileSettings(parallel=parallel))
+        batches = explorer.batches(names)
+        assert sorted(t for b in batches for t in b) == sorted(names)
+        assert max(len(b) for b in batches) <= widest
+        for b in batches:
+            assert not any(m in up[n] for n in b for m in b)
+    assert len(batches) < len(names) / 3  # the social network packs into a few batches
+
+
+def test_fast_profile_takes_a_fraction_of_the_time_and_plans_as_cheaply(social):
+    from leanstack.ursa.plan import make_plan
+
+    slow = profile_app(social, SimBackend(seed=1),
+                       ProfileSettings(rps=100, early_stop=False), progress=False)
+    fast = profile_app(social, SimBackend(seed=1),
+                       ProfileSettings(rps=100, parallel=24, start_utilization=0.2,
+                                       step_intervals=4), progress=False)
+    assert fast.collection_backend_s < 0.3 * slow.collection_backend_s
+    assert make_plan(social, fast).cpu_per_rps == pytest.approx(
+        make_plan(social, slow).cpu_per_rps, rel=0.15)
+    with pytest.raises(LeanstackError, match="parallel >= 1"):
+        profile_app(social, SimBackend(), ProfileSettings(parallel=0), progress=False)

@@ -22,8 +22,8 @@ An app file names its services (tiers) and request classes::
     [classes.read]
     entry = "frontend.read"
     weight = 1.0              # share of the request mix
-    sla = { percentile = 99, ms = 50 }
-    priority = 1              # 1 is the most important
+    sla = { percentile = 99, ms = 50 }   # percentile: one of SLA_PERCENTILES
+    priority = 1              # 1 is the most important (Ursa, when capacity is short)
 
 A logic service with ``queue = "some-redis"`` is fed by a Redis list on that service: its endpoints
 are reached only through ``enqueue`` edges. A class with ``wait = "pipeline"`` is measured until the
@@ -32,6 +32,8 @@ last asynchronous stage it triggered has finished.
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,9 @@ STORAGE_OPS = {
     "memcached": ("get", "set"),
 }
 WAIT_MODES = ("response", "pipeline")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
+SLA_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+"""The latency percentiles every backend measures, so the only ones an SLA may name."""
 
 
 class AppSpecError(LeanstackError):
@@ -158,6 +163,27 @@ class AppSpec:
         total = sum(c.weight for c in self.classes.values())
         return {n: c.weight / total for n, c in self.classes.items()}
 
+    def to_data(self) -> dict[str, Any]:
+        """The app in the app-file format (plain data: ``parse_app`` reads it back)."""
+        services: dict[str, Any] = {}
+        for n, s in self.services.items():
+            t: dict[str, Any] = {"kind": s.kind, "replicas": s.replicas, "max_cpu": s.max_cpu,
+                                 "min_cpu": s.min_cpu, "op_cpu_ms": s.op_cpu_ms}
+            if s.queue is not None:
+                t["queue"] = s.queue
+            if s.endpoints:
+                t["endpoints"] = {e.name: {"work": e.work, "cpu_ms": e.cpu_ms, "cv": e.cv,
+                                           "calls": [[str(c) for c in g] for g in e.groups],
+                                           "enqueue": [str(c) for c in e.enqueue]}
+                                  for e in s.endpoints.values()}
+            services[n] = t
+        classes = {n: {"entry": str(c.entry), "weight": c.weight,
+                       "sla": {"percentile": c.sla.percentile, "ms": c.sla.ms},
+                       "priority": c.priority, "wait": c.wait}
+                   for n, c in self.classes.items()}
+        return {"name": self.name, "description": self.description, "services": services,
+                "classes": classes}
+
 
 def percentile_key(p: float) -> str:
     """``99`` -> ``"p99"``, ``99.9`` -> ``"p99.9"``."""
@@ -181,8 +207,15 @@ def load_app(name_or_path: str | Path) -> AppSpec:
             )
     if not path.exists():
         raise AppSpecError(f"{path}: no such app file — check the path")
+    if not path.is_file():
+        raise AppSpecError(f"{path}: not a file — give the path of an app .toml file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise AppSpecError(f"{path}: not UTF-8 text — give an app .toml file") from None
+    except OSError as e:
+        raise AppSpecError(f"{path}: cannot be read ({e.strerror}) — check its "
+                           "permissions") from None
     except tomllib.TOMLDecodeError as e:
         raise AppSpecError(f"{path}: not valid TOML ({e}) — fix the syntax") from None
     return parse_app(data, source=str(path))
@@ -203,11 +236,18 @@ class _Parser:
     def fail(self, key: str, problem: str, fix: str) -> AppSpecError:
         return AppSpecError(f"{self.source}: {key}: {problem} — {fix}")
 
+    def names(self, table: dict[str, Any], where: str) -> None:
+        """Service, endpoint and class names: letters, digits, ``-`` and ``_`` (no dots)."""
+        for k in table:
+            if not NAME_RE.fullmatch(k):
+                raise self.fail(f"{where}.{_shown(k)}", "not a valid name",
+                                "use letters, digits, '-' and '_' (at most 64)")
+
     def keys(self, table: dict[str, Any], where: str, allowed: set[str]) -> None:
         for k in table:
             if k not in allowed:
                 raise self.fail(
-                    f"{where}.{k}" if where else k,
+                    f"{where}.{_shown(k)}" if where else _shown(k),
                     "unknown key",
                     f"use one of {', '.join(sorted(allowed))}",
                 )
@@ -219,15 +259,17 @@ class _Parser:
                 raise self.fail(f"{where}.{key}", "missing", f"add {key} = <number>")
             return default
         v = table[key]
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            raise self.fail(f"{where}.{key}", f"expected a number, got {v!r}", "write a number")
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise self.fail(f"{where}.{key}", f"expected a number (finite), got {v!r}",
+                            "write a number")
         if v < low or (strict and v == low):
             op = ">" if strict else ">="
             raise self.fail(f"{where}.{key}", f"{v} is out of range", f"use a value {op} {low:g}")
         return float(v)
 
     def call(self, text: Any, where: str) -> Call:
-        if not isinstance(text, str) or text.count(".") != 1:
+        if (not isinstance(text, str) or text.count(".") != 1
+                or not all(NAME_RE.fullmatch(part) for part in text.split("."))):
             raise self.fail(where, f"expected 'service.endpoint', got {text!r}",
                             "write the call as \"service.endpoint\"")
         s, e = text.split(".")
@@ -245,6 +287,8 @@ class _Parser:
         if not isinstance(classes_t, dict) or not classes_t:
             raise self.fail("classes", "no request classes",
                             "add at least one [classes.NAME] table with entry, weight and sla")
+        self.names(services_t, "services")
+        self.names(classes_t, "classes")
         services = {n: self.service(n, t) for n, t in services_t.items()}
         classes = {n: self.request_class(n, t) for n, t in classes_t.items()}
         app = AppSpec(name, str(data.get("description", "")), services, classes, self.source)
@@ -291,6 +335,7 @@ class _Parser:
         if queue is not None and not isinstance(queue, str):
             raise self.fail(f"{where}.queue", f"expected a service name, got {queue!r}",
                             'write queue = "some-redis-service"')
+        self.names(endpoints_t, f"{where}.endpoints")
         endpoints = {e: self.endpoint(f"{where}.endpoints.{e}", e, et)
                      for e, et in endpoints_t.items()}
         return Service(name, kind, replicas, max_cpu, min_cpu, endpoints, queue, op_cpu_ms)
@@ -335,9 +380,9 @@ class _Parser:
                             "add sla = { percentile = 99, ms = 100 }")
         self.keys(sla_t, f"{where}.sla", {"percentile", "ms"})
         pct = self.number(sla_t, "percentile", f"{where}.sla", strict=True)
-        if pct >= 100:
-            raise self.fail(f"{where}.sla.percentile", f"{pct} is not below 100",
-                            "use a percentile such as 95, 99 or 99.9")
+        if pct not in SLA_PERCENTILES:
+            raise self.fail(f"{where}.sla.percentile", f"{pct:g} is not a measured percentile",
+                            f"use one of {', '.join(f'{p:g}' for p in SLA_PERCENTILES)}")
         ms = self.number(sla_t, "ms", f"{where}.sla", strict=True)
         priority = t.get("priority", 1)
         if not isinstance(priority, int) or isinstance(priority, bool) or priority < 1:
@@ -412,6 +457,11 @@ class _Parser:
             for e in s.endpoints:
                 if Call(s.name, e) not in state:
                     visit(Call(s.name, e), [])
+
+
+def _shown(key: Any) -> str:
+    """A key as it may appear in a one-line message (odd ones quoted)."""
+    return key if isinstance(key, str) and NAME_RE.fullmatch(key) else repr(key)
 
 
 def _reaches_queue(app: AppSpec, start: Call) -> bool:

@@ -1,4 +1,4 @@
-"""The Backend contract: what the simulator, the local runtime and Kubernetes all implement."""
+"""The Backend contract: what the simulator and the local runtime both implement."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Calibration: fit the simulator's service-time model from spans of a real run.
 
-The model is plain JSON::
+The model is plain JSON (its schema, save and load live in
+:mod:`~leanstack.microservices.calibration`)::
 
     {"version": 1, "app": "social-network",
      "rpc": {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08},
@@ -35,10 +36,8 @@ whichever fits the samples with the higher likelihood (``constant`` when they do
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -47,12 +46,14 @@ import numpy as np
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
+from leanstack.microservices.calibration import (
+    DEFAULT_RPC,
+    RPC_KEYS,
+    VERSION,
+)
 from leanstack.microservices.observation import Observation, Span
+from leanstack.microservices.sim import SimBackend
 
-VERSION = 1
-DISTRIBUTIONS = ("gamma", "lognormal", "constant")
-RPC_KEYS = ("callee_ms", "caller_ms", "storage_caller_ms")
-RPC_OPTIONAL = ("delay_ms",)  # fitted only from observations
 CPU_ATTR = "leanstack.cpu_ms"
 DELAY_FIT_S = 30.0  # simulated seconds per trial when fitting the per-call delay
 DELAY_MAX_MS = 5.0
@@ -71,8 +72,6 @@ def calibrate(app: AppSpec, spans: list[Span], observations: list[Observation] |
         host_cores = os.cpu_count() or 1
     if not (_number(host_cores) and host_cores > 0):
         raise LeanstackError(f"host_cores must be a number above 0, got {host_cores!r}")
-    from leanstack.microservices.sim import DEFAULT_RPC
-
     children: dict[str, list[Span]] = defaultdict(list)
     for s in spans:
         if s.parent_span_id:
@@ -180,81 +179,6 @@ def fit_distribution(samples_ms: list[float]) -> dict[str, Any]:
                                       scale=math.exp(math.log(mean) - sigma2 / 2)).sum()
     dist = "gamma" if ll_gamma >= ll_lognorm else "lognormal"
     return {"dist": dist, "mean_ms": mean, "cv": cv, "n": int(x.size)}
-
-
-def save_calibration(model: dict[str, Any], path: str | Path) -> None:
-    """Write ``model`` as JSON to ``path`` (a temp file renamed into place)."""
-    check_calibration(model, str(path))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w") as f:
-            json.dump(model, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def load_calibration(path: str | Path) -> dict[str, Any]:
-    """Read and validate a calibration file; a bad one is a one-line LeanstackError."""
-    path = Path(path)
-    if not path.is_file():
-        raise LeanstackError(f"calibration file '{path}' not found — run `leanstack micro "
-                             "calibrate` to make one")
-    try:
-        model = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise LeanstackError(f"{path}: not valid JSON ({e}) — re-run `leanstack micro "
-                             "calibrate`") from None
-    check_calibration(model, str(path))
-    return model
-
-
-def check_calibration(model: Any, where: str = "calibration") -> None:
-    """Raise a one-line LeanstackError naming the first malformed part of ``model``."""
-    def bad(key: str, problem: str) -> LeanstackError:
-        return LeanstackError(f"{where}: {key}: {problem} — re-run `leanstack micro calibrate`")
-
-    if not isinstance(model, dict):
-        raise bad("top level", "expected a JSON object")
-    if model.get("version") != VERSION:
-        raise bad("version", f"expected {VERSION}, got {model.get('version')!r}")
-    if not isinstance(model.get("app"), str):
-        raise bad("app", "missing app name")
-    rpc = model.get("rpc")
-    if not isinstance(rpc, dict):
-        raise bad("rpc", "expected an object of RPC overheads")
-    for k, v in rpc.items():
-        if k not in RPC_KEYS + RPC_OPTIONAL:
-            raise bad(f"rpc.{k}", f"unknown key (use {', '.join(RPC_KEYS + RPC_OPTIONAL)})")
-        if not _number(v) or v < 0:
-            raise bad(f"rpc.{k}", f"expected a number >= 0, got {v!r}")
-    host_cores = model.get("host_cores")
-    if host_cores is not None and not (_number(host_cores) and host_cores > 0):
-        raise bad("host_cores", f"expected a number > 0, got {host_cores!r}")
-    tiers = model.get("tiers", {})
-    if not isinstance(tiers, dict):
-        raise bad("tiers", "expected an object of per-tier corrections")
-    for k, d in tiers.items():
-        if not isinstance(d, dict) or not _number(d.get("extra_ms", 0.0)):
-            raise bad(f"tiers.{k}.extra_ms", f"expected a number, got {d!r}")
-        if not _number(d.get("idle_cpu", 0.0)) or d.get("idle_cpu", 0.0) < 0:
-            raise bad(f"tiers.{k}.idle_cpu", f"expected a number >= 0, got {d.get('idle_cpu')!r}")
-    for table in ("endpoints", "storage"):
-        entries = model.get(table)
-        if not isinstance(entries, dict):
-            raise bad(table, "expected an object of distributions")
-        for k, d in entries.items():
-            if not isinstance(d, dict) or d.get("dist") not in DISTRIBUTIONS:
-                raise bad(f"{table}.{k}.dist", f"expected one of {', '.join(DISTRIBUTIONS)}")
-            if not _number(d.get("mean_ms")) or d["mean_ms"] <= 0:
-                raise bad(f"{table}.{k}.mean_ms", f"expected a number > 0, got "
-                          f"{d.get('mean_ms')!r}")
-            if not _number(d.get("cv")) or d["cv"] < 0:
-                raise bad(f"{table}.{k}.cv", f"expected a number >= 0, got {d.get('cv')!r}")
 
 
 def _number(v: Any) -> bool:
@@ -379,7 +303,6 @@ def _fit_delay_ms(app: AppSpec, model: dict[str, Any], observations: list[Observ
     """
     from leanstack.microservices.load import LoadSpec
     from leanstack.microservices.observation import Allocation, TierAllocation
-    from leanstack.microservices.sim import SimBackend
 
     target = _class_p50s(observations)
     first = observations[0]

@@ -2,7 +2,10 @@
 
 This machine mounts ``cpu``, ``cpuacct`` and ``memory`` as separate v1 hierarchies, so every tier
 gets ``leanstack/<run-id>/<tier>`` in each of them and each process is added to all three. The CPU
-limit is the CFS quota over a 100 ms period (``quota = cores * period``), changeable live. Each
+limit is the CFS quota over a period (``quota = cores * period``; 100 ms unless the run sets
+another, at least 1 ms of quota per period), changeable live. Where the kernel has
+``cpu.cfs_burst_us`` (Linux 5.14+), a run may let each tier bank unused quota for bursts: a
+fraction of its quota, up to one whole quota. Each
 tier weighs like one ordinary process in the CFS (cpu.shares), so tiers compete with the rest of
 the machine as the processes they are.
 
@@ -18,6 +21,7 @@ import contextlib
 import ctypes
 import json
 import os
+import re
 import signal
 import tempfile
 import time
@@ -25,13 +29,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISDIR, S_IWGRP, S_IWOTH
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 HIERARCHIES = ("cpu", "cpuacct", "memory")
 PARENT = "leanstack"
 PERIOD_US = 100_000
+PERIOD_RANGE_US = (1_000, 1_000_000)  # what the kernel accepts for cpu.cfs_period_us
 MIN_QUOTA_US = 1_000
 PROCESS_WEIGHT = 1024  # cpu.shares of an ordinary process
 MAX_WEIGHT = 262_144
@@ -50,18 +57,46 @@ class CgroupSample:
     memory_bytes: int  # memory.usage_in_bytes
 
 
-def runtime_dir() -> Path:
-    """Where run state files live: /run/leanstack when writable, else the system temp dir."""
-    for base in (Path("/run"), Path(tempfile.gettempdir())):
+RUN_ID_RE = re.compile(r"[0-9]+-[0-9a-f]{8}")
+"""The run ids :class:`RunCgroups` creates (``<runner pid>-<8 hex digits>``); clean-up touches
+nothing else."""
+
+
+def runtime_dir(bases: tuple[Path, ...] | None = None) -> Path:
+    """Where run state files live: /run/leanstack when writable, else the system temp dir.
+
+    A candidate is used only when it is a real directory owned by this user and writable by
+    nobody else: state files there decide what clean-up kills.
+    """
+    bases = bases or (Path("/run"), Path(tempfile.gettempdir()))
+    for base in bases:
         d = base / "leanstack"
         try:
             d.mkdir(mode=0o755, exist_ok=True)
         except OSError:
             continue
-        if os.access(d, os.W_OK):
+        if owned_private(d) and os.access(d, os.W_OK):
             return d
-    raise LeanstackError("no writable runtime directory for run state — make /run or "
-                         f"{tempfile.gettempdir()} writable")
+    raise LeanstackError("no private writable runtime directory for run state — make /run "
+                         f"writable, or remove {bases[-1] / 'leanstack'} if another user owns it")
+
+
+def owned_private(d: Path) -> bool:
+    """True when ``d`` is a directory (not a link) of this user that nobody else can write."""
+    try:
+        st = d.lstat()
+    except OSError:
+        return False
+    return (S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not st.st_mode & (S_IWGRP | S_IWOTH))
+
+
+def check_run_id(run_id: str) -> str:
+    """``run_id`` when it has the format :class:`RunCgroups` creates, else a one-line error."""
+    if not RUN_ID_RE.fullmatch(run_id):
+        raise LeanstackError(f"'{run_id}' is not a leanstack run id (PID-8 hex digits) — "
+                             "pass the id a run printed")
+    return run_id
 
 
 def check_available(root: Path = CGROUP_ROOT) -> None:
@@ -76,6 +111,20 @@ def check_available(root: Path = CGROUP_ROOT) -> None:
         if not os.access(d, os.W_OK):
             raise LeanstackError(f"cgroup hierarchy {d} is not writable — run as root (the local "
                                  "backend sets real CPU quotas) or use the sim backend")
+
+
+def check_cfs(period_us: int, burst: float, root: Path | None = CGROUP_ROOT) -> None:
+    """Raise a one-line LeanstackError unless the CFS period and burst fraction are usable
+    (and, with ``root``, the kernel there has the burst setting when one is asked for)."""
+    lo, hi = PERIOD_RANGE_US
+    if not lo <= period_us <= hi:
+        raise LeanstackError(f"CFS period {period_us / 1000:g} ms is outside the kernel's "
+                             f"{lo // 1000}-{hi // 1000} ms range — pick one inside it")
+    if not 0 <= burst <= 1:
+        raise LeanstackError(f"CFS burst must be a fraction of the quota in [0, 1], got {burst}")
+    if burst > 0 and root is not None and not (root / "cpu" / "cpu.cfs_burst_us").exists():
+        raise LeanstackError("this kernel has no cpu.cfs_burst_us (it needs Linux 5.14+) — "
+                             "drop the CFS burst option")
 
 
 def die_with_parent(cgroup_procs: list[Path] | None = None) -> Callable[[], None]:
@@ -100,10 +149,13 @@ class RunCgroups:
     """The cgroups of one run: ``leanstack/<run-id>/<tier>`` in each hierarchy."""
 
     def __init__(self, run_id: str | None = None, root: Path = CGROUP_ROOT,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, period_us: int = PERIOD_US,
+                 burst: float = 0.0) -> None:
         check_available(root)
+        check_cfs(period_us, burst, root)
+        self.period_us, self.burst = int(period_us), float(burst)
         self.root = root
-        self.run_id = run_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.run_id = check_run_id(run_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.state_dir = state_dir or runtime_dir()
         self.tiers: list[str] = []
         self._write_state()
@@ -138,10 +190,14 @@ class RunCgroups:
         """Set the tier's CFS quota to ``cores`` (takes effect at once)."""
         if not cores > 0:
             raise LeanstackError(f"CPU for tier '{tier}' must be above 0 cores, got {cores}")
-        quota = max(MIN_QUOTA_US, round(cores * PERIOD_US))
+        quota = max(MIN_QUOTA_US, round(cores * self.period_us))
         d = self.path("cpu", tier)
-        _write(d / "cpu.cfs_period_us", PERIOD_US)
+        if self.burst > 0:  # the kernel refuses a burst above the quota: lower it first
+            _write(d / "cpu.cfs_burst_us", 0)
+        _write(d / "cpu.cfs_period_us", self.period_us)
         _write(d / "cpu.cfs_quota_us", quota)
+        if self.burst > 0:
+            _write(d / "cpu.cfs_burst_us", int(self.burst * quota))
 
     def cpu_limit(self, tier: str) -> float:
         """The tier's current limit in cores (quota / period)."""
@@ -181,9 +237,7 @@ class RunCgroups:
     def _write_state(self) -> None:
         state = {"run_id": self.run_id, "runner_pid": os.getpid(),
                  "runner_start": _start_time(os.getpid())}
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state))
-        tmp.rename(self.state_file)
+        write_json(self.state_file, state)
 
 
 def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) -> list[str]:
@@ -196,6 +250,8 @@ def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) 
     live: set[str] = set()
     stale: set[str] = set()
     for f in state_dir.glob("*.json"):
+        if not RUN_ID_RE.fullmatch(f.stem):
+            continue  # not a state file of ours: never derive a cgroup path from it
         try:
             st = json.loads(f.read_text())
             alive = _start_time(int(st["runner_pid"])) == st["runner_start"]
@@ -206,7 +262,8 @@ def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) 
         parent = root / h / PARENT
         if parent.is_dir():
             for d in parent.iterdir():
-                if d.is_dir() and d.name not in live and not _pid_alive(d.name.split("-")[0]):
+                if (RUN_ID_RE.fullmatch(d.name) and d.is_dir() and not d.is_symlink()
+                        and d.name not in live and not _pid_alive(d.name.split("-")[0])):
                     stale.add(d.name)
     for run_id in sorted(stale):
         _remove_run(root, run_id)
@@ -217,7 +274,7 @@ def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) 
 
 
 def _remove_run(root: Path, run_id: str) -> None:
-    dirs = [root / h / PARENT / run_id for h in HIERARCHIES]
+    dirs = [root / h / PARENT / check_run_id(run_id) for h in HIERARCHIES]
     tiers = [t for d in dirs if d.is_dir() for t in d.iterdir() if t.is_dir()]
     deadline = time.monotonic() + 5.0
     while True:

@@ -13,17 +13,19 @@ imported lazily), so a part adds its own controller with one line or :func:`regi
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.controller import Controller
 from leanstack.microservices.observation import Allocation, Observation, TierAllocation
+from leanstack.registry import load_target
 
 CONTROLLERS: dict[str, str] = {
     "static": "leanstack.microservices.controllers:StaticController",
@@ -55,23 +57,73 @@ def make_controller(name: str, **opts: Any) -> Controller:
     if name not in CONTROLLERS:
         raise LeanstackError(f"unknown controller '{name}' — use one of "
                              f"{', '.join(controller_names())}")
-    factory = _FACTORIES.get(name) or _import(CONTROLLERS[name])
+    factory = _FACTORIES.get(name) or load_target(CONTROLLERS[name], f"controller '{name}'")
     opts = {k: v for k, v in opts.items() if v is not None}
     accepted = inspect.signature(factory).parameters
     for k in opts:
         if k not in accepted:
             raise LeanstackError(f"controller '{name}' has no option '{k}' — it takes "
                                  f"{', '.join(accepted) or 'no options'}")
-    return factory(**opts)
+    return factory(**typed_options(name, factory, opts))
 
 
-def _import(target: str) -> Callable[..., Controller]:
-    module, _, attr = target.partition(":")
+def typed_options(name: str, factory: Callable[..., Any],
+                  opts: dict[str, Any]) -> dict[str, Any]:
+    """Each option converted to the type the factory declares for it (``"false"`` -> False,
+    ``"3"`` -> 3); a value that does not fit is a one-line error, before any run starts."""
     try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise LeanstackError(f"controller '{target}' cannot be loaded ({e}) — check that part "
-                             "is installed") from None
+        hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    except (NameError, TypeError):
+        hints = {}
+    return {k: _convert(name, k, v, hints.get(k)) for k, v in opts.items()}
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def _convert(name: str, key: str, value: Any, hint: Any) -> Any:
+    if hint is None or hint is Any:
+        return value
+    kinds = [k for k in (typing.get_args(hint) or (hint,)) if k is not type(None)]
+    for kind in (bool, int, float):  # the most specific reading first
+        if kind not in kinds and not (kind is int and float in kinds):
+            continue
+        got = _as(kind, value)
+        if got is not None:
+            return float(got) if kind is int and int not in kinds else got
+    if isinstance(value, str | Path) and (str in kinds or Path in kinds):
+        return str(value) if str in kinds else Path(value)
+    if any(isinstance(value, k) for k in kinds  # e.g. a Plan given from Python
+           if isinstance(k, type) and k not in (bool, int, float)):
+        return value
+    wanted = " or ".join(_KIND_WORDS.get(k, getattr(k, "__name__", str(k))) for k in kinds)
+    raise LeanstackError(f"controller '{name}' option '{key}' expects {wanted}, got {value!r} — "
+                         f"e.g. --opt {key}={_EXAMPLES.get(kinds[0], 'VALUE')}")
+
+
+_KIND_WORDS = {bool: "true/false", int: "a whole number", float: "a number", str: "text",
+               Path: "a path"}
+_EXAMPLES = {bool: "false", int: "3", float: "0.2", str: "NAME", Path: "FILE"}
+
+
+def _as(kind: type, value: Any) -> Any:
+    """``value`` read as ``kind`` (bool, int or float), or ``None`` when it is not one."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if kind is bool:
+            return True if text in _TRUE else False if text in _FALSE else None
+        try:
+            number = kind(text)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    if isinstance(value, bool):
+        return value if kind is bool else None
+    if kind is int:
+        return value if isinstance(value, int) else None
+    if kind is float and isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
 
 
 class StaticController:
@@ -138,8 +190,10 @@ class HPAController:
         if not 1 <= min_replicas <= max_replicas:
             raise LeanstackError(f"HPA needs 1 <= min_replicas <= max_replicas, got "
                                  f"{min_replicas} and {max_replicas}")
-        if not time_scale > 0:
+        if not (time_scale > 0 and math.isfinite(time_scale)):
             raise LeanstackError(f"--time-scale must be above 0, got {time_scale}")
+        if not 0 <= tolerance < 1:
+            raise LeanstackError(f"HPA tolerance must be in [0, 1), got {tolerance}")
         if initial_replicas is not None and not min_replicas <= initial_replicas <= max_replicas:
             raise LeanstackError(f"HPA initial_replicas {initial_replicas} is outside "
                                  f"[{min_replicas}, {max_replicas}]")
@@ -158,7 +212,9 @@ class HPAController:
         self._last_sync_t = 0.0
 
     def reset(self, app: AppSpec, interval_s: float) -> Allocation:
-        """Start every logic tier at its configured replicas (clamped to the HPA range)."""
+        """Start every logic tier as a Kubernetes user would deploy it: ``initial_replicas``
+        when given, else half the HPA range (rounded up) or its configured replicas if more,
+        clamped to the range — room to scale both ways, not one small pod per tier."""
         self._interval_s = interval_s
         self._base = Allocation.static_max(app)
         self._last_sync_t = 0.0
@@ -166,8 +222,9 @@ class HPAController:
         for name, svc in app.services.items():
             if not svc.scalable:
                 continue
-            start = self.initial_replicas or min(max(svc.replicas, self.min_replicas),
-                                                 self.max_replicas)
+            start = self.initial_replicas or min(
+                max(svc.replicas, self.min_replicas, math.ceil(self.max_replicas / 2)),
+                self.max_replicas)
             self._tiers[name] = _TierState(svc.max_cpu / self.max_replicas, start, [], [])
         return self._allocation()
 

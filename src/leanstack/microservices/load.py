@@ -17,6 +17,9 @@ from leanstack.errors import LeanstackError
 
 PATTERNS = ("constant", "poisson", "diurnal", "step", "trace")
 
+MAX_REQUESTS = 5e7
+"""The most requests one run may schedule (their arrival times alone take 400 MB)."""
+
 
 @dataclass(frozen=True)
 class LoadSpec:
@@ -44,10 +47,18 @@ class LoadSpec:
         if self.pattern not in PATTERNS:
             raise LeanstackError(f"unknown load pattern '{self.pattern}' — use one of "
                                  f"{', '.join(PATTERNS)}")
-        if not self.rps > 0:
+        if not (self.rps > 0 and math.isfinite(self.rps)):
             raise LeanstackError(f"--rps must be above 0, got {self.rps}")
-        if not self.duration_s > 0:
+        if not (self.duration_s > 0 and math.isfinite(self.duration_s)):
             raise LeanstackError(f"--duration must be above 0 seconds, got {self.duration_s}")
+        if self.rps * self.duration_s > MAX_REQUESTS:
+            raise LeanstackError(f"--rps {self.rps:g} for {self.duration_s:g} s is "
+                                 f"{self.rps * self.duration_s:.3g} requests; one run takes at "
+                                 f"most {MAX_REQUESTS:.0e} — lower --rps or --duration")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise LeanstackError(f"--seed must be a whole number >= 0, got {self.seed}")
+        if self.period_s is not None and not (self.period_s > 0 and math.isfinite(self.period_s)):
+            raise LeanstackError(f"load period must be above 0 seconds, got {self.period_s}")
         if not 0 <= self.amplitude < 1:
             raise LeanstackError(f"load amplitude must be in [0, 1), got {self.amplitude}")
         if self.pattern == "trace" and not self.trace:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
-import pickle
+import os
 import shutil
 import signal
 import socket
@@ -30,27 +30,26 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from leanstack.atomic import write_bytes
+from leanstack.atomic import write_bytes, write_json
 from leanstack.errors import LeanstackError
-from leanstack.microservices.app import AppSpec, percentile_key
+from leanstack.microservices.app import AppSpec
 from leanstack.microservices.cgroups import (
     CgroupSample,
     RunCgroups,
     check_available,
+    check_cfs,
     cleanup_stale_runs,
     die_with_parent,
 )
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import (
-    PERCENTILES,
     Allocation,
     ClassStats,
     Observation,
     Span,
     TierStats,
     own_latencies_ms,
+    percentiles_ms,
 )
 from leanstack.microservices.storage import StorageServer
 
@@ -91,9 +90,16 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, interval_s: float = 1.0, run_dir: Path | None = None) -> None:
+    def __init__(self, interval_s: float = 1.0, run_dir: Path | None = None,
+                 cfs_period_ms: float = 100.0, cfs_burst: float = 0.0) -> None:
+        """``cfs_period_ms``: the CFS period of every tier's quota (a limit is at least 1 ms of
+        quota per period); ``cfs_burst``: the fraction of its quota a tier may bank for
+        bursts (``cpu.cfs_burst_us``, Linux 5.14+; 0 = none)."""
         if not interval_s > 0:
             raise LeanstackError(f"interval must be above 0 seconds, got {interval_s}")
+        self.cfs_period_us = round(float(cfs_period_ms) * 1000)
+        self.cfs_burst = float(cfs_burst)
+        check_cfs(self.cfs_period_us, self.cfs_burst, root=None)  # the kernel: at deploy
         self.interval_s = float(interval_s)
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         self.run_dir: Path | None = None
@@ -119,7 +125,7 @@ class LocalBackend:
         check_allocation(app, allocation)
         check_available()
         cleanup_stale_runs()
-        self.cgroups = RunCgroups()
+        self.cgroups = RunCgroups(period_us=self.cfs_period_us, burst=self.cfs_burst)
         self.app, self.allocation = app, allocation
         atexit.register(self.close)
         self._install_sigterm()
@@ -130,7 +136,7 @@ class LocalBackend:
                                                                         strict=True)}
             write_bytes(self.run_dir / "ports.json",
                           json.dumps({n: t.port for n, t in self.tiers.items()}).encode())
-            write_bytes(self.run_dir / "app.pickle", pickle.dumps(app))
+            write_json(self.run_dir / "app.json", app.to_data())
             for name in deploy_order(app):
                 self.cgroups.create(name, allocation.tiers[name].cpu)
             for name in deploy_order(app):
@@ -282,6 +288,9 @@ class LocalBackend:
             return Path(tempfile.mkdtemp(prefix="leanstack-local-"))
         d = self._given_run_dir
         d.mkdir(parents=True, exist_ok=True)
+        if d.is_symlink() or d.stat().st_uid != os.geteuid():
+            raise LeanstackError(f"run dir {d} belongs to another user (or is a link) — workers "
+                                 "read their app and ports from it; give a directory of yours")
         for old in d.glob("spans-*.jsonl"):
             old.unlink()
         return d
@@ -292,7 +301,7 @@ class LocalBackend:
     def _start_worker(self, tier: _Tier) -> _WorkerProc:
         admin = _free_ports(1)[0]
         cmd = [sys.executable, "-m", "leanstack.microservices.worker",
-               "--app", str(self.run_dir / "app.pickle"), "--service", tier.name,
+               "--app", str(self.run_dir / "app.json"), "--service", tier.name,
                "--port", str(tier.port), "--admin-port", str(admin),
                "--run-dir", str(self.run_dir)]
         log = open(self.run_dir / f"{tier.name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -355,8 +364,8 @@ class LocalBackend:
             throttled_s=(cg.throttled_ns - prev.throttled_ns) / 1e9,
             memory_bytes=cg.memory_bytes,
             replicas=max(1, len(tier.workers)),
-            latency_ms=_percentiles([s.duration_ms for s in spans]),
-            own_latency_ms=_percentiles(own_ms),
+            latency_ms=percentiles_ms([s.duration_ms for s in spans]),
+            own_latency_ms=percentiles_ms(own_ms),
         )
         if tier.server is not None:
             ops = tier.server.ops_served()
@@ -450,12 +459,6 @@ def deploy_order(app: AppSpec) -> list[str]:
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    qs = np.percentile(np.asarray(values), PERCENTILES)
-    return {percentile_key(p): float(q) for p, q in zip(PERCENTILES, qs, strict=True)}
 
 
 def _free_ports(n: int) -> list[int]:

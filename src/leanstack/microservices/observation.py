@@ -2,8 +2,8 @@
 
 An :class:`Allocation` is what a controller decides (per tier: CPU cores and replicas); an
 :class:`Observation` is what a backend reports for one control interval; a :class:`Span` is one
-RPC, in OpenTelemetry's span model. The simulator, the local backend and the Kubernetes backend
-all produce the same types, so controllers run unchanged on any of them.
+RPC, in OpenTelemetry's span model. The simulator and the local backend both produce the same
+types, so controllers run unchanged on either.
 """
 
 from __future__ import annotations
@@ -13,10 +13,39 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from leanstack.microservices.app import AppSpec
+import numpy as np
 
-PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+from leanstack.microservices.app import SLA_PERCENTILES, AppSpec, percentile_key
+
+PERCENTILES = SLA_PERCENTILES
 """Latency percentiles every observation reports, as keys ``p50`` ... ``p99.9``."""
+
+
+def percentiles_ms(values_ms: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """``{"p50": ..., "p99.9": ...}`` of the values (numpy's linear interpolation); ``{}`` for
+    none. The one percentile rule of every backend and of the result summary."""
+    if len(values_ms) == 0:
+        return {}
+    qs = np.percentile(np.asarray(values_ms, dtype=float), PERCENTILES)
+    return {percentile_key(p): float(q) for p, q in zip(PERCENTILES, qs, strict=True)}
+
+
+def failures_break_sla(completed: int, errors: int, sla_key: str) -> bool:
+    """Failed requests count as infinitely slow: when their share is above the tail the SLA's
+    percentile allows (1% for p99), the SLA is violated whatever the completed ones did."""
+    total = completed + errors
+    return total > 0 and errors / total > 1.0 - float(sla_key[1:]) / 100.0
+
+
+def sla_violated(completed: int, errors: int, latency_ms: dict[str, float], sla_ms: float,
+                 sla_key: str) -> bool | None:
+    """The one SLA rule: violated when failures break it (:func:`failures_break_sla`) or the
+    latency at the SLA's percentile is above ``sla_ms``; ``None`` when there were no requests."""
+    if completed + errors == 0:
+        return None
+    if failures_break_sla(completed, errors, sla_key):
+        return True
+    return completed > 0 and latency_ms.get(sla_key, 0.0) > sla_ms
 
 
 @dataclass(frozen=True)
@@ -66,19 +95,9 @@ class ClassStats:
 
     @property
     def violated(self) -> bool:
-        """True when this interval's tail latency at the SLA percentile exceeds the SLA.
-
-        Failed requests count as infinitely slow: when their share of the interval's requests
-        is above the tail the SLA allows (1% for p99), the SLA is violated whatever the
-        completed requests' latencies were.
-        """
-        total = self.completed + self.errors
-        if total == 0:
-            return False
-        allowed_tail = 1.0 - float(self.sla_key[1:]) / 100.0
-        if self.errors / total > allowed_tail:
-            return True
-        return self.completed > 0 and self.latency_ms.get(self.sla_key, 0.0) > self.sla_ms
+        """True when this interval violates the SLA (:func:`sla_violated`)."""
+        return bool(sla_violated(self.completed, self.errors, self.latency_ms, self.sla_ms,
+                                 self.sla_key))
 
 
 @dataclass

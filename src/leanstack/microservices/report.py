@@ -12,13 +12,13 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
+
+from leanstack.atomic import write_bytes
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -32,18 +32,7 @@ img { max-width: 100%; } .bad { color: #b00020; font-weight: 600; }
 
 def write_report(result: dict[str, Any], path: str | Path) -> Path:
     """Render ``result`` to a standalone HTML file at ``path`` (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    page = render_report(result)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(page)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, render_report(result).encode())
 
 
 def render_report(result: dict[str, Any]) -> str:

@@ -20,6 +20,8 @@ Definitions used by the summary:
 - ``violation_rate`` = violated intervals / measured intervals, where an interval is violated
   when any class violates, and *measured* means at least one request completed or failed in it.
   Empty intervals (no traffic at all) are left out of both counts.
+- ``violation_rate_after_warmup``: the same over intervals ending after the first
+  ``WARMUP_S`` seconds (a controller's start-up left out); ``None`` when none do.
 - Per class, ``violation_rate`` counts only intervals in which that class had requests.
 - ``mean_cpu`` = time-averaged sum of allocated cores over every interval (empty ones included).
 - ``decision_ms_median`` / ``decision_ms_p90``: wall time of the controller's ``decide`` call
@@ -44,22 +46,94 @@ from typing import Any
 
 from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
+from leanstack.microservices.observation import percentiles_ms, sla_violated
+from leanstack.schema import Count, FileModel, Finite, NonNegative, PercentileKey, Positive, check
 
-RESULT_KEYS = ("app", "backend", "controller", "duration_s", "summary", "timeline", "environment")
+
+class ClassEntry(FileModel):
+    """One class in one timeline entry (an Observation's ClassStats)."""
+
+    completed: Count = 0
+    errors: Count = 0
+    throughput_rps: NonNegative = 0.0
+    latency_ms: dict[str, NonNegative] = {}
+    sla_ms: NonNegative = 0.0
+    sla_key: PercentileKey = "p99"
+
+
+class TierEntry(FileModel):
+    """One tier in one timeline entry (an Observation's TierStats)."""
+
+    cpu_limit: NonNegative = 0.0
+    cpu_used: NonNegative = 0.0
+    rps: NonNegative = 0.0
+    replicas: Count = 1
+    latency_ms: dict[str, NonNegative] = {}
+    own_latency_ms: dict[str, NonNegative] = {}
+
+
+class AllocationEntry(FileModel):
+    cpu: NonNegative
+    replicas: Count = 1
+
+
+class TimelineEntry(FileModel):
+    """One control interval: the observation and the allocation in force during it."""
+
+    t: Finite
+    interval_s: Positive
+    offered_rps: NonNegative = 0.0
+    classes: dict[str, ClassEntry]
+    tiers: dict[str, TierEntry]
+    allocation: dict[str, AllocationEntry]
+
+
+class ClassSummary(FileModel):
+    violation_rate: NonNegative
+    completed: Count
+    errors: Count
+
+
+class Summary(FileModel):
+    """The summary block (:func:`summarize`); the report reads these keys."""
+
+    violation_rate: NonNegative
+    mean_cpu: NonNegative
+    requests: Count
+    completed: Count
+    errors: Count
+    intervals: Count
+    intervals_measured: Count
+    intervals_violated: Count
+    classes: dict[str, ClassSummary]
+    violation_rate_after_warmup: NonNegative | None = None
+
+
+class ResultFile(FileModel):
+    """The schema of an ExperimentResult file (see the module docstring)."""
+
+    app: str
+    backend: str
+    controller: str
+    duration_s: NonNegative
+    interval_s: Positive = 1.0
+    completed: bool = True
+    summary: Summary
+    timeline: list[TimelineEntry]
+    settings: dict[str, Any] = {}
+    environment: dict[str, Any]
+
+
+WARMUP_S = 60.0
+"""The start-up left out of ``violation_rate_after_warmup`` (the first minute)."""
 
 
 def class_violated(stats: dict[str, Any]) -> bool | None:
-    """Whether one class's interval stats violate its SLA; ``None`` when it had no requests."""
-    completed = stats.get("completed", 0)
-    errors = stats.get("errors", 0)
-    total = completed + errors
-    if total == 0:
-        return None
-    key = stats.get("sla_key", "p99")
-    allowed_fail = 1.0 - float(key.lstrip("p")) / 100.0
-    if errors / total > allowed_fail:
-        return True
-    return completed > 0 and stats.get("latency_ms", {}).get(key, 0.0) > stats["sla_ms"]
+    """Whether one class's interval stats violate its SLA (observation's
+    :func:`~leanstack.microservices.observation.sla_violated`); ``None`` without requests."""
+    return sla_violated(stats.get("completed", 0), stats.get("errors", 0),
+                        stats.get("latency_ms", {}), stats.get("sla_ms", 0.0),
+                        stats.get("sla_key", "p99"))
 
 
 def interval_violated(entry: dict[str, Any]) -> bool | None:
@@ -98,6 +172,8 @@ def summarize(timeline: list[dict[str, Any]]) -> dict[str, Any]:
     errors = sum(c["errors"] for c in classes.values())
     return {
         "violation_rate": violation_rate(timeline),
+        "violation_rate_after_warmup": (violation_rate(settled) if (settled := [
+            e for e in timeline if e["t"] > WARMUP_S + 1e-9]) else None),
         "mean_cpu": mean_cpu(timeline),
         "mean_cpu_used": sum(_used_total(e) * e["interval_s"] for e in timeline) / seconds,
         "requests": completed + errors,
@@ -118,11 +194,8 @@ def summarize(timeline: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _decision_summary(timeline: list[dict[str, Any]]) -> dict[str, float | None]:
-    ms = sorted(e["decision_ms"] for e in timeline if "decision_ms" in e)
-    if not ms:
-        return {"decision_ms_median": None, "decision_ms_p90": None}
-    return {"decision_ms_median": statistics.median(ms),
-            "decision_ms_p90": ms[min(len(ms) - 1, int(0.9 * len(ms)))]}
+    q = percentiles_ms([e["decision_ms"] for e in timeline if "decision_ms" in e])
+    return {"decision_ms_median": q.get("p50"), "decision_ms_p90": q.get("p90")}
 
 
 def _class_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -174,10 +247,12 @@ def load_result(path: str | Path) -> dict[str, Any]:
         raise LeanstackError(f"{path}: no such result file — check the path") from None
     except json.JSONDecodeError as e:
         raise LeanstackError(f"{path}: not valid JSON ({e}) — rerun the experiment") from None
-    missing = [k for k in RESULT_KEYS if k not in data]
-    if missing:
-        raise LeanstackError(f"{path}: not an experiment result (missing {', '.join(missing)}) "
-                             "— pass a file written by 'leanstack micro run'")
+    except UnicodeDecodeError:
+        raise LeanstackError(f"{path}: not UTF-8 text — pass a file written by 'leanstack micro "
+                             "run'") from None
+    except IsADirectoryError:
+        raise LeanstackError(f"{path}: a directory — pass a result JSON file") from None
+    check(ResultFile, data, path, "pass a file written by 'leanstack micro run'")
     return data
 
 

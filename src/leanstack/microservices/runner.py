@@ -8,20 +8,21 @@ HTML report (:mod:`report`) and the run's spans as OTLP JSON lines.
 
 from __future__ import annotations
 
-import importlib
 import inspect
+import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from leanstack.atomic import write_bytes
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.backend import Backend
 from leanstack.microservices.controller import Controller
+from leanstack.microservices.detector import Detector
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Observation, Span
 from leanstack.microservices.result import (
@@ -30,10 +31,12 @@ from leanstack.microservices.result import (
     interval_violated,
     write_json_atomic,
 )
+from leanstack.registry import load_target
 
 BACKENDS: dict[str, str] = {
     "sim": "leanstack.microservices.sim:SimBackend",
     "local": "leanstack.microservices.local:LocalBackend",
+    "k8s": "leanstack.microservices.k8s.backend:KubernetesBackend",
 }
 """Backend name -> ``"module:class"``; imported only when that backend is asked for."""
 
@@ -42,20 +45,23 @@ def make_backend(name: str, interval_s: float = 1.0, **opts: Any) -> Backend:
     """Build a backend by name; options set to ``None`` keep the backend's default."""
     if name not in BACKENDS:
         raise LeanstackError(f"unknown backend '{name}' — use one of {', '.join(BACKENDS)}")
-    if not interval_s > 0:
+    if not (interval_s > 0 and math.isfinite(interval_s)):
         raise LeanstackError(f"--interval must be above 0 seconds, got {interval_s}")
-    module, _, attr = BACKENDS[name].partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise LeanstackError(f"backend '{name}' is not available in this install ({e}) — "
-                             "pick another backend") from None
+    cls = load_target(BACKENDS[name], f"backend '{name}'")
     opts = {k: v for k, v in opts.items() if v is not None}
     accepted = inspect.signature(cls).parameters
     for k in opts:
         if k not in accepted:
             raise LeanstackError(f"backend '{name}' has no option '{k}' — drop it or use a "
                                  "backend that supports it")
+        default = accepted[k].default
+        if isinstance(opts[k], str) and isinstance(default, int | float) \
+                and not isinstance(default, bool):  # a number given on the command line
+            try:
+                opts[k] = float(opts[k])
+            except ValueError:
+                raise LeanstackError(f"backend '{name}' option '{k}' expects a number, got "
+                                     f"{opts[k]!r} — e.g. --backend-opt {k}={default}") from None
     return cls(interval_s=interval_s, **opts)
 
 
@@ -73,12 +79,15 @@ def local_unavailable() -> str | None:
 
 def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load: LoadSpec,
                    out_json: str | Path, report_html: str | Path | None = None,
-                   progress: bool = True, spans_out: str | Path | None = None) -> dict[str, Any]:
+                   progress: bool = True, spans_out: str | Path | None = None,
+                   detector: Detector | None = None) -> dict[str, Any]:
     """Run ``controller`` on ``app`` under ``load``; write and return the ExperimentResult.
 
     The run lasts ``load.duration_s`` (rounded to whole control intervals). On Ctrl-C the
     backend is closed, a partial result (``"completed": false``) is written, and the
     KeyboardInterrupt propagates. ``spans_out`` writes the backend's spans as OTLP JSON lines.
+    A ``detector`` sees each observation after the controller decided; its alerts go into the
+    timeline and its ``adjust`` has the last word on the allocation.
     """
     for path in (out_json, report_html, spans_out):
         if path is not None:
@@ -90,12 +99,16 @@ def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load:
     def result(completed: bool) -> dict[str, Any]:
         settings = {"controller": controller.describe(), "load": _load_settings(load),
                     "steps": steps}
+        if detector is not None:
+            settings["detector"] = detector.describe()
         return build_result(app.name, backend.name, controller.name, backend.interval_s,
                             timeline, settings, environment(time.monotonic() - wall0),
                             completed=completed)
 
     try:
         allocation = controller.reset(app, backend.interval_s)
+        if detector is not None:
+            detector.reset(app, backend.interval_s)
         backend.deploy(app, allocation)
         backend.start(load)
         history: list[Observation] = []
@@ -109,6 +122,9 @@ def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load:
                 timeline.append({**obs.to_dict(), "allocation": allocation.to_dict()})
                 t0 = time.perf_counter()
                 new = controller.decide(history, allocation)
+                if detector is not None:
+                    timeline[-1]["alerts"] = [a.to_dict() for a in detector.update(obs)]
+                    new = detector.adjust(new)
                 timeline[-1]["decision_ms"] = (time.perf_counter() - t0) * 1e3
                 if new != allocation:
                     backend.set_allocation(new)
@@ -138,18 +154,7 @@ def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load:
 
 def write_spans(spans: list[Span], path: str | Path) -> Path:
     """Write spans as OTLP JSON lines to a temporary file, then rename it to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for s in spans:
-                f.write(s.to_otlp() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_bytes(path, "".join(s.to_otlp() + "\n" for s in spans).encode())
 
 
 def read_spans(path: str | Path) -> list[Span]:

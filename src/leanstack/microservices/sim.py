@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from dataclasses import dataclass
 from heapq import heappop, heappush
 from pathlib import Path
 from typing import Any
@@ -55,15 +56,16 @@ from typing import Any
 import numpy as np
 
 from leanstack.errors import LeanstackError
-from leanstack.microservices.app import AppSpec, percentile_key
+from leanstack.microservices.app import AppSpec
+from leanstack.microservices.calibration import DEFAULT_RPC, check_calibration, load_calibration
 from leanstack.microservices.load import LoadSpec, assign_classes
 from leanstack.microservices.observation import (
-    PERCENTILES,
     Allocation,
     ClassStats,
     Observation,
     Span,
     TierStats,
+    percentiles_ms,
 )
 
 PERIOD_S = 0.1
@@ -76,10 +78,6 @@ bucket at scheduler ticks (4 ms at the usual HZ=250), so half a tick on average.
 CARRY_S = 0.001
 """Quota a tier keeps across a period boundary: since Linux 5.4 a run queue keeps up to
 ``min_cfs_rq_runtime`` (1 ms) of its local slice when the period refills the pool."""
-
-DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08, "delay_ms": 0.0}
-"""RPC overheads when no calibration is given: CPU at the callee per request, at the caller per
-call to a logic tier and per storage operation, and the wall-time delay of every call."""
 
 QUEUE_OP = "rpush"
 """The storage operation an ``enqueue`` edge performs on the queue's redis tier."""
@@ -98,8 +96,8 @@ SYNC_KINDS = ("memcached",)
 
 _BLOCK = 2048  # service-time draws per refill
 _START, _RESP = 0, 1  # segment actions
-_SEG, _UP, _CORE, _CALL = 0, 1, 2, 3  # heap events: segment end, replica up, core freed, call
-# arrives
+_SEG, _UP, _CORE, _CALL, _HOLD = 0, 1, 2, 3, 4  # heap events: segment end, replica up, core
+# freed, call arrives, a visit's injected delay is over
 # frame fields: one visit to one endpoint
 (_F_EP, _F_PARENT, _F_GROUP, _F_PENDING, _F_REQ, _F_T0, _F_REP, _F_CPU, _F_SPAN, _F_MSG,
  _F_ISSUED, _F_WAIT, _F_LAST) = range(13)
@@ -107,6 +105,20 @@ _SEG, _UP, _CORE, _CALL = 0, 1, 2, 3  # heap events: segment end, replica up, co
 # waiting on finished groups; _F_LAST: when the latest answer to this visit's calls arrived.
 # request fields
 _R_CLASS, _R_T0, _R_OUT, _R_ID = range(4)
+
+
+@dataclass(frozen=True)
+class TierFault:
+    """An injected fault's effect on one tier (for fault-injection campaigns): service times
+    times ``slowdown`` (a CPU hog or memory pressure sharing the tier's cores), the CPU quota
+    times ``capacity`` (a quota squeeze), ``delay_s`` of wall time before each visit's work (a
+    slow dependency inside the worker) and ``memory_bytes`` more resident memory. The default
+    is no fault."""
+
+    slowdown: float = 1.0
+    capacity: float = 1.0
+    delay_s: float = 0.0
+    memory_bytes: int = 0
 
 
 class _Replica:
@@ -130,7 +142,7 @@ class _Tier:
     __slots__ = ("name", "kind", "cpu", "unlimited", "quota", "period_end",
                  "q_left", "thr_mark", "thr_periods", "thr_s", "busy_s", "busy_next", "starting",
                  "active", "rr", "lat", "own_lat", "inflight", "inflight_area", "inflight_t",
-                 "fifo", "free", "queue_fed", "phase", "idle")
+                 "fifo", "free", "queue_fed", "phase", "idle", "fault")
 
     def __init__(self, name: str, kind: str, queue_fed: bool) -> None:
         self.name, self.kind, self.queue_fed = name, kind, queue_fed
@@ -147,11 +159,13 @@ class _Tier:
         self.inflight, self.inflight_area, self.inflight_t = 0, 0.0, 0.0
         self.fifo: deque = deque()
         self.free: list[_Replica] = []
+        self.fault = TierFault()
 
     def set_cpu(self, cpu: float, replicas: int) -> None:
         """New quota, less what its processes burn idle; a tier whose replicas cannot exceed it
         never throttles (fast path)."""
         self.cpu = cpu
+        cpu *= self.fault.capacity
         self.quota = max(cpu - self.idle * replicas, 0.1 * cpu) * PERIOD_S
         self.unlimited = cpu >= replicas
         self.q_left = min(self.q_left, self.quota + CARRY_S)
@@ -208,8 +222,10 @@ class SimBackend:
                  host_cores: float | None = None) -> None:
         """``host_cores``: cores shared by all tiers; ``None`` takes the calibration's
         ``host_cores`` (unlimited without one), ``math.inf`` means unlimited."""
-        if not interval_s > 0:
+        if not (interval_s > 0 and math.isfinite(interval_s)):
             raise LeanstackError(f"interval_s must be above 0, got {interval_s}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise LeanstackError(f"--seed must be a whole number >= 0, got {seed}")
         if host_cores is not None and not host_cores > 0:
             raise LeanstackError(f"host_cores must be above 0 (or None / math.inf for no host "
                                  f"limit), got {host_cores}")
@@ -294,6 +310,20 @@ class SimBackend:
         own phase, so work a throttled caller releases at its period start lands at a random
         point of its callees' periods. Empty before ``deploy``."""
         return {t.name: t.phase for t in self._tiers} if self._app else {}
+
+    def set_fault(self, tier_name: str, fault: TierFault | None) -> None:
+        """Apply ``fault`` to tier ``tier_name`` from now on (``None`` clears it)."""
+        self._need_app()
+        tier = self._tier_by_name.get(tier_name)
+        if tier is None:
+            raise LeanstackError(f"no tier '{tier_name}' in app '{self._app.name}' — pick one "
+                                 f"of {', '.join(self._tier_by_name)}")
+        fault = fault or TierFault()
+        if not (fault.slowdown > 0 and fault.capacity > 0 and fault.delay_s >= 0):
+            raise LeanstackError(f"fault on '{tier_name}' needs slowdown > 0, capacity > 0 and "
+                                 f"delay_s >= 0, got {fault}")
+        tier.fault = fault
+        tier.set_cpu(tier.cpu, len(tier.active) + len(tier.starting))
 
     def spans(self, since_ns: int = 0) -> list[Span]:
         """Recorded spans (``record_spans=True``) that ended at or after ``since_ns``."""
@@ -448,6 +478,8 @@ class SimBackend:
                     visit(*rep, t)
                 elif kind == _CORE:
                     self._core_freed(t)
+                elif kind == _HOLD:
+                    self._held(*rep, t)
                 else:
                     self._replica_up(rep, t)
             else:
@@ -482,12 +514,20 @@ class SimBackend:
         run (or queue) its start segment. ``msg`` is the queue message of a consumer visit."""
         tier = rep.tier
         draws = self._draws[ep] or self._refill(ep)
-        work = draws.pop()
+        work = draws.pop() * tier.fault.slowdown
         tier.inflight_area += tier.inflight * (now - tier.inflight_t)
         tier.inflight_t = now
         tier.inflight += 1
         frame = [ep, parent, 0, 0, req, now, rep, work, self._new_span_id(), msg, -1.0, 0.0, now]
-        seg = (work + self._ep_fixed[ep], frame, _START)
+        seg = (work + self._ep_fixed[ep] * tier.fault.slowdown, frame, _START)
+        if tier.fault.delay_s > 0:  # an injected sleep before the work (it holds no CPU)
+            self._seq += 1
+            heappush(self._heap, (now + tier.fault.delay_s, self._seq, _HOLD, (rep, seg)))
+            return
+        self._held(rep, seg, now)
+
+    def _held(self, rep: _Replica, seg: tuple, now: float) -> None:
+        """Run (or queue) a visit's start segment on its replica."""
         if rep.busy:
             rep.queue.append(seg)
         else:
@@ -598,7 +638,7 @@ class SimBackend:
                 req[_R_OUT] += 1
                 self._deliver(deliver, (deliver, req, now, parent[_F_SPAN]))
             rep = parent[_F_REP]
-            seg = (self._ep_resp[ep], parent, _RESP)
+            seg = (self._ep_resp[ep] * rep.tier.fault.slowdown, parent, _RESP)
             if rep.blocked and self._ep_sync[ep]:  # the answer it was blocked on
                 rep.blocked = False
                 self._start(rep, seg, now)
@@ -706,7 +746,8 @@ class SimBackend:
             tiers[tier.name] = TierStats(
                 cpu_limit=tier.cpu, cpu_used=tier.busy_s / dt + tier.idle * max(n_active, 1),
                 throttled_periods=tier.thr_periods,
-                throttled_s=tier.thr_s, memory_bytes=MEMORY_BYTES[tier.kind] * max(n_active, 1),
+                throttled_s=tier.thr_s, memory_bytes=MEMORY_BYTES[tier.kind] * max(n_active, 1)
+                + tier.fault.memory_bytes,
                 inflight=tier.inflight_area / dt, replicas=n_active, rps=len(tier.lat) / dt,
                 latency_ms=_percentiles_ms(tier.lat),
                 own_latency_ms=_percentiles_ms(tier.own_lat))
@@ -728,10 +769,7 @@ def _end_wait(frame: list) -> None:
 
 
 def _percentiles_ms(latencies_s: list[float]) -> dict[str, float]:
-    if not latencies_s:
-        return {}
-    values = np.percentile(np.asarray(latencies_s) * 1e3, PERCENTILES)
-    return {percentile_key(p): float(v) for p, v in zip(PERCENTILES, values, strict=True)}
+    return percentiles_ms(np.asarray(latencies_s) * 1e3)
 
 
 def _ops(app: AppSpec, service: str) -> list[str]:
@@ -749,8 +787,6 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
     Defaults come from the app file; a calibration (a dict or a file from ``calibrate``)
     overrides every entry it has.
     """
-    from leanstack.microservices.calibrate import check_calibration, load_calibration
-
     endpoints = {f"{s.name}.{e.name}": ("gamma", e.cpu_ms, e.cv)
                  for s in app.services.values() for e in s.endpoints.values()}
     storage = {}

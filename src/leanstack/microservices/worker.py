@@ -13,7 +13,11 @@ request's done key (which the entry BLPOPs on).
 Every RPC is recorded as a :class:`~leanstack.microservices.observation.Span` (server spans, and
 client spans for storage calls) in OTLP JSON lines, one file per process in the run dir, with W3C
 ``traceparent`` propagation. The admin port serves ``/health``, ``/stats`` (JSON the local backend
-reads each interval) and Prometheus ``/metrics``.
+reads each interval) and Prometheus ``/metrics`` (request counts, a latency histogram per endpoint
+and request class, storage calls: what :mod:`~leanstack.microservices.prometheus` reads).
+
+Peers are on 127.0.0.1 by default; ``--hosts FILE`` (service -> host name) and ``--bind ADDR``
+let the same command run in a Kubernetes pod, where peers are Services.
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import pickle
 import random
 import secrets
 import signal
@@ -40,13 +43,14 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    Histogram,
     generate_latest,
 )
 from pymemcache.client.base import Client as MemcacheClient
 from pymemcache.exceptions import MemcacheError
 
 from leanstack.errors import LeanstackError
-from leanstack.microservices.app import AppSpec, Call, Endpoint, load_app
+from leanstack.microservices.app import AppSpec, Call, Endpoint, load_app, parse_app
 from leanstack.microservices.observation import Span
 from leanstack.microservices.work import do_work, draw_cpu_ms
 
@@ -56,6 +60,8 @@ DONE_HEADER = "x-leanstack-done"
 PIPELINE_TIMEOUT_S = 30.0
 SPAN_FLUSH_S = 0.1
 _VALUE = b"v" * 256
+LATENCY_BUCKETS_S = tuple(round(0.0005 * 1.25 ** k, 7) for k in range(50))
+"""Latency histogram bounds: 0.5 ms to ~28 s in 25% steps (percentiles to within ~12%)."""
 
 
 @dataclass(frozen=True)
@@ -137,10 +143,11 @@ class Worker:
     """One worker process of a logic tier."""
 
     def __init__(self, app: AppSpec, service: str, ports: dict[str, int], run_dir: Path,
-                 seed: int = 0, consumers: int = 2) -> None:
+                 seed: int = 0, consumers: int = 2, hosts: dict[str, str] | None = None) -> None:
         self.app = app
         self.svc = app.services[service]
         self.ports = ports
+        self.hosts = hosts or {}  # service -> host; 127.0.0.1 when absent
         self.run_dir = run_dir
         self.consumers = consumers
         self.rng = np.random.default_rng(seed + os.getpid())
@@ -164,6 +171,14 @@ class Worker:
                              registry=self.registry)
         self.m_inflight = Gauge("leanstack_inflight_requests", "Requests in progress",
                                 ["service"], registry=self.registry)
+        self.m_latency = Histogram("leanstack_request_duration_seconds",
+                                   "Server-side latency of requests", [*labels, "class", "ok"],
+                                   buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.m_inflight_s = Counter("leanstack_inflight_seconds",
+                                    "Integral of in-flight requests over time", ["service"],
+                                    registry=self.registry)
+        self.m_calls = Counter("leanstack_storage_calls", "Storage operations this worker made",
+                               ["service", "op"], registry=self.registry)
         # Per endpoint: a queue-fed stage that triggers no further asynchronous work signals
         # "done"; a pipeline entry waits for that many leaves on that redis service.
         self._leaf_stage: dict[str, bool] = {}
@@ -174,12 +189,13 @@ class Worker:
             if n and done_at:
                 self._pipeline_waits[e] = (done_at, n)
         self.session: aiohttp.ClientSession | None = None
+        self.fault_delay_s = 0.0  # an injected wait before each request's work (fault tests)
         self.redis: dict[str, aioredis.Redis] = {}
         self.memcached: dict[str, MemcacheClient] = {}
 
     # --- life cycle ---------------------------------------------------------------------------
 
-    async def run(self, port: int, admin_port: int) -> None:
+    async def run(self, port: int, admin_port: int, bind: str = HOST) -> None:
         """Serve until SIGTERM/SIGINT, then finish in-flight requests and flush spans."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -189,11 +205,12 @@ class Worker:
             timeout=aiohttp.ClientTimeout(total=PIPELINE_TIMEOUT_S))
         for name, s in self.app.services.items():
             if s.kind == "redis":
-                self.redis[name] = aioredis.Redis(host=HOST, port=self.ports[name])
+                self.redis[name] = aioredis.Redis(host=self.host(name), port=self.ports[name])
             elif s.kind == "memcached":
                 # no_delay: without TCP_NODELAY, Nagle + delayed ACKs stall ~1 call in 10
                 # (those after a set) for 40 ms
-                self.memcached[name] = MemcacheClient((HOST, self.ports[name]), no_delay=True,
+                self.memcached[name] = MemcacheClient((self.host(name), self.ports[name]),
+                                                      no_delay=True,
                                                       connect_timeout=2.0, timeout=5.0)
         api = web.Application()
         api.router.add_post("/{endpoint}", self.handle)
@@ -202,13 +219,14 @@ class Worker:
         admin.router.add_get("/health", self.health)
         admin.router.add_get("/stats", self.stats)
         admin.router.add_get("/metrics", self.metrics)
+        admin.router.add_post("/fault", self.set_fault)
         runners = []
         if self.svc.queue is None:
-            runners.append(await _serve(api, port, reuse_port=True))
+            runners.append(await _serve(api, bind, port, reuse_port=True))
         tasks = [asyncio.create_task(self._consume()) for _ in range(self.consumers)
                  if self.svc.queue is not None]
         tasks.append(asyncio.create_task(self._flush_spans_forever()))
-        runners.append(await _serve(admin, admin_port, reuse_port=False))
+        runners.append(await _serve(admin, bind, admin_port, reuse_port=False))
         await self._stop.wait()
         for r in runners:
             await r.cleanup()
@@ -244,7 +262,17 @@ class Worker:
             "inflight_integral_s": self.inflight_integral, "work_cpu_s": self.work_cpu_s,
         })
 
+    async def set_fault(self, request: web.Request) -> web.Response:
+        """Admin: ``POST /fault?delay_ms=X`` makes every request wait X ms before its work."""
+        try:
+            delay_ms = float(request.query.get("delay_ms", "0"))
+        except ValueError:
+            return web.Response(status=400, text="delay_ms must be a number")
+        self.fault_delay_s = max(delay_ms, 0.0) / 1e3
+        return web.Response(text="ok")
+
     async def metrics(self, request: web.Request) -> web.Response:
+        self._tick()
         self.m_inflight.labels(self.svc.name).set(self.inflight)
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -261,6 +289,8 @@ class Worker:
         if entry_waits:
             ctx = TraceContext(ctx.trace_id, ctx.parent_span_id, ctx.request_class,
                                f"{entry_waits[0]}/done:{ctx.trace_id}:{span_id}")
+        if self.fault_delay_s:
+            await asyncio.sleep(self.fault_delay_s)
         cpu_ms = do_work(ep.work, draw_cpu_ms(ep.cpu_ms, ep.cv, self.rng))
         ok = True
         try:
@@ -287,6 +317,8 @@ class Worker:
         self.work_cpu_s += cpu_ms / 1e3
         self.m_requests.labels(self.svc.name, ep.name).inc()
         self.m_cpu.labels(self.svc.name, ep.name).inc(cpu_ms / 1e3)
+        self.m_latency.labels(self.svc.name, ep.name, ctx.request_class,
+                              "true" if ok else "false").observe((end_ns - start_ns) / 1e9)
         attrs: dict = {"leanstack.class": ctx.request_class, "leanstack.cpu_ms": cpu_ms}
         if queue_ms is not None:
             attrs["leanstack.queue_ms"] = queue_ms
@@ -317,7 +349,7 @@ class Worker:
         return ok
 
     async def _http_call(self, call: Call, headers: dict[str, str]) -> bool:
-        url = f"http://{HOST}:{self.ports[call.service]}/{call.endpoint}"
+        url = f"http://{self.host(call.service)}:{self.ports[call.service]}/{call.endpoint}"
         for attempt in range(2):  # a replica that was just stopped may drop a kept-alive socket
             try:
                 async with self.session.post(url, data=b"{}", headers=headers) as resp:
@@ -416,15 +448,22 @@ class Worker:
 
     # --- bookkeeping --------------------------------------------------------------------------
 
+    def host(self, service: str) -> str:
+        """Where ``service`` answers (127.0.0.1 unless ``--hosts`` said otherwise)."""
+        return self.hosts.get(service, HOST)
+
     def _tick(self) -> None:
         now = time.monotonic()
-        self.inflight_integral += self.inflight * (now - self._last_tick)
+        area = self.inflight * (now - self._last_tick)
+        self.inflight_integral += area
+        self.m_inflight_s.labels(self.svc.name).inc(area)
         self._last_tick = now
 
     def _client_span(self, ctx: TraceContext, parent: str, service: str, op: str,
                      start_ns: int, ok: bool) -> None:
         attrs: dict = {"leanstack.class": ctx.request_class, "leanstack.cpu_ms": 0.0,
                        "leanstack.span_kind": "client", "leanstack.caller": self.svc.name}
+        self.m_calls.labels(service, op).inc()
         if not ok:
             attrs["error"] = True
         self._record(Span(ctx.trace_id, secrets.token_hex(8), parent, service, op, start_ns,
@@ -447,43 +486,53 @@ class Worker:
             self._flush_spans()
 
 
-async def _serve(app: web.Application, port: int, reuse_port: bool) -> web.AppRunner:
+async def _serve(app: web.Application, host: str, port: int, reuse_port: bool) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
-    await web.TCPSite(runner, HOST, port, reuse_port=reuse_port, backlog=1024).start()
+    await web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024).start()
     return runner
 
 
 def load_app_file(path: Path) -> AppSpec:
-    """An app from a ``.toml`` app file or a pickled AppSpec (how the local backend passes it)."""
-    if path.suffix == ".pickle":
-        with open(path, "rb") as f:
-            return pickle.load(f)
+    """An app from a ``.toml`` app file or its JSON form (``AppSpec.to_data``, how the local
+    backend passes it); either is validated like any app file."""
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LeanstackError(f"{path}: not an app JSON file ({e})") from None
+        if not isinstance(data, dict):
+            raise LeanstackError(f"{path}: not an app JSON file (expected an object)")
+        return parse_app(data, source=str(path))
     return load_app(path)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--app", required=True, type=Path, help="app .toml (or .pickle) file")
+    p.add_argument("--app", required=True, type=Path, help="app .toml (or its .json form) file")
     p.add_argument("--service", required=True, help="the logic service this worker runs")
     p.add_argument("--port", type=int, required=True, help="shared service port (SO_REUSEPORT)")
     p.add_argument("--admin-port", type=int, required=True, help="this process's stats port")
     p.add_argument("--run-dir", type=Path, required=True, help="where spans are written")
     p.add_argument("--ports", type=Path, help="JSON file: service -> port (default RUN_DIR/"
                    "ports.json)")
+    p.add_argument("--hosts", type=Path, help="JSON file: service -> host (default 127.0.0.1 "
+                   "for every service)")
+    p.add_argument("--bind", default=HOST, help="address to listen on (0.0.0.0 in a pod)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--consumers", type=int, default=2, help="BLPOP loops of a queue-fed worker")
     a = p.parse_args(argv)
     try:
         app = load_app_file(a.app)
-    except (LeanstackError, OSError, pickle.UnpicklingError) as e:
+    except (LeanstackError, OSError) as e:
         p.error(str(e))
     if a.service not in app.services or app.services[a.service].is_storage:
         p.error(f"'{a.service}' is not a logic service of {app.name}")
     ports = {k: int(v) for k, v in json.loads((a.ports or a.run_dir / "ports.json")
                                                .read_text()).items()}
-    worker = Worker(app, a.service, ports, a.run_dir, a.seed, a.consumers)
-    asyncio.run(worker.run(a.port, a.admin_port))
+    hosts = json.loads(a.hosts.read_text()) if a.hosts else None
+    worker = Worker(app, a.service, ports, a.run_dir, a.seed, a.consumers, hosts)
+    asyncio.run(worker.run(a.port, a.admin_port, a.bind))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ sinan_app = typer.Typer(help="Sinan: ML-driven, QoS-aware microservice manager",
                         no_args_is_help=True)
 
 EXPLAIN_SAMPLES = 128
+MAX_REPEATS = 100  # 600 collection runs: days of simulated load, far beyond any useful dataset
 
 
 @sinan_app.command("collect")
@@ -30,8 +31,8 @@ def collect_cmd(
     from leanstack.microservices.app import load_app
     from leanstack.sinan.dataset import collect, collection_loads
 
-    if repeats < 1:
-        raise LeanstackError(f"--repeats must be at least 1, got {repeats}")
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise LeanstackError(f"--repeats must be in [1, {MAX_REPEATS}], got {repeats}")
     spec = load_app(app_name)
     loads = [ld for r in range(repeats)
              for ld in collection_loads(rps, duration, seed=seed + 100 * r)]

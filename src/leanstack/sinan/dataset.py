@@ -14,19 +14,22 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import Field, ValidationInfo, field_validator
 
 from leanstack.atomic import write_bytes
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.schema import FileModel, NonNegative, Positive, check
 from leanstack.sinan.explorer import BanditExplorer
 from leanstack.sinan.features import (
     CHANNELS,
     PCT_KEYS,
+    WINDOW,
     reference_qos_ms,
     samples_from_timeline,
 )
@@ -58,7 +61,8 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
-        """Read a dataset written by :meth:`save`."""
+        """Read a dataset written by :meth:`save`; its ``meta`` is checked against
+        :class:`DatasetMeta` and its arrays' shapes against ``meta``."""
         p = Path(path)
         if not p.is_file():
             raise LeanstackError(f"dataset '{p}' not found — make one with "
@@ -67,10 +71,50 @@ class Dataset:
             with np.load(p, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
                 arrays = {k: z[k] for k in ARRAYS}
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, EOFError) as e:
             raise LeanstackError(f"'{p}' is not a Sinan dataset ({e}) — make one with "
                                  "'leanstack sinan collect'") from None
+        if not isinstance(meta, dict):
+            raise LeanstackError(f"{p}: meta: expected a JSON object — {REMAKE}")
+        check(DatasetMeta, meta, f"{p}: meta", REMAKE)
+        _check_shapes(arrays, len(meta["tiers"]), str(p))
         return cls(arrays, meta)
+
+
+REMAKE = "make the dataset again with 'leanstack sinan collect'"
+
+
+class DatasetMeta(FileModel):
+    """The schema of a dataset's ``meta`` (see the module docstring)."""
+
+    app: str
+    tiers: Annotated[list[str], Field(min_length=1)]
+    channels: list[str]
+    percentiles: list[str]
+    qos_ms: Positive
+    backend: str = "sim"
+    runs: list[dict[str, Any]] = []
+    collection_wall_s: NonNegative = 0.0
+    collection_sim_s: NonNegative = 0.0
+
+    @field_validator("channels", "percentiles")
+    @classmethod
+    def _as_the_features_build(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        expected = CHANNELS if info.field_name == "channels" else PCT_KEYS
+        if tuple(v) != expected:
+            raise ValueError(f"expected {list(expected)}")
+        return v
+
+
+def _check_shapes(arrays: dict[str, np.ndarray], n_tiers: int, source: str) -> None:
+    """Every array has one row per sample and the per-sample shape ``features`` builds."""
+    n = len(arrays["y"])
+    want = {"sys": (n, len(CHANNELS), n_tiers, WINDOW), "lat": (n, len(PCT_KEYS), WINDOW),
+            "proposal": (n, n_tiers), "y": (n, len(PCT_KEYS)), "violation": (n,), "run": (n,)}
+    for name, shape in want.items():
+        if arrays[name].shape != shape:
+            raise LeanstackError(f"{source}: array '{name}' has shape {arrays[name].shape}, "
+                                 f"expected {shape} for {n_tiers} tiers — {REMAKE}")
 
 
 def collection_loads(rps: float, duration_s: float, seed: int = 0,

@@ -33,8 +33,8 @@ from leanstack.microservices.observation import (
     Allocation,
     Observation,
     TierAllocation,
+    failures_break_sla,
 )
-from leanstack.microservices.result import class_violated
 
 WINDOW = 5
 """Seconds of history the model sees (the paper's 5 s)."""
@@ -89,11 +89,9 @@ def latency_vector(obs: Observation) -> np.ndarray:
     """Worst-class latency per percentile, normalised by each class's SLA (see module doc)."""
     out = np.zeros(len(PCT_KEYS), dtype=np.float32)
     for stats in obs.classes.values():
-        total = stats.completed + stats.errors
-        if total == 0 or stats.sla_ms <= 0:
+        if stats.completed + stats.errors == 0 or stats.sla_ms <= 0:
             continue
-        allowed = 1.0 - float(stats.sla_key[1:]) / 100.0
-        if stats.errors / total > allowed:
+        if failures_break_sla(stats.completed, stats.errors, stats.sla_key):
             out[:] = np.maximum(out, FAIL_LATENCY)
             continue
         vals = [stats.latency_ms.get(k, 0.0) / stats.sla_ms for k in PCT_KEYS]
@@ -102,11 +100,8 @@ def latency_vector(obs: Observation) -> np.ndarray:
 
 
 def violated(obs: Observation) -> bool:
-    """Whether any class violates its SLA in ``obs`` (result.py's definition)."""
-    return any(class_violated({"completed": s.completed, "errors": s.errors,
-                               "sla_key": s.sla_key, "sla_ms": s.sla_ms,
-                               "latency_ms": s.latency_ms})
-               for s in obs.classes.values())
+    """Whether any class violates its SLA in ``obs`` (the one rule, ``sla_violated``)."""
+    return any(s.violated for s in obs.classes.values())
 
 
 def tier_matrix(obs: Observation, tiers: Sequence[str]) -> np.ndarray:

@@ -11,7 +11,19 @@ Drift: the plan assumes each tier's latency-vs-load-per-core curve from the prof
 tier's observed own tail latency stays above both its budget and 1.5x the profile's prediction
 at its current load per core for ``drift_intervals`` intervals, the tier is re-profiled from
 those live observations: its curve (kept in the plan) is scaled by the median observed/predicted
-ratio and its threshold recomputed for the same budget. Each such event is listed in ``describe()``.
+ratio and its threshold recomputed for the same budget. Drift that clears is undone the same
+way: when a re-profiled tier's own tail stays below 0.8x the scaled prediction for
+``drift_intervals`` intervals, its scale falls by the median ratio (never below the profile's
+own curve) and its threshold rises again (never above the plan's). Each such event is listed in
+``describe()``.
+
+Priority under a capacity: with ``capacity`` (cores for the whole app) set, an interval whose
+tiers want more than that funds tiers by the priority of the most important class they serve:
+every tier first keeps its ``min_cpu``, then the tiers of priority-1 classes get all they want,
+then priority 2, and so on; the first level that does not fit shares what is left in proportion
+to its wants and lower levels stay at ``min_cpu``. A tier shared with a more important class is
+funded at that class's level: it serves every class first-come first-served, so cutting it would
+slow the important class too.
 """
 
 from __future__ import annotations
@@ -24,11 +36,13 @@ from typing import Any
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.observation import Allocation, Observation, TierAllocation
-from leanstack.ursa.callgraph import visits_per_request
+from leanstack.ursa.callgraph import classes_through, visits_per_request
 from leanstack.ursa.plan import Plan
 
 DEFAULT_HEADROOM = 0.3
 CPU_STEP = 0.001  # cores: allocations are rounded up to 0.1 ms of quota per 100 ms period
+DRIFT_RATIO = 1.5  # observed / predicted own latency that counts as drift
+RECOVER_RATIO = 0.8  # ... and below which a re-profiled tier counts as recovered
 
 
 class UrsaController:
@@ -39,7 +53,7 @@ class UrsaController:
     def __init__(self, plan: str | Path | Plan | None = None,
                  headroom: float = DEFAULT_HEADROOM, window: int = 3,
                  drift_intervals: int = 5, reprofile: bool = True,
-                 warmup_intervals: int = 1) -> None:
+                 warmup_intervals: int = 1, capacity: float | None = None) -> None:
         if plan is None:
             raise LeanstackError("the ursa controller needs a plan — make one with 'leanstack "
                                  "ursa profile' and 'leanstack ursa plan', then pass "
@@ -47,21 +61,31 @@ class UrsaController:
         if not 0 <= headroom <= 5:
             raise LeanstackError(f"ursa headroom must be in [0, 5], got {headroom}")
         if window < 1 or drift_intervals < 1:
-            raise LeanstackError("ursa window and drift_intervals must be at least 1")
+            raise LeanstackError(f"ursa window and drift_intervals must be at least 1, got "
+                                 f"{window} and {drift_intervals}")
+        if warmup_intervals < 0:
+            raise LeanstackError(f"ursa warmup_intervals must be 0 or more, got "
+                                 f"{warmup_intervals}")
+        if capacity is not None and not (math.isfinite(capacity) and capacity > 0):
+            raise LeanstackError(f"ursa capacity must be a number of cores above 0, got "
+                                 f"{capacity}")
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
         self.headroom = headroom
         self.window = window
         self.drift_intervals = drift_intervals
         self.reprofile = bool(reprofile)
         self.warmup_intervals = warmup_intervals
+        self.capacity = capacity
         self._app: AppSpec | None = None
+        self._level: dict[str, int] = {}
         self._thresholds: dict[str, float] = {}
         self._scale: dict[str, float] = {}
         self._drift: dict[str, list[float]] = {}
         self.events: list[dict[str, Any]] = []
 
     def reset(self, app: AppSpec, interval_s: float) -> Allocation:
-        """Check the plan fits the app; start at the static maximum until load is measured."""
+        """Check the plan fits the app; start at the static maximum (cut to ``capacity``) until
+        load is measured."""
         if self.plan.app != app.name:
             raise LeanstackError(f"the plan is for app '{self.plan.app}', not '{app.name}' — "
                                  f"plan {app.name} first")
@@ -69,13 +93,23 @@ class UrsaController:
         if missing:
             raise LeanstackError(f"the plan has no threshold for tier(s) {', '.join(missing)} — "
                                  "re-plan from a profile of the current app file")
+        floor = sum(s.min_cpu for s in app.services.values())
+        if self.capacity is not None and self.capacity < floor:
+            raise LeanstackError(f"ursa capacity {self.capacity:g} cores is below the "
+                                 f"{floor:g} cores every tier's min_cpu adds up to — raise it")
         self._app = app
         self._visits = visits_per_request(app)
+        unused = max(c.priority for c in app.classes.values()) + 1  # a tier no class visits
+        self._level = {t: min((app.classes[c].priority for c in through), default=unused)
+                       for t, through in classes_through(app).items()}
         self._thresholds = {t: p.threshold for t, p in self.plan.tiers.items()}
         self._scale = dict.fromkeys(app.services, 1.0)
         self._drift = {t: [] for t in app.services}
         self.events = []
-        return Allocation.static_max(app)
+        top = Allocation.static_max(app)
+        cpus = self._within_capacity({n: t.cpu for n, t in top.tiers.items()})
+        return Allocation({n: TierAllocation(round(cpus[n], 4), t.replicas)
+                           for n, t in top.tiers.items()})
 
     def decide(self, history: list[Observation], current: Allocation) -> Allocation:
         """The allocation for the next interval from the last ``window`` observations."""
@@ -85,17 +119,37 @@ class UrsaController:
         recent = history[-self.window:]
         if self.reprofile:
             self._watch_drift(history[-1], current)
-        tiers = {}
+        want = {}
         for name, svc in self._app.services.items():
             load = statistics.fmean(max(o.tiers[name].rps, o.offered_rps * self._visits[name])
                                     for o in recent)
             cpu = load / self._thresholds[name]
             if self.plan.tiers[name].knee:  # headroom keeps a tier off its knee
                 cpu *= 1 + self.headroom
-            cpu = min(max(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.min_cpu), svc.max_cpu)
+            want[name] = min(max(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.min_cpu), svc.max_cpu)
+        tiers = {}
+        for name, cpu in self._within_capacity(want).items():
+            svc = self._app.services[name]
             replicas = svc.replicas if svc.is_storage else max(svc.replicas, math.ceil(cpu))
             tiers[name] = TierAllocation(round(cpu, 4), replicas)
         return Allocation(tiers)
+
+    def _within_capacity(self, want: dict[str, float]) -> dict[str, float]:
+        """``want`` cut to ``capacity`` by class priority (see the module docstring)."""
+        assert self._app is not None
+        if self.capacity is None or sum(want.values()) <= self.capacity + 1e-9:
+            return want
+        out = {t: self._app.services[t].min_cpu for t in want}
+        left = self.capacity - sum(out.values())
+        for level in sorted(set(self._level.values())):
+            tiers = [t for t in want if self._level[t] == level]
+            need = sum(want[t] - out[t] for t in tiers)
+            share = 1.0 if need <= left else max(left, 0.0) / need
+            for t in tiers:
+                extra = (want[t] - out[t]) * share
+                out[t] += math.floor(extra / CPU_STEP) * CPU_STEP if share < 1 else extra
+            left -= need * share
+        return out
 
     def thresholds(self) -> dict[str, float]:
         """Current load-per-core threshold per tier (after any re-profiling)."""
@@ -105,6 +159,7 @@ class UrsaController:
         """Settings, the plan's per-tier thresholds and every re-profiling event."""
         return {"name": self.name, "headroom": self.headroom, "window": self.window,
                 "drift_intervals": self.drift_intervals, "reprofile": self.reprofile,
+                "capacity": self.capacity,
                 "plan_cpu_per_rps": self.plan.cpu_per_rps, "margin": self.plan.margin,
                 "thresholds": self.thresholds(), "reprofile_events": self.events}
 
@@ -118,19 +173,24 @@ class UrsaController:
                 continue
             tier = self.plan.tiers[name]
             expected = tier.latency_at(st.rps / cpu) * self._scale[name]
-            budget = tier.budget_ms
-            if seen > budget and seen > 1.5 * expected:
-                self._drift[name].append(seen / max(expected, 1e-6))
-            else:
-                self._drift[name] = []
-            if len(self._drift[name]) >= self.drift_intervals:
-                self._rescale(name, statistics.median(self._drift[name]), obs.t)
-                self._drift[name] = []
+            ratio = seen / max(expected, 1e-6)
+            drifting = seen > tier.budget_ms and ratio > DRIFT_RATIO
+            recovering = self._scale[name] > 1.0 and ratio < RECOVER_RATIO
+            # a streak holds one direction: a switch starts it anew
+            streak = self._drift[name]
+            if not (drifting or recovering) or (streak and (streak[-1] > 1) != drifting):
+                streak.clear()
+            if drifting or recovering:
+                streak.append(ratio)
+            if len(streak) >= self.drift_intervals:
+                self._rescale(name, statistics.median(streak), obs.t)
+                streak.clear()
 
     def _rescale(self, name: str, factor: float, t: float) -> None:
-        """Scale the tier's curve by ``factor``; its threshold becomes the largest profiled
-        load per core whose scaled latency still fits the budget."""
-        self._scale[name] *= factor
+        """Scale the tier's curve by ``factor`` (never below the profiled curve); its threshold
+        becomes the largest profiled load per core whose scaled latency still fits the budget,
+        at most the plan's."""
+        self._scale[name] = max(self._scale[name] * factor, 1.0)
         tier = self.plan.tiers[name]
         fits = [x for x, y in tier.curve if y * self._scale[name] <= tier.budget_ms]
         old = self._thresholds[name]
@@ -139,6 +199,6 @@ class UrsaController:
         else:  # slower than every profiled point: shrink the slowest-load point in proportion
             x0, y0 = tier.curve[0]
             new = x0 * tier.budget_ms / max(y0 * self._scale[name], 1e-9)
-        self._thresholds[name] = min(new, old)
+        self._thresholds[name] = min(new, tier.threshold)
         self.events.append({"t": t, "tier": name, "factor": round(factor, 3),
                             "threshold_before": old, "threshold_after": self._thresholds[name]})

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation
@@ -52,6 +53,10 @@ def violation_rate_at(app: AppSpec, allocation: Allocation, load: LoadSpec,
 def search_oracle(app: AppSpec, load: LoadSpec, target: float = 0.01, precision: float = 0.02,
                   seed: int = 0, progress: bool = True) -> OracleResult:
     """Bisect each tier's CPU down while the run still meets ``target`` (see module doc)."""
+    if not 0 <= target < 1:
+        raise LeanstackError(f"--target must be a violation rate in [0, 1), got {target}")
+    if not 0 < precision < 1:
+        raise LeanstackError(f"oracle precision must be in (0, 1), got {precision}")
     t0 = time.monotonic()
     alloc = Allocation.static_max(app)
     runs = 0

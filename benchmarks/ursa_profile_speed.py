@@ -1,0 +1,112 @@
+"""How fast Ursa's profile is collected, and whether the faster profile plans as well.
+
+Profiles the social network (24 tiers) at 100 req/s two ways: one tier at a time with every
+step measured in full (``before``: ``ProfileSettings(early_stop=False)``), and the fast profile
+(``ProfileSettings.fast``: tiers that do not call one another squeezed together, from 20%
+utilisation, steps ended early once every squeezed tail is clearly inside or outside its bound).
+Each profile is planned (convolved composition) and, on the simulator, the plan is run by Ursa
+under a diurnal load (100 req/s ± 50%, 600 s) for two seeds.
+
+    python benchmarks/ursa_profile_speed.py [--backend sim|local] [--settings before,fast]
+
+On ``--backend local`` (root, cgroup v1) only the profiles are collected (the wall time is the
+claim; see ursa_local.py for runs). Writes benchmarks/results/ursa_profile_speed_<backend>.json
+with the load average before and after, and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import load_app
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.runner import make_backend, run_experiment
+from leanstack.ursa.controller import UrsaController
+from leanstack.ursa.plan import make_plan
+from leanstack.ursa.profile import ProfileSettings, profile_app
+
+RESULTS = Path(__file__).parent / "results"
+APP = "social-network"
+RPS = 100.0
+SETTINGS = {"before": lambda: ProfileSettings(rps=RPS, early_stop=False),
+            "fast": lambda: ProfileSettings.fast(RPS)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backend", default="sim", choices=("sim", "local"))
+    ap.add_argument("--settings", default="before,fast", help="comma-separated: before, fast")
+    ap.add_argument("--seeds", default="0,1", help="seeds of the simulated Ursa runs")
+    ap.add_argument("--suffix", default="", help="appended to the result file's name")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    before = os.getloadavg()
+    app = load_app(APP)
+    rows: dict[str, Any] = {}
+    for name in args.settings.split(","):
+        settings = SETTINGS[name]()
+        backend = make_backend(args.backend, seed=1) if args.backend == "sim" else \
+            make_backend("local")
+        prof = profile_app(app, backend, settings, progress=sys.stderr.isatty())
+        plans: dict[str, Any] = {}
+        for compose in ("convolve", "sum"):
+            try:
+                plans[compose] = make_plan(app, prof, compose=compose)
+            except LeanstackError as e:  # an SLA refused: recorded, not fatal
+                plans[compose] = str(e)
+        plan = plans["convolve"]
+        row: dict[str, Any] = {
+            "settings": prof.settings, "collection_wall_s": prof.collection_wall_s,
+            "collection_backend_s": prof.collection_backend_s,
+            "generous_measured_ms": prof.generous_ms,
+            "plans": {k: p if isinstance(p, str) else {
+                "cpu_per_100rps": p.cpu_per_rps * 100, "note": p.note,
+                "classes": {c: {"sla_ms": cp.sla_ms, "predicted_ms": cp.planned_ms,
+                                "budgets_added_ms": cp.summed_ms, "fastest_ms": cp.fastest_ms,
+                                "anchor_ms": cp.anchor} for c, cp in p.classes.items()}}
+                for k, p in plans.items()},
+            "plan_cpu_per_100rps": None if isinstance(plan, str) else plan.cpu_per_rps * 100,
+            "runs": []}
+        print(f"  {name}: {prof.collection_wall_s:.1f} s wall, {prof.collection_backend_s:.0f} s "
+              f"of load; plan: {plan if isinstance(plan, str) else plan.cpu_per_rps * 100}",
+              file=sys.stderr)
+        if args.backend == "sim" and not isinstance(plan, str):
+            with tempfile.TemporaryDirectory() as tmp:
+                for seed in (int(s) for s in args.seeds.split(",")):
+                    res = run_experiment(app, make_backend("sim", seed=seed + 10),
+                                         UrsaController(plan),
+                                         LoadSpec("diurnal", RPS, 600.0, seed=seed),
+                                         Path(tmp) / "r.json", progress=False)
+                    s = res["summary"]
+                    row["runs"].append({k: s[k] for k in (
+                        "violation_rate", "violation_rate_after_warmup", "mean_cpu")})
+        rows[name] = row
+    result = {"benchmark": "ursa_profile_speed", "app": APP, "rps": RPS,
+              "backend": args.backend, "profiles": rows, "loadavg_before": list(before),
+              "loadavg_after": list(os.getloadavg()),
+              "environment": environment(time.monotonic() - t0, sys.argv)}
+    path = RESULTS / f"ursa_profile_speed_{args.backend}{args.suffix}.json"
+    write_json_atomic(result, path)
+    print("| profile | wall (s) | load (s) | plan cores / 100 req/s | Ursa violations "
+          "(per seed) | Ursa mean cores |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        viol = ", ".join(f"{x['violation_rate']:.1%}" for x in r["runs"]) or "–"
+        cpu = ", ".join(f"{x['mean_cpu']:.2f}" for x in r["runs"]) or "–"
+        cores = r["plan_cpu_per_100rps"]
+        print(f"| {name} | {r['collection_wall_s']:.1f} | {r['collection_backend_s']:.0f} | "
+              f"{'refused' if cores is None else f'{cores:.2f}'} | {viol} | {cpu} |")
+    print(f"\nload average before {before[0]:.2f}, after {result['loadavg_after'][0]:.2f}; "
+          f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
