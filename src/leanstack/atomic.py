@@ -36,6 +36,17 @@ def write_json(path: str | Path, obj: Any, indent: int = 1) -> Path:
     return write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
 
 
+def write_npz(path: str | Path, arrays: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write ``arrays`` and a JSON ``meta`` entry as one compressed .npz, atomically."""
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, meta=np.array(json.dumps(meta)), **arrays)
+    return write_bytes(path, buf.getvalue())
+
+
 def read_json(path: str | Path, parse: Callable[[Any], T], what: str, how_to_make: str) -> T:
     """``parse`` the JSON in ``path``; a missing or malformed file is one LeanstackError naming
     ``what`` it should have been and ``how_to_make`` one."""

@@ -25,7 +25,7 @@ from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.controller import Controller
 from leanstack.microservices.observation import Allocation, Observation, TierAllocation
-from leanstack.registry import load_target
+from leanstack.registry import checked_options, load_target
 
 CONTROLLERS: dict[str, str] = {
     "static": "leanstack.microservices.controllers:StaticController",
@@ -58,12 +58,7 @@ def make_controller(name: str, **opts: Any) -> Controller:
         raise LeanstackError(f"unknown controller '{name}' — use one of "
                              f"{', '.join(controller_names())}")
     factory = _FACTORIES.get(name) or load_target(CONTROLLERS[name], f"controller '{name}'")
-    opts = {k: v for k, v in opts.items() if v is not None}
-    accepted = inspect.signature(factory).parameters
-    for k in opts:
-        if k not in accepted:
-            raise LeanstackError(f"controller '{name}' has no option '{k}' — it takes "
-                                 f"{', '.join(accepted) or 'no options'}")
+    opts = checked_options(f"controller '{name}'", factory, opts)
     return factory(**typed_options(name, factory, opts))
 
 

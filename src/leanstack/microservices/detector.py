@@ -9,14 +9,13 @@ lazily, so the substrate never imports a part.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.observation import Allocation, Observation
-from leanstack.registry import load_target
+from leanstack.registry import checked_options, load_target
 
 
 @dataclass(frozen=True)
@@ -65,10 +64,4 @@ def make_detector(name: str, **opts: Any) -> Detector:
     if name not in DETECTORS:
         raise LeanstackError(f"unknown detector '{name}' — use one of {', '.join(DETECTORS)}")
     factory = load_target(DETECTORS[name], f"detector '{name}'")
-    opts = {k: v for k, v in opts.items() if v is not None}
-    accepted = inspect.signature(factory).parameters
-    for k in opts:
-        if k not in accepted:
-            raise LeanstackError(f"detector '{name}' has no option '{k}' — it takes "
-                                 f"{', '.join(accepted) or 'no options'}")
-    return factory(**opts)
+    return factory(**checked_options(f"detector '{name}'", factory, opts))

@@ -31,7 +31,7 @@ from leanstack.microservices.result import (
     interval_violated,
     write_json_atomic,
 )
-from leanstack.registry import load_target
+from leanstack.registry import checked_options, load_target
 
 BACKENDS: dict[str, str] = {
     "sim": "leanstack.microservices.sim:SimBackend",
@@ -48,12 +48,9 @@ def make_backend(name: str, interval_s: float = 1.0, **opts: Any) -> Backend:
     if not (interval_s > 0 and math.isfinite(interval_s)):
         raise LeanstackError(f"--interval must be above 0 seconds, got {interval_s}")
     cls = load_target(BACKENDS[name], f"backend '{name}'")
-    opts = {k: v for k, v in opts.items() if v is not None}
+    opts = checked_options(f"backend '{name}'", cls, opts)
     accepted = inspect.signature(cls).parameters
     for k in opts:
-        if k not in accepted:
-            raise LeanstackError(f"backend '{name}' has no option '{k}' — drop it or use a "
-                                 "backend that supports it")
         default = accepted[k].default
         if isinstance(opts[k], str) and isinstance(default, int | float) \
                 and not isinstance(default, bool):  # a number given on the command line

@@ -10,7 +10,6 @@ truth, written as one ``.npz`` file.
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from leanstack.atomic import write_bytes
+from leanstack.atomic import write_npz
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.controllers import HPAController, StaticController
@@ -192,9 +191,8 @@ class Dataset:
         return Dataset({k: v[idx] for k, v in self.arrays.items()}, meta)
 
     def save(self, path: str | Path) -> Path:
-        buf = io.BytesIO()
-        np.savez_compressed(buf, meta=np.array(json.dumps(self.meta)), **self.arrays)
-        return write_bytes(path, buf.getvalue())
+        """Write the dataset as one compressed .npz, atomically."""
+        return write_npz(path, self.arrays, self.meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:

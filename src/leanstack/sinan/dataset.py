@@ -8,7 +8,6 @@ loads and the collection cost (``collection_wall_s``, ``collection_sim_s``).
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 import time
@@ -19,7 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from leanstack.atomic import write_bytes
+from leanstack.atomic import write_npz
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.load import LoadSpec
@@ -55,9 +54,7 @@ class Dataset:
 
     def save(self, path: str | Path) -> Path:
         """Write the dataset as one compressed .npz, atomically."""
-        buf = io.BytesIO()
-        np.savez_compressed(buf, meta=np.array(json.dumps(self.meta)), **self.arrays)
-        return write_bytes(path, buf.getvalue())
+        return write_npz(path, self.arrays, self.meta)
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
