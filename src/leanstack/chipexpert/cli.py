@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from leanstack.chipexpert.training.cli import train_app
 from leanstack.errors import LeanstackError
 
 chip_app = typer.Typer(help="ChipExpert: knowledge base, retrieval, assistant.",
@@ -15,6 +16,7 @@ chip_app = typer.Typer(help="ChipExpert: knowledge base, retrieval, assistant.",
 corpus_app = typer.Typer(help="Build the knowledge base from the offline documentation.",
                          no_args_is_help=True)
 chip_app.add_typer(corpus_app, name="corpus")
+chip_app.add_typer(train_app, name="train")
 
 _DIR_HELP = "knowledge-base directory (default: $LEANSTACK_CHIP_DIR or the user cache dir)"
 
@@ -68,20 +70,47 @@ def corpus_build(
     console.print(f"index: {embedded} chunks embedded, the rest reused", highlight=False)
 
 
+@chip_app.command("tune-retriever")
+def tune_retriever_command(
+    directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+) -> None:
+    """Fine-tune the question encoder and train the re-ranker on the tuning half of the
+    chunk-level question set; search then uses them."""
+    from rich.progress import Progress
+
+    from leanstack.chipexpert.store import default_dir
+    from leanstack.chipexpert.tune import tune_retriever
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("fine-tuning the query encoder", total=None)
+        report = tune_retriever(directory or default_dir(), on_step=lambda stage, done, total:
+                                bar.update(task, description=stage, completed=done,
+                                           total=total))
+    print(f"query encoder {report['embedder']['name']} trained in "
+          f"{report['train_embedder_s']:.0f} s on {sum(report['embedder']['pairs'].values())} "
+          f"pairs; re-ranker trained in {report['train_reranker_s']:.1f} s")
+
+
 @chip_app.command("search")
 def search(
     query: str = typer.Argument(..., help="a question or keywords"),
     k: int = typer.Option(3, "--k", help="how many chunks to return"),
-    method: str = typer.Option("fused", "--method", help="fused, rrf, dense or bm25"),
+    method: str = typer.Option("fused", "--method", help="fused, reranked, rrf, dense or "
+                               "bm25"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of "
                                  "{source, section, text, score}"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
 ) -> None:
     """Search the knowledge base and print the best chunks."""
-    from leanstack.chipexpert.retrieval import Retriever
+    import sys
+
+    from leanstack.chipexpert.retrieval import Retriever, query_encoder
     from leanstack.chipexpert.store import default_dir
 
-    hits = Retriever.load(directory or default_dir()).search(query, k=k, method=method)
+    kb = directory or default_dir()
+    hits = Retriever.load(kb).search(query, k=k, method=method)
+    if method != "bm25":
+        print(f"({query_encoder(kb)[2]})", file=sys.stderr)
     if as_json:
         print(json.dumps([{key: h.to_json()[key] for key in ("source", "section", "text", "score")}
                           for h in hits], indent=1, ensure_ascii=False))

