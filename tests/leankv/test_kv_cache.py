@@ -64,9 +64,16 @@ def test_fp16_tier_is_close_to_dense(tiny_llama):
     assert (ref[:, -1] - out[:, -1]).abs().max() < 1e-2
 
 
+def _tiered(**kw):
+    """K8V8 / K4V4 / K4V2 tiers with pruning, whatever the shipped presets currently are."""
+    base = {"hi_bits": (4, 4), "lo_bits": (4, 2), "hi_mass": 0.5, "keep_mass": 0.9,
+            "full_bits": 8}
+    return LeanKVConfig(**{**base, **kw})
+
+
 def test_compressing_preset_prunes_quantizes_and_saves_bytes(tiny_llama):
-    cfg = LeanKVConfig.preset("balanced", group=16, page_bytes=256, recent_window=8,
-                              sink_tokens=2, retier_every=4, hi_mass=0.6, keep_mass=0.9)
+    cfg = _tiered(group=16, page_bytes=256, recent_window=8, sink_tokens=2, retier_every=4,
+                  hi_mass=0.6, keep_mass=0.9)
     ids = torch.randint(3, 128, (2, 120), generator=torch.Generator().manual_seed(3))
     model = copy.deepcopy(tiny_llama)
     for layer in model.model.layers:  # KV head 0 attends sharply, head 1 diffusely
@@ -136,8 +143,8 @@ def test_eight_bit_full_tier_holds_fewer_bytes_and_stays_close(tiny_llama):
 
 
 def _compressing(**kw):
-    return LeanKVConfig.preset("balanced", group=16, page_bytes=256, recent_window=8,
-                               sink_tokens=2, retier_every=4, **kw)
+    return _tiered(group=16, page_bytes=256, recent_window=8, sink_tokens=2, retier_every=4,
+                   **kw)
 
 
 def test_working_set_mirrors_the_store_and_decodes_only_new_tokens(tiny_llama, monkeypatch):

@@ -151,7 +151,7 @@ def test_kv_chat_repl_reads_stdin_until_eof(tiny_model_dir):
 
 
 def test_calibrate_writes_a_preset_that_eval_loads(tiny_model_dir, tmp_path):
-    from leanstack.leankv.calibrate import LADDER
+    from leanstack.leankv.calibrate import LADDER, rung_config
     from leanstack.leankv.config import LeanKVConfig
 
     common = ["--model", str(tiny_model_dir), "--prefix", "16", "--decode", "4",
@@ -162,16 +162,16 @@ def test_calibrate_writes_a_preset_that_eval_loads(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "calibration half" in result.output and "meets the targets" in result.output
     # loose targets: the first, most compressed rung is taken
-    assert LeanKVConfig.load(str(easy)) == LeanKVConfig.preset(LADDER[0][0])
+    assert LeanKVConfig.load(str(easy)) == rung_config(LADDER[0][1])
     assert "met_targets = true" in easy.read_text()
+    assert 'split = "calibration"' in easy.read_text()
     impossible = tmp_path / "none.toml"
     result = CliRunner().invoke(kv_app, ["calibrate", "--out", str(impossible), "--target-ppl",
                                          "-100", *common])
     assert result.exit_code == 0, result.output
     assert result.output.count("misses") == len(LADDER)
     assert "met_targets = false" in impossible.read_text()
-    base, overrides = LADDER[-1]
-    assert LeanKVConfig.load(str(impossible)) == LeanKVConfig.preset(base, **overrides)
+    assert LeanKVConfig.load(str(impossible)) == rung_config(LADDER[-1][1])
     out = tmp_path / "eval.json"
     result = CliRunner().invoke(kv_app, ["eval", "--preset", str(easy), "--out", str(out),
                                          "--split", "calibration", *common])

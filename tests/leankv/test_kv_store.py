@@ -73,7 +73,7 @@ def test_page_too_small_is_one_line_error():
 
 def test_presets_and_validation():
     assert set(PRESETS) >= {"lossless", "balanced", "aggressive"}
-    assert LeanKVConfig.preset("balanced", keep_mass=0.9).keep_mass == 0.9
+    assert LeanKVConfig.preset("balanced", recent_window=7).recent_window == 7
     with pytest.raises(LeanstackError, match="unknown preset"):
         LeanKVConfig.preset("tiny")
     with pytest.raises(LeanstackError, match="hi_mass <= keep_mass"):

