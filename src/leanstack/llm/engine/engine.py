@@ -178,6 +178,8 @@ class Engine:
             "kv_pages_free": self.kv.num_free,
             "kv_bytes_used": self.kv.used_bytes,
             "kv_bytes_free": self.kv.free_bytes,
+            "kv_working_set_bytes": sum(s.kv_store.working_set_bytes()
+                                        for s in self.scheduler.running if s.kv_store is not None),
             "preemptions": self.scheduler.num_preemptions,
             "generated_tokens": self.generated_tokens,
         }

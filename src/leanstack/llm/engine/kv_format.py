@@ -6,6 +6,11 @@ a token in the same page: the page is viewed as ``[layers, tokens_per_page, reco
 encode and decode records; which page a token lives in is the KV manager's business, so formats
 with different record sizes share one pool (a page of a smaller format holds more tokens).
 
+A *tiered* format (one with ``new_sequence``, e.g. LeanKV) instead keeps each sequence's KV in
+its own object (:class:`SequenceKV`) that takes and gives back whole pages through a
+:class:`PageSource`, so it can lay out per-head records, demote and prune them, and return the
+bytes it frees to the pool.
+
 Formats are looked up by name: ``fp16`` / ``fp32`` (raw paged KV, the vLLM-style baseline) are
 built in; further formats register a factory with :func:`register_kv_format` from their own
 module, listed in ``FORMAT_MODULES`` so that the engine can import it on first use.
@@ -45,6 +50,56 @@ class KVFormat(Protocol):
     def decode(self, layer: int, records: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """records uint8 [n, record_bytes] -> k, v float32 [n, kv_heads, head_dim]."""
         ...
+
+
+class PageSource(Protocol):
+    """The pool as one sequence's tiered KV sees it."""
+
+    data: torch.Tensor  # uint8 [num_pages, page_bytes], the whole pool
+    page_bytes: int
+
+    @property
+    def num_free(self) -> int: ...
+
+    def take(self, n: int) -> list[int] | None:
+        """``n`` free pages for this sequence, or None (nothing taken) if too few are free."""
+        ...
+
+    def give(self, pages: list[int]) -> None:
+        """Return pages of this sequence to the pool."""
+        ...
+
+
+class SequenceKV(Protocol):
+    """The KV of one sequence in a tiered format."""
+
+    pages: list[int]
+
+    def reserve(self, num_tokens: int) -> bool:
+        """Room for positions up to ``num_tokens``; False (nothing taken) if pages are short."""
+        ...
+
+    def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``k, v`` [n, kv_heads, head_dim] of the tokens at positions ``pos`` [n]."""
+        ...
+
+    def attend(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor,
+               scaling: float) -> torch.Tensor:
+        """Causal attention of queries [n, q_heads, head_dim] over this sequence's KV."""
+        ...
+
+    def end_step(self, seq_len: int, num_tokens: int) -> None:
+        """Called once after each forward that added ``num_tokens`` tokens."""
+        ...
+
+    def working_set_bytes(self) -> int:
+        """Bytes of decoded buffers kept for attention, outside the KV budget."""
+        ...
+
+
+def is_tiered(fmt: object) -> bool:
+    """Whether ``fmt`` keeps per-sequence KV objects instead of per-token page records."""
+    return hasattr(fmt, "new_sequence")
 
 
 class RawFormat:

@@ -17,9 +17,11 @@ import numpy as np
 HEALTH_POLL_S = 0.2
 
 
-def request_set(kind: str, n: int, seed: int, vocab: int = 49152) -> list[tuple[list[int], int]]:
+def request_set(kind: str, n: int, seed: int, vocab: int = 49152, long_min: int = 384,
+                long_max: int = 640) -> list[tuple[list[int], int]]:
     """(prompt ids, output tokens) pairs. ``synthetic``: prompts lognormal around 96 tokens
-    (16..512), outputs 16..64; ``long``: prompts 384..640 tokens, 96 output tokens."""
+    (16..512), outputs 16..64; ``long``: prompts ``long_min..long_max`` tokens, 96 output
+    tokens."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
@@ -27,7 +29,7 @@ def request_set(kind: str, n: int, seed: int, vocab: int = 49152) -> list[tuple[
             plen = int(np.clip(rng.lognormal(np.log(96), 0.6), 16, 512))
             olen = int(rng.integers(16, 65))
         else:
-            plen, olen = int(rng.integers(384, 641)), 96
+            plen, olen = int(rng.integers(long_min, long_max + 1)), 96
         out.append((rng.integers(100, vocab - 100, plen).tolist(), olen))
     return out
 
@@ -63,12 +65,13 @@ async def drive(url: str, reqs: list[tuple[list[int], int]], rate: float,
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, len(reqs)))
     records: list[dict[str, float]] = []
-    peak = 0
+    peak = {"running": 0, "kv_bytes_used": 0, "kv_working_set_bytes": 0}
     async with httpx.AsyncClient(timeout=None) as client:
         tasks = [asyncio.create_task(_one(client, url, p, o, float(t), records))
                  for (p, o), t in zip(reqs, arrivals, strict=True)]
         while not all(t.done() for t in tasks):
-            peak = max(peak, (await client.get(url + "/health")).json()["running"])
+            now = (await client.get(url + "/health")).json()
+            peak = {k: max(v, now.get(k, 0)) for k, v in peak.items()}
             await asyncio.sleep(HEALTH_POLL_S)
         await asyncio.gather(*tasks)
         health = (await client.get(url + "/health")).json()
@@ -81,6 +84,8 @@ async def drive(url: str, reqs: list[tuple[list[int], int]], rate: float,
         "ttft_p99_s": _percentile([r["ttft"] for r in ok], 99),
         "tpot_p50_s": _percentile([r["tpot"] for r in ok], 50),
         "tpot_p99_s": _percentile([r["tpot"] for r in ok], 99),
-        "peak_running": peak, "preemptions": health["preemptions"],
+        "peak_running": peak["running"], "peak_kv_bytes_used": peak["kv_bytes_used"],
+        "peak_working_set_bytes": peak["kv_working_set_bytes"],
+        "preemptions": health["preemptions"],
         "kv_pages_free_after": health["kv_pages_free"], "kv_pages_total": health["kv_pages_total"],
     }

@@ -5,7 +5,8 @@ concatenated into one sequence of T tokens, so every projection and MLP runs onc
 The decoder layers are the transformers Llama modules (embedding, RMSNorm, rotary embedding,
 q/k/v/o projections, MLP); only attention is ours: new keys and values go to the paged KV store
 through each sequence's format, then each prefill chunk attends to its own context, and all
-decode tokens attend together in one batched call over their (gathered) contexts.
+decode tokens attend together in one batched call over their (gathered) contexts. A sequence of
+a tiered format (LeanKV) stores and attends through its own ``SequenceKV`` instead.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class ModelRunner:
         hidden = inner.embed_tokens(torch.tensor(ids).unsqueeze(0))  # [1, T, hidden]
         cos, sin = inner.rotary_emb(hidden, positions.unsqueeze(0))
         cos, sin = cos[0].unsqueeze(1), sin[0].unsqueeze(1)  # [T, 1, d]
-        writes, prefills, decodes = self._plan(chunks)
+        writes, prefills, decodes, tiered = self._plan(chunks)
         hidden = hidden[0]
         for layer_idx, layer in enumerate(inner.layers):
             residual = hidden
@@ -91,8 +92,14 @@ class ModelRunner:
                 out[rows] = self._prefill_attention(layer_idx, q[rows], ctx, start)
             for rows, ctx, mask in decodes:
                 out[rows] = self._decode_attention(layer_idx, q[rows], ctx, mask)
+            for rows, store in tiered:
+                store.write(layer_idx, positions[rows], k[rows], v[rows])
+                out[rows] = store.attend(layer_idx, q[rows], positions[rows], self.scaling)
             hidden = residual + attn.o_proj(out.reshape(t, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        for c in chunks:
+            if c.seq.kv_store is not None:
+                c.seq.kv_store.end_step(c.start + c.num_tokens, c.num_tokens)
         last = []
         offset = 0
         for c in chunks:
@@ -104,15 +111,19 @@ class ModelRunner:
         hidden = inner.norm(hidden[torch.tensor(last)])
         return self.model.lm_head(hidden).float()
 
-    def _plan(self, chunks: list[ScheduledChunk]) -> tuple[list, list, list]:
+    def _plan(self, chunks: list[ScheduledChunk]) -> tuple[list, list, list, list]:
         """Index tensors shared by all layers: where to write new tokens (grouped by format),
-        each prefill chunk's context, and the padded contexts of the decodes of each format."""
+        each prefill chunk's context, the padded contexts of the decodes of each format, and
+        the rows of the sequences with their own tiered KV."""
         by_fmt: dict[str, tuple[list, list, list]] = {}
-        prefills, decode_groups = [], {}
+        prefills, decode_groups, tiered = [], {}, []
         offset = 0
         for c in chunks:
             rows = torch.arange(offset, offset + c.num_tokens)
             offset += c.num_tokens
+            if c.seq.kv_store is not None:
+                tiered.append((rows, c.seq.kv_store))
+                continue
             end = c.start + c.num_tokens
             pages, slots = self.kv.slots(c.seq, 0, end)
             group = by_fmt.setdefault(c.seq.kv_format, ([], [], []))
@@ -137,7 +148,7 @@ class ModelRunner:
                 mask[i, :p.numel()] = True
             rows = torch.tensor([r for r, _, _ in items])
             decodes.append((rows, _Context(fmt, pages.view(-1), slots.view(-1)), mask))
-        return writes, prefills, decodes
+        return writes, prefills, decodes, tiered
 
     def _prefill_attention(self, layer: int, q: torch.Tensor, ctx: _Context,
                            start: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -34,6 +35,7 @@ class Sequence:
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed: int = 0
     pages: list[int] = field(default_factory=list)
+    kv_store: Any = None  # the sequence's KV object in a tiered format (``SequenceKV``)
     finish_reason: str | None = None
     text: str = ""  # detokenized output (stop strings cut)
     sent_chars: int = 0  # how much of ``text`` has been handed out already
