@@ -1,22 +1,34 @@
-"""Seer on the simulator: anticipation, precision, culprit accuracy vs baselines, violations
-avoided, generalisation and cost.
+"""Seer on the simulator: anticipation and its ceiling, precision, culprit accuracy vs baselines,
+violations avoided, generalisation and cost.
 
 1. Fault campaigns (``--episodes`` per app) on the social network, hotel reservation and media
-   service, split by episode (run) into train / validation / test.
-2. **Comparison** on the held-out test episodes of all three apps: Seer (CNN + LSTM), CNN-only,
-   LSTM-only, the threshold rule, Sinan's boosted tree (violation only) and BARO (culprit only);
-   every threshold picked on the validation episodes.
-3. **Unseen app**: Seer trained on the social network + hotel reservation, tested on every
-   media-service episode. This model is the one shipped (``--ship``).
-4. **Unseen fault kind**: Seer trained without ``--left-out`` episodes, tested on the test
-   episodes of that kind.
-5. **Online, acting**: fresh campaigns (new seeds) under HPA on the social network and the media
-   service, each episode run twice on the same seeds — Seer watching, Seer boosting the
-   culprit — with the shipped model: anticipation, precision, culprit, violation-seconds
-   avoided and the CPU the boosts cost.
+   service under the static allocation, split by episode (run) into train / validation / test;
+   campaigns with the HPA controller acting (``--hpa-episodes``, social network and hotel
+   reservation) split the same way; a campaign of only the left-out fault kind
+   (``--kind-episodes`` per app, new seeds) for the unseen-kind test.
+2. ``comparison``: on the held-out test episodes of all three apps, Seer (CNN + LSTM),
+   CNN-only, LSTM-only, the threshold rule, Sinan's boosted tree (violation only), BARO and
+   RCAEval's N-Sigma (culprit only); every threshold picked on the validation episodes. Also the
+   *anticipation ceiling* (``leanstack.seer.ceiling``): which test violations showed any
+   precursor at least the lead time ahead, and how many of those Seer anticipated.
+3. ``unseen_app``: Seer trained on the social network + hotel reservation (static campaigns),
+   tested on every media-service episode.
+4. ``unseen_kind``: Seer trained without ``--left-out`` episodes, tested on that kind's test
+   episodes plus the whole left-out-kind campaign.
+5. ``hpa``: Seer trained on the static *and* HPA campaigns of the two apps (the model shipped
+   with ``--ship``), scored offline on the HPA test episodes next to the static-only model; then
+   online on fresh campaigns (new seeds) under HPA on the social network and the media service,
+   each episode run twice on the same seeds — Seer watching, Seer boosting the culprit — for
+   both models: anticipation, precision, culprit, violation-seconds avoided, CPU of the boosts.
 
-    python benchmarks/seer_eval.py [--episodes 100] [--epochs 12] [--online-episodes 20]
-                                   [--data-dir DIR] [--ship]
+    python benchmarks/seer_eval.py [--episodes 100] [--hpa-episodes 50] [--kind-episodes 30]
+        [--online-episodes 20] [--epochs 12] [--data-dir DIR] [--ship]
+        [--only SECTION[,SECTION]] [--merge PART.json ...]
+
+``--only`` computes the named sections and keeps the others from the existing ``--out`` file
+(each section records its own command); ``--merge`` copies the sections of partial results
+written by ``--only ... --out PART.json`` runs (run side by side on a busy machine). Trained
+networks are cached under ``--data-dir`` so sections can share them.
 
 Writes benchmarks/results/seer_eval.json and prints Markdown tables.
 """
@@ -24,7 +36,10 @@ Writes benchmarks/results/seer_eval.json and prints Markdown tables.
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,130 +49,271 @@ import torch
 from leanstack.microservices.app import load_app
 from leanstack.microservices.result import environment, write_json_atomic
 from leanstack.seer.campaign import Dataset, collect
+from leanstack.seer.ceiling import anticipation_ceiling, healthy_range
 from leanstack.seer.evaluate import compare, evaluate_model, online_eval
-from leanstack.seer.model import MODELS_DIR
-from leanstack.seer.train import TrainConfig, split_episodes, train
+from leanstack.seer.metrics import hysteresis
+from leanstack.seer.model import MODELS_DIR, SeerModel
+from leanstack.seer.train import TrainConfig, score, split_episodes, start_window, steps, train
 
 RESULTS = Path(__file__).parent / "results"
 APPS = ("social-network", "hotel-reservation", "media-service")
-SEED = 11
+SEEN = APPS[:2]
+SEED, KIND_SEED, HPA_SEED, ONLINE_SEED = 11, 21, 31, 1000
+SECTIONS = ("comparison", "unseen_app", "unseen_kind", "hpa")
+SECTION_KEYS = {
+    "comparison": ("comparison", "tradeoff_cnn_lstm_test", "anticipation_ceiling", "cost"),
+    "unseen_app": ("unseen_app",),
+    "unseen_kind": ("unseen_kind",),
+    "hpa": ("hpa_offline", "online", "online_static_trained", "hpa_campaigns",
+            "online_inference_ms_per_window_median"),
+}
+"""The result keys each section writes."""
+Split = tuple[Dataset, np.ndarray]
 
 
-def datasets(episodes: int, data_dir: Path | None) -> dict[str, Dataset]:
-    out = {}
-    for name in APPS:
-        path = data_dir / f"{name}-{episodes}-{SEED}.npz" if data_dir else None
-        if path is not None and path.is_file():
-            out[name] = Dataset.load(path)
-            continue
-        t0 = time.monotonic()
-        out[name] = collect(load_app(name), episodes, seed=SEED)
-        print(f"collected {name}: {episodes} episodes in {time.monotonic() - t0:.0f} s")
-        if path is not None:
-            out[name].save(path)
-    return out
+def campaign(name: str, episodes: int, seed: int, data_dir: Path | None, tag: str = "",
+             **kw: Any) -> Dataset:
+    """A campaign of ``name``, read from the cache in ``data_dir`` when there."""
+    path = data_dir / f"{name}{tag}-{episodes}-{seed}.npz" if data_dir else None
+    if path is not None and path.is_file():
+        return Dataset.load(path)
+    t0 = time.monotonic()
+    ds = collect(load_app(name), episodes, seed=seed, **kw)
+    print(f"collected {name}{tag}: {episodes} episodes in {time.monotonic() - t0:.0f} s")
+    if path is not None:
+        ds.save(path)
+    return ds
+
+
+def cached_model(name: str, data_dir: Path | None, fit: Any) -> SeerModel:
+    """The network ``name`` from the cache in ``data_dir``, else ``fit()``'s (then cached)."""
+    d = data_dir / "models" / name if data_dir else None
+    if d is not None and (d / "meta.json").is_file():
+        return SeerModel.load(d)
+    model, meta = fit()
+    model.meta = meta
+    if d is not None:
+        model.save(d)
+    return model
 
 
 def kind_of(ds: Dataset) -> list[str]:
     return [e["fault"]["kind"] if e["fault"] else "none" for e in ds.meta["episodes"]]
 
 
+def versions() -> dict[str, str | None]:
+    out = {}
+    for pkg in ("torch", "xgboost", "fse-baro", "RCAEval"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--episodes", type=int, default=100)
+    ap.add_argument("--hpa-episodes", type=int, default=50)
+    ap.add_argument("--kind-episodes", type=int, default=30)
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--online-episodes", type=int, default=20)
+    ap.add_argument("--online-apps", default=f"{APPS[0]},{APPS[2]}",
+                    help="comma-separated apps of the online runs")
     ap.add_argument("--left-out", default="slow_downstream")
     ap.add_argument("--data-dir", type=Path, default=None,
-                    help="cache the campaigns here (reused when present)")
+                    help="cache the campaigns and trained networks here (reused when present)")
     ap.add_argument("--ship", action="store_true",
-                    help="write the unseen-app model to src/leanstack/seer/models/default")
+                    help="write the HPA-trained model to src/leanstack/seer/models/default")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to compute, of {', '.join(SECTIONS)}")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="partial results whose sections to copy into --out")
     ap.add_argument("--out", type=Path, default=RESULTS / "seer_eval.json")
     args = ap.parse_args()
+    only = [s for s in args.only.split(",") if s] if not args.merge else []
+    if unknown := set(only) - set(SECTIONS):
+        ap.error(f"unknown sections {sorted(unknown)} — use {', '.join(SECTIONS)}")
     torch.set_num_threads(1)
     t_start = time.monotonic()
+    result: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    for part in args.merge:
+        r = json.loads(part.read_text())
+        for sec, env in r["commands"].items():
+            for k in SECTION_KEYS[sec]:  # online runs of several parts add up, app by app
+                both = isinstance(r[k], dict) and isinstance(result.get(k), dict)
+                result[k] = {**result[k], **r[k]} if both and k.startswith("online") else r[k]
+            # where the partial results lay is this machine's business
+            env["command"] = env["command"].replace(str(part.parent), "PARTS_DIR")
+            cmds = result.setdefault("commands", {})
+            if sec in cmds and sec == "hpa" and cmds[sec]["command"] != env["command"]:
+                env = {**env, "command": f"{cmds[sec]['command']} && {env['command']}"}
+            cmds[sec] = env
+        result["settings"], result["campaigns"] = r["settings"], r["campaigns"]
     cfg = TrainConfig(epochs=args.epochs, seed=0)
-    data = datasets(args.episodes, args.data_dir)
+    dd = args.data_dir
+    data = {n: campaign(n, args.episodes, SEED, dd) for n in APPS}
     splits = {n: split_episodes(len(ds), cfg.seed) for n, ds in data.items()}
-    result: dict[str, Any] = {
-        "settings": {"episodes_per_app": args.episodes, "campaign_seed": SEED,
-                     "episode_s": data[APPS[0]].meta["episodes"][0]["duration_s"],
-                     "interval_s": cfg_interval(data), "train_config": vars(cfg) | {},
-                     "apps": list(APPS), "left_out_kind": args.left_out,
-                     "online_episodes": args.online_episodes},
-        "campaigns": {n: {"episodes": len(ds),
-                          "with_fault": int((ds.arrays["culprit"] >= 0).sum()),
-                          "violated": int(ds.arrays["violated"].any(axis=1).sum()),
-                          "collection_wall_s": ds.meta.get("collection_wall_s")}
-                      for n, ds in data.items()},
-    }
 
-    # 2. all methods, same held-out episodes
-    def pick(part: str, names=APPS) -> list[tuple[Dataset, np.ndarray]]:
+    def pick(part: str, names: tuple[str, ...] = APPS) -> list[Split]:
         return [(data[n], splits[n][part]) for n in names]
 
-    res, models = compare(pick("train"), pick("val"), pick("test"), cfg, progress=False)
-    result["comparison"] = res
-    result["tradeoff_cnn_lstm_test"] = tradeoff(models["cnn_lstm"], pick("test"), cfg)
-    print("comparison done", round(time.monotonic() - t_start))
+    def unseen_app_model() -> SeerModel:
+        return cached_model("unseen_app", dd, lambda: train(
+            [data[n] for n in SEEN], cfg, progress=False,
+            train_episodes=[splits[n]["train"] for n in SEEN],
+            val_episodes=[splits[n]["val"] for n in SEEN]))
 
-    # 3. unseen app: train on two, test on the third (all its episodes)
-    seen, unseen = APPS[:2], APPS[2]
-    model, meta = train([data[n] for n in seen], cfg, progress=False,
-                        train_episodes=[splits[n]["train"] for n in seen],
-                        val_episodes=[splits[n]["val"] for n in seen])
-    everything = np.arange(len(data[unseen]))
-    result["unseen_app"] = {
-        "trained_on": list(seen), "tested_on": unseen, "train_s": meta["train_s"],
-        "seer": evaluate_model(model, [(data[unseen], everything)], cfg),
-        "seer_on_seen_apps_test": evaluate_model(model, pick("test", seen), cfg),
-    }
-    base, _ = compare(pick("train", seen), pick("val", seen), [(data[unseen], everything)],
-                      cfg, methods=("threshold", "baro"), progress=False)
-    result["unseen_app"].update(base)
-    model.meta = {**meta, "test_unseen_app": result["unseen_app"]["seer"]}
-    if args.ship:
-        model.save(MODELS_DIR / "default")
-    print("unseen app done", round(time.monotonic() - t_start))
-
-    # 4. unseen fault kind
-    k = args.left_out
-    tr = [splits[n]["train"][[kind_of(data[n])[i] != k for i in splits[n]["train"]]]
-          for n in APPS]
-    va = [splits[n]["val"][[kind_of(data[n])[i] != k for i in splits[n]["val"]]] for n in APPS]
-    te = [(data[n], splits[n]["test"][[kind_of(data[n])[i] == k for i in splits[n]["test"]]])
-          for n in APPS]
-    m_k, meta_k = train([data[n] for n in APPS], cfg, progress=False, train_episodes=tr,
-                        val_episodes=va)
-    result["unseen_kind"] = {"left_out": k, "trained_kinds": meta_k["kinds"],
-                             "seer": evaluate_model(m_k, te, cfg),
-                             "seer_trained_with_it": evaluate_model(models["cnn_lstm"], te, cfg),
-                             "test_episodes": int(sum(len(i) for _, i in te))}
-    print("unseen kind done", round(time.monotonic() - t_start))
-
-    # 5. online, acting, on fresh seeds with the unseen-app (shipped) model
-    result["online"] = {}
-    for name in (APPS[0], APPS[2]):
-        r = online_eval(load_app(name), model, args.online_episodes, seed=1000)
-        r["by_kind"] = by_kind(r["per_episode"])
-        result["online"][name] = r
-        print(f"online {name}: anticipation {r['anticipation']}, precision {r['precision']}, "
-              f"culprit {r['culprit_top1']}, avoided {r['avoided']}")
-    result["cost"] = {
-        "train_s_cnn_lstm_three_apps": res["cnn_lstm"]["train_s"],
-        "parameters": res["cnn_lstm"]["parameters"],
-        "model_bytes": res["cnn_lstm"]["size_bytes"],
-        "inference_ms_per_window_online_median":
-            result["online"][APPS[0]]["inference_ms_per_window_median"],
-        "batched_inference_ms_per_window": res["cnn_lstm"]["batched_inference_ms_per_window"],
-    }
-    result["environment"] = environment(time.monotonic() - t_start)
-    if args.data_dir is not None:  # the cache's location is this machine's business
-        result["environment"]["command"] = result["environment"]["command"].replace(
-            str(args.data_dir), "DATA_DIR")
+    if only:
+        result["settings"] = {
+            "episodes_per_app": args.episodes, "campaign_seed": SEED,
+            "episode_s": data[APPS[0]].meta["episodes"][0]["duration_s"],
+            "interval_s": float(data[APPS[0]].meta["interval_s"]),
+            "train_config": asdict(cfg), "apps": list(APPS), "left_out_kind": args.left_out,
+            "kind_episodes_per_app": args.kind_episodes, "kind_seed": KIND_SEED,
+            "hpa_episodes_per_app": args.hpa_episodes, "hpa_seed": HPA_SEED,
+            "online_episodes": args.online_episodes, "online_seed": ONLINE_SEED}
+        result["campaigns"] = {n: {"episodes": len(ds),
+                                   "with_fault": int((ds.arrays["culprit"] >= 0).sum()),
+                                   "violated": int(ds.arrays["violated"].any(axis=1).sum()),
+                                   "collection_wall_s": ds.meta.get("collection_wall_s")}
+                               for n, ds in data.items()}
+    for sec in only:
+        t0 = time.monotonic()
+        if sec == "comparison":
+            result.update(comparison(pick, data, splits, cfg, dd))
+        elif sec == "unseen_app":
+            result["unseen_app"] = unseen_app(pick, data, unseen_app_model(), cfg)
+        elif sec == "unseen_kind":
+            result["unseen_kind"] = unseen_kind(args, pick, data, splits, cfg, dd)
+        elif sec == "hpa":
+            result.update(hpa(args, pick, data, splits, cfg, unseen_app_model()))
+        env = environment(time.monotonic() - t0)
+        if dd is not None:  # the cache's location is this machine's business
+            env["command"] = env["command"].replace(str(dd), "DATA_DIR")
+        if args.out.parent.resolve() != RESULTS.resolve():
+            env["command"] = env["command"].replace(str(args.out.parent), "PARTS_DIR")
+        result.setdefault("commands", {})[sec] = {**env, "packages_more": versions()}
+        print(f"{sec} done in {time.monotonic() - t0:.0f} s")
+    result["sections"] = [s for s in SECTIONS if s in result.get("commands", {})]
+    if args.merge:
+        cmd = environment(time.monotonic() - t_start)["command"]
+        for part in args.merge:
+            cmd = cmd.replace(str(part.parent), "PARTS_DIR")
+        result["merge_command"] = cmd.replace(str(dd), "DATA_DIR") if dd else cmd
     write_json_atomic(result, args.out)
     print_tables(result)
     print(f"results: {args.out}")
+
+
+def comparison(pick: Any, data: dict[str, Dataset], splits: dict[str, Any], cfg: TrainConfig,
+               dd: Path | None) -> dict[str, Any]:
+    """Every method on the same held-out episodes, the trade-off curve and the ceiling."""
+    res, models = compare(pick("train"), pick("val"), pick("test"), cfg, progress=False)
+    if dd is not None:
+        models["cnn_lstm"].save(dd / "models" / "comparison_cnn_lstm")
+    seer = models["cnn_lstm"]
+    start = start_window(data[APPS[0]], cfg.lookback)
+    tests = []
+    for n in APPS:
+        sub = data[n].subset(splits[n]["test"])
+        alerting = hysteresis(score(seer, sub)[0], seer.threshold)
+        tests.append((sub, healthy_range(data[n], splits[n]["train"], start), alerting))
+    ds0 = data[APPS[0]]
+    ceiling = anticipation_ceiling(tests, steps(ds0, cfg.lead_s), steps(ds0, cfg.horizon_s),
+                                   start)
+    return {"comparison": res, "tradeoff_cnn_lstm_test": tradeoff(seer, pick("test"), cfg),
+            "anticipation_ceiling": ceiling,
+            "cost": {"train_s_cnn_lstm_three_apps": res["cnn_lstm"]["train_s"],
+                     "parameters": res["cnn_lstm"]["parameters"],
+                     "model_bytes": res["cnn_lstm"]["size_bytes"],
+                     "batched_inference_ms_per_window":
+                         res["cnn_lstm"]["batched_inference_ms_per_window"]}}
+
+
+def unseen_app(pick: Any, data: dict[str, Dataset], model: SeerModel, cfg: TrainConfig
+               ) -> dict[str, Any]:
+    """Trained on two apps, tested on every episode of the third."""
+    unseen = APPS[2]
+    everything = [(data[unseen], np.arange(len(data[unseen])))]
+    out = {"trained_on": list(SEEN), "tested_on": unseen, "train_s": model.meta["train_s"],
+           "seer": evaluate_model(model, everything, cfg),
+           "seer_on_seen_apps_test": evaluate_model(model, pick("test", SEEN), cfg)}
+    base, _ = compare(pick("train", SEEN), pick("val", SEEN), everything, cfg,
+                      methods=("threshold", "baro", "nsigma"), progress=False)
+    return {**out, **base}
+
+
+def unseen_kind(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
+                cfg: TrainConfig, dd: Path | None) -> dict[str, Any]:
+    """Trained without one fault kind, tested on that kind's test episodes and on a campaign
+    of only that kind."""
+    k = args.left_out
+
+    def keep(n: str, part: str, want: bool) -> np.ndarray:
+        kinds = kind_of(data[n])
+        return splits[n][part][[(kinds[i] == k) == want for i in splits[n][part]]]
+
+    m_k = cached_model(f"without_{k}", dd, lambda: train(
+        [data[n] for n in APPS], cfg, progress=False,
+        train_episodes=[keep(n, "train", False) for n in APPS],
+        val_episodes=[keep(n, "val", False) for n in APPS]))
+    m_all = cached_model("comparison_cnn_lstm", dd, lambda: train(
+        [data[n] for n in APPS], cfg, progress=False,
+        train_episodes=[splits[n]["train"] for n in APPS],
+        val_episodes=[splits[n]["val"] for n in APPS]))
+    extra = {n: campaign(n, args.kind_episodes, KIND_SEED, dd, tag=f"-{k}", kinds=(k,))
+             for n in APPS}
+    tests = ([(data[n], keep(n, "test", True)) for n in APPS]
+             + [(extra[n], np.array([i for i, kk in enumerate(kind_of(extra[n])) if kk == k]))
+                for n in APPS])
+    return {"left_out": k, "trained_kinds": m_k.meta["kinds"],
+            "seer": evaluate_model(m_k, tests, cfg),
+            "seer_trained_with_it": evaluate_model(m_all, tests, cfg),
+            "test_episodes": int(sum(len(i) for _, i in tests)),
+            "test_episodes_from_kind_campaign": int(sum(len(i) for _, i in tests[len(APPS):])),
+            "kind_campaign_collection_wall_s": {n: extra[n].meta.get("collection_wall_s")
+                                                for n in APPS}}
+
+
+def hpa(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
+        cfg: TrainConfig, static_model: SeerModel) -> dict[str, Any]:
+    """Trained with HPA campaigns too: offline on the HPA test episodes, then online acting."""
+    dd = args.data_dir
+    hdata = {n: campaign(n, args.hpa_episodes, HPA_SEED, dd, tag="-hpa", controller="hpa")
+             for n in SEEN}
+    hsplits = {n: split_episodes(len(ds), cfg.seed) for n, ds in hdata.items()}
+    trains = pick("train", SEEN) + [(hdata[n], hsplits[n]["train"]) for n in SEEN]
+    vals = pick("val", SEEN) + [(hdata[n], hsplits[n]["val"]) for n in SEEN]
+    model = cached_model("hpa_trained", dd, lambda: train(
+        [d for d, _ in trains], cfg, progress=False, train_episodes=[i for _, i in trains],
+        val_episodes=[i for _, i in vals]))
+    htest = [(hdata[n], hsplits[n]["test"]) for n in SEEN]
+    unseen = [(data[APPS[2]], np.arange(len(data[APPS[2]])))]
+    offline = {"static_trained": {"hpa_test": evaluate_model(static_model, htest, cfg)},
+               "hpa_trained": {"hpa_test": evaluate_model(model, htest, cfg),
+                               "unseen_app_static": evaluate_model(model, unseen, cfg),
+                               "train_s": model.meta["train_s"]}}
+    if args.ship:
+        model.save(MODELS_DIR / "default")
+    online: dict[str, Any] = {}
+    online_static: dict[str, Any] = {}
+    for name in [a for a in args.online_apps.split(",") if a]:
+        for m, sink in ((model, online), (static_model, online_static)):
+            r = online_eval(load_app(name), m, args.online_episodes, seed=ONLINE_SEED)
+            r["by_kind"] = by_kind(r["per_episode"])
+            sink[name] = r
+            print(f"online {name} ({m.meta['apps']}, {len(m.meta['loss'])} epochs): "
+                  f"anticipation {r['anticipation']}, precision {r['precision']}, "
+                  f"culprit {r['culprit_top1']}, avoided {r['avoided']}")
+    return {"hpa_offline": offline, "online": online, "online_static_trained": online_static,
+            "hpa_campaigns": {n: {"episodes": len(ds),
+                                  "with_fault": int((ds.arrays["culprit"] >= 0).sum()),
+                                  "violated": int(ds.arrays["violated"].any(axis=1).sum()),
+                                  "collection_wall_s": ds.meta.get("collection_wall_s")}
+                              for n, ds in hdata.items()},
+            "online_inference_ms_per_window_median":
+                float(np.median([o["inference_ms_per_window_median"] for o in online.values()]))}
 
 
 def tradeoff(model: Any, tests: list[tuple[Dataset, np.ndarray]], cfg: TrainConfig
@@ -198,32 +354,32 @@ def by_kind(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def cfg_interval(data: dict[str, Dataset]) -> float:
-    return float(next(iter(data.values())).meta["interval_s"])
-
-
 def _p(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def print_tables(r: dict[str, Any]) -> None:
-    print("\n| method | anticipation (>= 2 s) | precision | false alerts/h | median lead (s) "
-          "| culprit top-1 | top-3 |")
-    print("|---|---|---|---|---|---|---|")
-    for name, m in r["comparison"].items():
-        a = m.get("alerts", {})
-        c = m.get("culprit", {})
-        print(f"| {name} | {_p(a.get('anticipation'))} | {_p(a.get('precision'))} | "
-              f"{a.get('false_alerts_per_hour', float('nan')):.1f} | {a.get('lead_time_s')} | "
-              f"{_p(c.get('top1'))} | {_p(c.get('top3'))} |")
-    print("\nSeer (CNN + LSTM) on the test episodes at fixed thresholds:")
-    for row in r["tradeoff_cnn_lstm_test"]:
-        print(f"  P >= {row['threshold']:.1f}: anticipation {_p(row['anticipation'])}, "
-              f"precision {_p(row['precision'])}")
-    for name, o in r["online"].items():
+    if "comparison" in r:
+        print("\n| method | anticipation (>= 2 s) | precision | false alerts/h | median lead (s) "
+              "| culprit top-1 | top-3 | top-1 with decoy |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, m in r["comparison"].items():
+            a = m.get("alerts", {})
+            c, d = m.get("culprit", {}), m.get("culprit_decoy", {})
+            fa = a.get("false_alerts_per_hour")
+            print(f"| {name} | {_p(a.get('anticipation'))} | {_p(a.get('precision'))} | "
+                  f"{'n/a' if fa is None else f'{fa:.1f}'} | {a.get('lead_time_s', 'n/a')} | "
+                  f"{_p(c.get('top1'))} | {_p(c.get('top3'))} | {_p(d.get('top1'))} |")
+        c = r["anticipation_ceiling"]
+        print(f"\nceiling: {c['precursor']} of {c['events']} test violations showed a precursor "
+              f">= 2 s ahead ({_p(c['ceiling'])}); Seer anticipated "
+              f"{c['anticipated_precursor']} of those")
+    for name, o in r.get("online", {}).items():
+        before = r.get("online_static_trained", {}).get(name, {})
         print(f"\nonline {name}: anticipation {_p(o['anticipation'])}, precision "
               f"{_p(o['precision'])}, culprit top-1 {_p(o['culprit_top1'])}, avoided "
-              f"{_p(o['avoided'])}, CPU {o['mean_cpu_without']:.2f} -> {o['mean_cpu_with']:.2f}")
+              f"{_p(o['avoided'])} (static-trained model: {_p(before.get('avoided'))}), "
+              f"CPU {o['mean_cpu_without']:.2f} -> {o['mean_cpu_with']:.2f}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import json
 import pytest
 from tests.microservices.helpers import run_cli
 
+from leanstack.seer.campaign import Dataset
 from leanstack.seer.model import MODELS_DIR, SeerModel
 
 
@@ -22,7 +23,7 @@ def trained(tmp_path_factory):
 
     code, _, _ = run_cli(mp, Cap(), "seer", "collect", "--app", "hotel-reservation",
                          "--episodes", "5", "--duration", "40", "--seed", "3",
-                         "--out", str(d / "data.npz"), "--quiet")
+                         "--controller", "hpa", "--out", str(d / "data.npz"), "--quiet")
     assert code == 0
     code, _, _ = run_cli(mp, Cap(), "seer", "train", "--data", str(d / "data.npz"),
                          "--out", str(d / "model"), "--epochs", "1", "--quiet")
@@ -34,6 +35,8 @@ def trained(tmp_path_factory):
 def test_collect_train_eval(trained, monkeypatch, capsys):
     meta = json.loads((trained / "model" / "meta.json").read_text())
     assert meta["apps"] == ["hotel-reservation"] and "test" in meta
+    data = Dataset.load(trained / "data.npz").meta
+    assert data["controller"] == "hpa" and {e["controller"] for e in data["episodes"]} == {"hpa"}
     out = trained / "r.json"
     code, stdout, _ = run_cli(monkeypatch, capsys, "seer", "eval", "--app", "social-network",
                               "--model", str(trained / "model"), "--episodes", "2",
@@ -75,6 +78,7 @@ def test_inject_records_ground_truth_and_explain_reads_it(trained, monkeypatch, 
     (["inject", "--app", "social-network", "--kind", "cpu_hog", "--tier", "atlantis",
       "--out", "r.json"], "not in app"),
     (["collect", "--app", "social-network", "--kinds", "meteor"], "unknown fault kind"),
+    (["collect", "--app", "social-network", "--controller", "ursa"], "static or hpa"),
 ])
 def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 
 from leanstack.errors import LeanstackError
-from leanstack.seer.campaign import EpisodePlan, nominal_rps, observations, run_episode
+from leanstack.seer.campaign import (
+    EpisodePlan,
+    nominal_rps,
+    observations,
+    plan_campaign,
+    run_episode,
+)
 from leanstack.seer.faults import FAULT_KINDS, Fault, FaultInjector, draw_fault
 from leanstack.seer.features import CHANNELS, episode_features
 
@@ -89,3 +95,10 @@ def test_injector_needs_a_fault_capable_backend(app):
 
     with pytest.raises(LeanstackError, match="cannot inject"):
         FaultInjector(Bare(), []).deploy(app, None)
+
+
+def test_campaigns_run_under_the_chosen_controller(app):
+    plans = plan_campaign(app, 3, seed=1, controller="hpa")
+    assert {p.controller for p in plans} == {"hpa"}
+    with pytest.raises(LeanstackError, match="static or hpa"):
+        plan_campaign(app, 3, controller="ursa")

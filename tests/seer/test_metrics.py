@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leanstack.seer.metrics import alert_metrics, diagnosis_windows, merge, runs, topk
+from leanstack.seer.metrics import alert_metrics, diagnosis_windows, merge, runs, topk, wilson
 
 
 def _row(n, on):
@@ -46,7 +46,17 @@ def test_warmup_events_are_not_counted():
 
 
 def test_topk_and_diagnosis_windows():
-    assert topk([[2, 0, 1], [0, 1, 2]], [2, 1]) == {"n": 2, "top1": 0.5, "top3": 1.0}
+    r = topk([[2, 0, 1], [0, 1, 2]], [2, 1])
+    assert (r["n"], r["top1"], r["top3"]) == (2, 0.5, 1.0)
+    assert r["top1_ci95"][0] < 0.5 < r["top1_ci95"][1]
     viol = np.stack([_row(40, [12, 30]), _row(40, [31]), _row(40, [33])])
     pairs = diagnosis_windows(viol, np.array([1, 0, -1]), np.array([25, 20, 10**9]), 10)
     assert pairs == [(0, 30), (1, 31)]
+
+
+def test_wilson_interval_narrows_with_more_episodes():
+    small, large = wilson(3, 10), wilson(300, 1000)
+    assert small[0] < 0.3 < small[1] and large[0] < 0.3 < large[1]
+    assert large[1] - large[0] < (small[1] - small[0]) / 5
+    assert wilson(0, 0) is None
+    assert wilson(0, 20)[0] == 0.0 and wilson(20, 20)[1] == 1.0

@@ -9,6 +9,9 @@
 - :func:`baro_ranking`: BARO (``fse-baro``): multivariate Bayesian online change-point
   detection on the latency series finds when the anomaly began, then its RobustScorer ranks
   every metric by how far it moved from before that point; a tier ranks at its best metric.
+- :func:`nsigma_ranking`: RCAEval's metric-based N-Sigma (``RCAEval``): every metric's largest
+  z-score after the fault's start against before it; as in RCAEval's benchmark it is given
+  the true start, which no online detector knows.
 """
 
 from __future__ import annotations
@@ -88,32 +91,56 @@ BARO_COLUMNS = {"own_p50": "latency", "own_p99": "latency-99", "queue_wait": "wa
 change-point detection by the name ``latency``)."""
 
 
-def baro_ranking(history: np.ndarray, tiers: list[str]) -> list[int]:
-    """BARO's tier ranking from one episode's history ``[windows, tiers, channels]`` up to the
-    diagnosis window. The features are log-ratios to the baseline; BARO gets the ratios
-    (its robust scaler is invariant to each metric's own scale)."""
+def metric_frame(history: np.ndarray, tiers: list[str]) -> Any:
+    """One episode's history ``[windows, tiers, channels]`` as the table BARO and RCAEval
+    read: a ``time`` column and one ``<tier>_<metric>`` column per tier and
+    :data:`BARO_COLUMNS` channel. The features are log-ratios to the baseline; the table gets
+    the ratios (the scorers are invariant to each metric's own scale)."""
     import pandas as pd
-    from baro.anomaly_detection import bocpd
-    from baro.root_cause_analysis import robust_scorer
 
     cols = {"time": np.arange(len(history), dtype=float)}
     for i, tier in enumerate(tiers):
         for ch, suffix in BARO_COLUMNS.items():
             v = history[:, i, _C[ch]]
             cols[f"{tier}_{suffix}"] = v if ch == "cpu_util" else np.exp(v)
-    df = pd.DataFrame(cols)
+    return pd.DataFrame(cols)
+
+
+def tier_order(ranked_columns: list[str], tiers: list[str]) -> list[int]:
+    """Tier indices in the order their best-ranked metric column appears."""
+    order: list[int] = []
+    index = {t: i for i, t in enumerate(tiers)}
+    for col in ranked_columns:
+        i = index.get(col.rsplit("_", 1)[0])
+        if i is not None and i not in order:
+            order.append(i)
+    return order + [i for i in range(len(tiers)) if i not in order]
+
+
+def baro_ranking(history: np.ndarray, tiers: list[str]) -> list[int]:
+    """BARO's tier ranking from one episode's history ``[windows, tiers, channels]`` up to the
+    diagnosis window."""
+    from baro.anomaly_detection import bocpd
+    from baro.root_cause_analysis import robust_scorer
+
+    df = metric_frame(history, tiers)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cps = [int(c) for c in bocpd(df) if 0 < int(c) < len(df) - 1]
         # the last change point before the diagnosis window splits normal from anomalous
         cut = cps[-1] if cps else max(1, len(df) // 2)
         ranks = robust_scorer(df, anomalies=[cut])["ranks"]
-    order: list[int] = []
-    index = {t: i for i, t in enumerate(tiers)}
-    for col in ranks:
-        tier = col.rsplit("_", 1)[0]
-        i = index.get(tier)
-        if i is not None and i not in order:
-            order.append(i)
-    order += [i for i in range(len(tiers)) if i not in order]
-    return order
+    return tier_order(list(ranks), tiers)
+
+
+def nsigma_ranking(history: np.ndarray, tiers: list[str], fault_window: int) -> list[int]:
+    """RCAEval's N-Sigma tier ranking from one episode's history up to the diagnosis window,
+    given the window the fault began in."""
+    from RCAEval.e2e import nsigma
+
+    df = metric_frame(history, tiers)
+    cut = int(np.clip(fault_window, 1, len(df) - 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ranks = nsigma(df, anomalies=[cut])["ranks"]
+    return tier_order(list(ranks), tiers)

@@ -104,10 +104,13 @@ class EpisodePlan:
 def plan_campaign(app: AppSpec, episodes: int, seed: int = 0,
                   kinds: tuple[str, ...] = FAULT_KINDS, no_fault_share: float = 0.2,
                   duration_s: float = EPISODE_S, rps: float | None = None,
-                  decoy_share: float = 0.4) -> list[EpisodePlan]:
-    """Random episodes under the static allocation: load 80-120% of nominal (``rps``, by
-    default :func:`nominal_rps`; Poisson, or a diurnal swing or step in 20% each), a random
-    fault in all but ``no_fault_share`` of them, and a decoy in ``decoy_share`` of them."""
+                  decoy_share: float = 0.4, controller: str = "static") -> list[EpisodePlan]:
+    """Random episodes under ``controller`` (``static`` or ``hpa``, see
+    :func:`make_controller`): load 80-120% of nominal (``rps``, by default
+    :func:`nominal_rps`; Poisson, or a diurnal swing or step in 20% each), a random fault in
+    all but ``no_fault_share`` of them, and a decoy in ``decoy_share`` of them."""
+    if controller not in ("static", "hpa"):
+        raise LeanstackError(f"campaign controller must be static or hpa, got '{controller}'")
     if episodes < 1:
         raise LeanstackError(f"--episodes must be at least 1, got {episodes}")
     if duration_s < 40:
@@ -127,8 +130,8 @@ def plan_campaign(app: AppSpec, episodes: int, seed: int = 0,
                                target_load=DECOY_LOAD, severity=DECOY_SEVERITY,
                                exclude=fault.tier if fault else None)
         pattern = str(rng.choice(["poisson", "poisson", "poisson", "diurnal", "step"]))
-        plans.append(EpisodePlan(seed * 100_000 + i, load, "static", fault, duration_s, decoy,
-                                 pattern))
+        plans.append(EpisodePlan(seed * 100_000 + i, load, controller, fault, duration_s,
+                                 decoy, pattern))
     return plans
 
 
@@ -247,16 +250,18 @@ def build_dataset(app: AppSpec, plans: list[EpisodePlan], results: list[dict[str
 def collect(app: AppSpec, episodes: int, seed: int = 0, backend: str = "sim",
             interval_s: float = 1.0, horizon_s: float = 5.0,
             kinds: tuple[str, ...] = FAULT_KINDS, duration_s: float = EPISODE_S,
-            rps: float | None = None,
+            rps: float | None = None, controller: str = "static",
             on_episode: Callable[[int, int], None] | None = None) -> Dataset:
-    """Plan and run a campaign; return its dataset."""
-    plans = plan_campaign(app, episodes, seed, kinds, duration_s=duration_s, rps=rps)
+    """Plan and run a campaign under ``controller`` (``static`` or ``hpa``); return its
+    dataset."""
+    plans = plan_campaign(app, episodes, seed, kinds, duration_s=duration_s, rps=rps,
+                          controller=controller)
     t0 = time.monotonic()
     results = []
     for i, plan in enumerate(plans):
         results.append(run_episode(app, plan, backend, interval_s))
         if on_episode:
             on_episode(i + 1, len(plans))
-    extra = {"backend": backend, "seed": seed, "kinds": list(kinds),
+    extra = {"backend": backend, "seed": seed, "kinds": list(kinds), "controller": controller,
              "collection_wall_s": round(time.monotonic() - t0, 2)}
     return build_dataset(app, plans, results, horizon_s, interval_s, extra)

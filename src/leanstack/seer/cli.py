@@ -50,6 +50,7 @@ def collect_cmd(
     exclude_kind: str | None = typer.Option(None, help="fault kinds to leave out"),
     rps: float | None = typer.Option(None, help="nominal load (default: busiest tier at 45%)"),
     seed: int = typer.Option(0, help="seed of the fault draws, loads and simulator"),
+    controller: str = typer.Option("static", help="static | hpa: who allocates CPU meanwhile"),
     out: Path = typer.Option(Path("seer-data.npz"), help="dataset file to write"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),
 ) -> None:
@@ -63,7 +64,7 @@ def collect_cmd(
     bar, task = _bar(quiet, f"{spec.name}: episodes", episodes)
     with bar:
         ds = collect(spec, episodes, seed, backend, interval, horizon,
-                     _kinds(kinds, exclude_kind), duration, rps,
+                     _kinds(kinds, exclude_kind), duration, rps, controller,
                      on_episode=lambda i, n: bar.update(task, completed=i))
     ds.save(out)
     a = ds.arrays

@@ -2,10 +2,11 @@
 rule, Sinan's boosted tree and BARO, scored on the very same held-out episodes.
 
 Alerts (anticipation, precision, false alerts per hour, lead time) come from each method's
-per-window score and the threshold it picked on the validation split. Culprit finders are
-compared at the same *diagnosis windows* (the first violated window after a fault began, in
-each faulted episode that violated QoS), each given the history up to that window; Seer is also
-scored at its own first true alert of each faulted episode.
+per-window score and the threshold it picked on the validation split. Culprit finders (Seer's
+networks, the threshold rule, BARO, RCAEval's N-Sigma) are compared at the same *diagnosis
+windows* (the first violated window after a fault began, in each faulted episode that violated
+QoS), each given the history up to that window, on all of them and on those of episodes with a
+decoy; Seer is also scored at its own first true alert of each faulted episode.
 """
 
 from __future__ import annotations
@@ -17,9 +18,22 @@ from typing import Any
 
 import numpy as np
 
-from leanstack.seer.baselines import BoostedTree, ThresholdRule, baro_ranking, tree_inputs
+from leanstack.seer.baselines import (
+    BoostedTree,
+    ThresholdRule,
+    baro_ranking,
+    nsigma_ranking,
+    tree_inputs,
+)
 from leanstack.seer.campaign import Dataset
-from leanstack.seer.metrics import alert_metrics, diagnosis_windows, hysteresis, merge, topk
+from leanstack.seer.metrics import (
+    alert_metrics,
+    diagnosis_windows,
+    hysteresis,
+    merge,
+    topk,
+    wilson,
+)
 from leanstack.seer.model import VARIANTS, SeerModel
 from leanstack.seer.train import TrainConfig, pick_threshold, score, start_window, steps, train
 from leanstack.seer.train import windows as make_windows
@@ -64,6 +78,26 @@ def diagnosis_pairs(ds: Dataset, cfg: TrainConfig) -> list[tuple[int, int]]:
                              fault_start_windows(ds), start_window(ds, cfg.lookback))
 
 
+def with_decoy(ds: Dataset, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The diagnosis windows of episodes that also hold a decoy (a milder anomaly on another
+    tier): the harder culprit cases."""
+    return [(e, t) for e, t in pairs if ds.meta["episodes"][e].get("decoy")]
+
+
+def culprit_eval(tests: list[Split], cfg: TrainConfig,
+                 ranker: Callable[[Dataset, int, int], list[int]]) -> dict[str, Any]:
+    """Top-k of ``ranker(dataset, episode, window)`` at the diagnosis windows of ``tests``, on
+    all of them (``culprit``) and on those of episodes with a decoy (``culprit_decoy``)."""
+    every, decoy = [], []
+    for ds, idx in tests:
+        sub = ds.subset(idx)
+        pairs = diagnosis_pairs(sub, cfg)
+        every.append(rank_at(pairs, sub, lambda e, t, sub=sub: ranker(sub, e, t)))
+        decoy.append(rank_at(with_decoy(sub, pairs), sub, lambda e, t, sub=sub: ranker(sub, e,
+                                                                                        t)))
+    return {"culprit": merge_topk(every), "culprit_decoy": merge_topk(decoy)}
+
+
 def rank_at(pairs: list[tuple[int, int]], ds: Dataset,
             ranker: Callable[[int, int], list[int]]) -> dict[str, Any]:
     rankings = [ranker(e, t) for e, t in pairs]
@@ -73,9 +107,11 @@ def rank_at(pairs: list[tuple[int, int]], ds: Dataset,
 def merge_topk(parts: list[dict[str, Any]]) -> dict[str, Any]:
     n = sum(p["n"] for p in parts)
     if not n:
-        return {"n": 0, "top1": None, "top3": None}
-    return {"n": n, "top1": sum(p["top1"] * p["n"] for p in parts if p["n"]) / n,
-            "top3": sum(p["top3"] * p["n"] for p in parts if p["n"]) / n}
+        return {"n": 0, "top1": None, "top3": None, "top1_ci95": None}
+    hits1 = round(sum(p["top1"] * p["n"] for p in parts if p["n"]))
+    return {"n": n, "top1": hits1 / n,
+            "top3": sum(p["top3"] * p["n"] for p in parts if p["n"]) / n,
+            "top1_ci95": wilson(hits1, n)}
 
 
 def _clean(m: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +121,7 @@ def _clean(m: dict[str, Any]) -> dict[str, Any]:
 def evaluate_model(model: SeerModel, tests: list[Split], cfg: TrainConfig) -> dict[str, Any]:
     """One trained network on the test episodes: alerts, culprit at first alert and at the
     diagnosis windows, inference time per window."""
-    alerts, first, diag = [], [], []
+    alerts, first, diag, decoy = [], [], [], []
     infer_s, n_win = 0.0, 0
     for ds, idx in tests:
         sub = ds.subset(idx)
@@ -95,16 +131,22 @@ def evaluate_model(model: SeerModel, tests: list[Split], cfg: TrainConfig) -> di
         n_win += p.size
         alerts.append(alert_eval(p, sub, model.threshold, cfg))
         first.append(culprit_at_first_alert(p, c, sub, model.threshold, cfg))
-        diag.append(rank_at(diagnosis_pairs(sub, cfg), sub,
-                            lambda e, t, c=c: [int(i) for i in np.argsort(-c[e, t],
-                                                                         kind="stable")]))
+        pairs = diagnosis_pairs(sub, cfg)
+
+        def ranking(e: int, t: int, c: np.ndarray = c) -> list[int]:
+            return [int(i) for i in np.argsort(-c[e, t], kind="stable")]
+
+        diag.append(rank_at(pairs, sub, ranking))
+        decoy.append(rank_at(with_decoy(sub, pairs), sub, ranking))
     return {"alerts": _clean(merge(alerts)), "culprit_at_first_alert": merge_topk(first),
-            "culprit": merge_topk(diag), "threshold": model.threshold,
+            "culprit": merge_topk(diag), "culprit_decoy": merge_topk(decoy),
+            "threshold": model.threshold,
             "batched_inference_ms_per_window": 1e3 * infer_s / max(n_win, 1)}
 
 
 def compare(trains: list[Split], vals: list[Split], tests: list[Split], cfg: TrainConfig,
-            methods: tuple[str, ...] = (*VARIANTS, "threshold", "boosted_tree", "baro"),
+            methods: tuple[str, ...] = (*VARIANTS, "threshold", "boosted_tree", "baro",
+                                        "nsigma"),
             progress: bool = True) -> tuple[dict[str, Any], dict[str, SeerModel]]:
     """Train every learned method on ``trains`` (threshold on ``vals``), score all on
     ``tests``; return the results per method and the trained networks."""
@@ -123,14 +165,11 @@ def compare(trains: list[Split], vals: list[Split], tests: list[Split], cfg: Tra
     if "boosted_tree" in methods:
         out["boosted_tree"] = _boosted_tree(trains, vals, tests, cfg)
     if "baro" in methods:
-        parts = []
-        for ds, idx in tests:
-            sub = ds.subset(idx)
-            x = sub.arrays["x"]
-            parts.append(rank_at(diagnosis_pairs(sub, cfg), sub,
-                                 lambda e, t, x=x, sub=sub: baro_ranking(x[e, :t + 1],
-                                                                         sub.tiers)))
-        out["baro"] = {"culprit": merge_topk(parts)}
+        out["baro"] = culprit_eval(tests, cfg, lambda d, e, t: baro_ranking(
+            d.arrays["x"][e, :t + 1], d.tiers))
+    if "nsigma" in methods:
+        out["nsigma"] = culprit_eval(tests, cfg, lambda d, e, t: nsigma_ranking(
+            d.arrays["x"][e, :t + 1], d.tiers, int(fault_start_windows(d)[e])))
     return out, models
 
 
@@ -144,14 +183,9 @@ def _threshold_rule(vals: list[Split], tests: list[Split], cfg: TrainConfig) -> 
                           steps(ds0, cfg.lead_s), steps(ds0, cfg.horizon_s),
                           start_window(ds0, cfg.lookback), float(ds0.meta["interval_s"]),
                           cfg.min_precision)
-    alerts, diag = [], []
-    for ds, idx in tests:
-        sub = ds.subset(idx)
-        alerts.append(alert_eval(rule.scores(sub), sub, k, cfg))
-        x = sub.arrays["x"]
-        diag.append(rank_at(diagnosis_pairs(sub, cfg), sub,
-                            lambda e, t, x=x: ThresholdRule.ranking(x[e, t])))
-    return {"k": k, "alerts": _clean(merge(alerts)), "culprit": merge_topk(diag)}
+    alerts = [alert_eval(rule.scores(ds.subset(i)), ds.subset(i), k, cfg) for ds, i in tests]
+    culprit = culprit_eval(tests, cfg, lambda d, e, t: ThresholdRule.ranking(d.arrays["x"][e, t]))
+    return {"k": k, "alerts": _clean(merge(alerts)), **culprit}
 
 
 def _boosted_tree(trains: list[Split], vals: list[Split], tests: list[Split],

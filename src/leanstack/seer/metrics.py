@@ -78,6 +78,16 @@ def alert_metrics(alerting: np.ndarray, violated: np.ndarray, lead: int, horizon
                       "true_alerts": true_alerts, "hours": hours, "leads": leads})
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> list[float] | None:
+    """95% Wilson score interval ``[low, high]`` of the share ``k / n`` (``None`` when n = 0)."""
+    if n <= 0:
+        return None
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(max(0.0, float(mid - half)), 4), round(min(1.0, float(mid + half)), 4)]
+
+
 def summarise(counts: dict[str, Any]) -> dict[str, Any]:
     """Rates from the counts :func:`alert_metrics` keeps (so counts of several test sets can be
     added up and summarised again with :func:`merge`)."""
@@ -85,7 +95,9 @@ def summarise(counts: dict[str, Any]) -> dict[str, Any]:
     return {
         **counts,
         "anticipation": counts["anticipated"] / events if events else None,
+        "anticipation_ci95": wilson(counts["anticipated"], events),
         "precision": counts["true_alerts"] / n_alerts if n_alerts else None,
+        "precision_ci95": wilson(counts["true_alerts"], n_alerts),
         "false_alerts_per_hour": ((n_alerts - counts["true_alerts"]) / counts["hours"]
                                   if counts["hours"] else None),
         "lead_time_s": float(np.median(leads)) if leads else None,
@@ -104,10 +116,11 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
 def topk(rankings: list[list[int]], truth: list[int]) -> dict[str, Any]:
     """Top-1 and top-3 accuracy of culprit rankings (tier indices, most likely first)."""
     if not truth:
-        return {"n": 0, "top1": None, "top3": None}
-    top1 = sum(r[:1] == [c] for r, c in zip(rankings, truth, strict=True)) / len(truth)
+        return {"n": 0, "top1": None, "top3": None, "top1_ci95": None}
+    hits1 = sum(r[:1] == [c] for r, c in zip(rankings, truth, strict=True))
     top3 = sum(c in r[:3] for r, c in zip(rankings, truth, strict=True)) / len(truth)
-    return {"n": len(truth), "top1": top1, "top3": top3}
+    return {"n": len(truth), "top1": hits1 / len(truth), "top3": top3,
+            "top1_ci95": wilson(hits1, len(truth))}
 
 
 def diagnosis_windows(violated: np.ndarray, culprit: np.ndarray, fault_start: np.ndarray,

@@ -11,6 +11,9 @@ It never fixes the number of tiers, so one model serves any app:
 - **heads**: violation from the max and mean over tiers of the LSTM states; culprit from each
   tier's state beside the max over tiers, normalised over the tiers (softmax).
 
+With ``deltas`` every channel is read next to its change since the previous window (rates of
+change: queue growth, latency climbing), so a ramping fault stands out before levels do.
+
 Variants for the ablations: ``cnn`` (no LSTM: the last step's and the max over time's
 convolutional features) and ``lstm`` (no convolutions: the LSTM reads the raw channels and
 their max over tiers). A model directory holds ``model.pt`` and ``meta.json``.
@@ -39,13 +42,16 @@ class SeerNet(nn.Module):
     """CNN over tiers x time, then LSTM over time; violation and per-tier culprit heads."""
 
     def __init__(self, n_channels: int, variant: str = "cnn_lstm", width: int = 24,
-                 hidden: int = 32) -> None:
+                 hidden: int = 32, deltas: bool = False) -> None:
         super().__init__()
         if variant not in VARIANTS:
             raise LeanstackError(f"unknown model variant '{variant}' — use one of "
                                  f"{', '.join(VARIANTS)}")
         self.variant = variant
-        self.n_channels, self.width, self.hidden = n_channels, width, hidden
+        self.deltas = deltas
+        self.width, self.hidden = width, hidden
+        self.n_channels = n_channels * (2 if deltas else 1)
+        n_channels = self.n_channels
         if variant != "lstm":
             self.conv1 = nn.Conv1d(n_channels, width, 3, padding=1)
             self.conv2 = nn.Conv1d(2 * width, width, 3, padding=1)
@@ -59,6 +65,8 @@ class SeerNet(nn.Module):
 
     def tier_states(self, x: torch.Tensor) -> torch.Tensor:
         """Per-tier summary of the window: ``[batch, tiers, hidden]``."""
+        if self.deltas:
+            x = torch.cat([x, torch.diff(x, dim=1, prepend=x[:, :1])], dim=-1)
         b, t, n, c = x.shape
         if self.variant == "lstm":
             ctx = x.amax(dim=2, keepdim=True).expand(-1, -1, n, -1)
@@ -137,7 +145,7 @@ class SeerModel:
         try:
             meta = json.loads((d / "meta.json").read_text())
             net = SeerNet(len(meta["channels"]), meta["variant"], meta["width"],
-                          meta["hidden"])
+                          meta["hidden"], bool(meta.get("deltas", False)))
             state = torch.load(d / "model.pt", weights_only=True)
             net.load_state_dict({k: v.float() if v.is_floating_point() else v
                                  for k, v in state.items()})

@@ -1,8 +1,10 @@
 """Training Seer's network, and scoring any model on whole episodes.
 
 Episodes are split by run (never by window) into train / validation / test. The network learns
-both heads at once: binary cross-entropy on "a violation within the horizon" for every window,
-cross-entropy over tiers on the culprit for windows while a fault is in force. The alert
+both heads at once: binary cross-entropy on "a violation within the horizon" for every window
+not already in violation (by default: what is worth learning is the onset; windows inside a
+violation only teach "it is still broken"), cross-entropy over tiers on the culprit for windows
+while a fault is in force. The alert
 threshold is the one that anticipates the most validation violations at a validation precision
 of at least ``min_precision``; it is stored with the model.
 """
@@ -37,6 +39,8 @@ class TrainConfig:
     width: int = 24
     hidden: int = 32
     culprit_weight: float = 1.0
+    deltas: bool = True  # also read each channel's change since the previous window
+    violated_weight: float = 0.0  # loss weight of windows already in violation (0: onset only)
     min_precision: float = 0.8
     stride: int = 1  # train on every stride-th window (2 halves the cost)
     seed: int = 0
@@ -62,7 +66,8 @@ def windows(ds: Dataset, lookback: int, horizon: int, last: bool = False, stride
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every training window of ``ds``: inputs ``[S, lookback, tiers, channels]``, the
     violation label within ``horizon`` windows, the culprit label (-1: none), and
-    ``(episode, window)`` of each. ``last`` keeps the final windows whose horizon runs past
+    ``(episode, window)`` of each (the window itself violated or not is
+    ``ds.arrays["violated"][e, t]``). ``last`` keeps the final windows whose horizon runs past
     the episode's end; ``stride`` takes every stride-th window."""
     a = ds.arrays
     x, viol = a["x"], a["violated"]
@@ -134,19 +139,23 @@ def train(datasets: list[Dataset], cfg: TrainConfig, progress: bool = True,
     va_idx = val_episodes or [s["val"] for s in splits]
     sets = []
     for ds, idx in zip(datasets, tr_idx, strict=True):
-        xs, yv, yc, _ = windows(ds.subset(idx), cfg.lookback, steps(ds, cfg.horizon_s),
-                                stride=cfg.stride)
+        sub = ds.subset(idx)
+        xs, yv, yc, where = windows(sub, cfg.lookback, steps(ds, cfg.horizon_s),
+                                    stride=cfg.stride)
+        now = sub.arrays["violated"][where[:, 0], where[:, 1]]
+        weight = np.where(now, cfg.violated_weight, 1.0).astype(np.float32)
         sets.append((torch.from_numpy(xs), torch.from_numpy(yv.astype(np.float32)),
-                     torch.from_numpy(yc)))
-    n_pos = sum(float(s[1].sum()) for s in sets)
+                     torch.from_numpy(yc), torch.from_numpy(weight)))
+    n_pos = sum(float((s[1] * s[3]).sum()) for s in sets)  # weighted, like the loss
+    n_weight = sum(float(s[3].sum()) for s in sets)
     n_all = sum(len(s[1]) for s in sets)
     if n_all == 0:
         raise LeanstackError("the training split holds no windows — collect more episodes")
-    pos_weight = torch.tensor(min(10.0, (n_all - n_pos) / max(n_pos, 1.0)))
-    net = SeerNet(len(CHANNELS), cfg.variant, cfg.width, cfg.hidden)
+    pos_weight = torch.tensor(min(10.0, (n_weight - n_pos) / max(n_pos, 1.0)))
+    net = SeerNet(len(CHANNELS), cfg.variant, cfg.width, cfg.hidden, cfg.deltas)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
-    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    bce = nn.BCEWithLogitsLoss(pos_weight=pos_weight, reduction="none")
     ce = nn.CrossEntropyLoss()
     t0 = time.monotonic()
     losses = []
@@ -159,9 +168,9 @@ def train(datasets: list[Dataset], cfg: TrainConfig, progress: bool = True,
             rng.shuffle(batches)
             total = 0.0
             for k, b in batches:
-                x, yv, yc = (t[b] for t in sets[k])
+                x, yv, yc, w = (t[b] for t in sets[k])
                 v, c = net(x)
-                loss = bce(v, yv)
+                loss = (bce(v, yv) * w).sum() / w.sum().clamp(min=1e-6)
                 has = yc >= 0
                 if has.any():
                     loss = loss + cfg.culprit_weight * ce(c[has], yc[has])
@@ -176,6 +185,7 @@ def train(datasets: list[Dataset], cfg: TrainConfig, progress: bool = True,
     meta: dict[str, Any] = {
         "apps": [ds.meta["app"] for ds in datasets], "channels": list(CHANNELS),
         "variant": cfg.variant, "width": cfg.width, "hidden": cfg.hidden,
+        "deltas": cfg.deltas,
         "lookback": cfg.lookback, "horizon_s": cfg.horizon_s, "lead_s": cfg.lead_s,
         "interval_s": float(datasets[0].meta["interval_s"]), "threshold": 0.5,
         "train_config": asdict(cfg), "train_s": round(train_s, 2),
