@@ -3,11 +3,13 @@
 Profiles the social network (24 tiers) at 100 req/s two ways: one tier at a time with every
 step measured in full (``before``: ``ProfileSettings(early_stop=False)``), and the fast profile
 (``ProfileSettings.fast``: tiers that do not call one another squeezed together, from 20%
-utilisation, steps ended early once every squeezed tail is clearly inside or outside its bound).
+utilisation, steps ended early once every squeezed tail is clearly inside or outside its bound),
+and on a real backend also ``shaped`` (the fast profile measuring only around the knee of each
+tier's simulated curve, whose scales it fits: ``ProfileSettings.fast(shape=True)``).
 Each profile is planned (convolved composition) and, on the simulator, the plan is run by Ursa
 under a diurnal load (100 req/s ± 50%, 600 s) for two seeds.
 
-    python benchmarks/ursa_profile_speed.py [--backend sim|local] [--settings before,fast]
+    python benchmarks/ursa_profile_speed.py [--backend sim|local] [--settings before,fast,shaped]
 
 On ``--backend local`` (root, cgroup v1) only the profiles are collected (the wall time is the
 claim; see ursa_local.py for runs). Writes benchmarks/results/ursa_profile_speed_<backend>.json
@@ -37,13 +39,15 @@ RESULTS = Path(__file__).parent / "results"
 APP = "social-network"
 RPS = 100.0
 SETTINGS = {"before": lambda: ProfileSettings(rps=RPS, early_stop=False),
-            "fast": lambda: ProfileSettings.fast(RPS)}
+            "fast": lambda: ProfileSettings.fast(RPS),
+            "shaped": lambda: ProfileSettings.fast(RPS, shape=True)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backend", default="sim", choices=("sim", "local"))
-    ap.add_argument("--settings", default="before,fast", help="comma-separated: before, fast")
+    ap.add_argument("--settings", default="before,fast", help="comma-separated: before, fast, "
+                    "shaped (simulator shapes; the same as fast on the simulator)")
     ap.add_argument("--seeds", default="0,1", help="seeds of the simulated Ursa runs")
     ap.add_argument("--suffix", default="", help="appended to the result file's name")
     args = ap.parse_args()
@@ -67,6 +71,8 @@ def main() -> None:
             "settings": prof.settings, "collection_wall_s": prof.collection_wall_s,
             "collection_backend_s": prof.collection_backend_s,
             "generous_measured_ms": prof.generous_ms,
+            "not_backpressure_free": {t: tp.slowed_by for t, tp in prof.tiers.items()
+                                      if not tp.backpressure_free},
             "plans": {k: p if isinstance(p, str) else {
                 "cpu_per_100rps": p.cpu_per_rps * 100, "note": p.note,
                 "classes": {c: {"sla_ms": cp.sla_ms, "predicted_ms": cp.planned_ms,

@@ -170,6 +170,10 @@ def micro_control(
     context: str | None = typer.Option(None, help="kubeconfig context"),
     api_url: str | None = typer.Option(None, help="API server URL without credentials (e.g. "
                                        "'kubectl proxy' at http://127.0.0.1:8001)"),
+    otlp_listen: str | None = typer.Option(None, help="HOST:PORT to receive the workers' spans "
+                                           "over OTLP/HTTP (e.g. 0.0.0.0:4318)"),
+    otlp_endpoint: str | None = typer.Option(None, help="with --deploy: the URL the workers send "
+                                             "spans to (reaching --otlp-listen)"),
     opt: list[str] = typer.Option([], "--opt", help="controller option KEY=VALUE (repeatable)"),
 ) -> None:
     """Run a controller against a running app, without the load generator."""
@@ -183,11 +187,15 @@ def micro_control(
                              "k8s (other backends need 'leanstack micro run' and its load)")
     if keep and not deploy:
         raise LeanstackError("--keep only applies with --deploy (an adopted app is never removed)")
+    if otlp_endpoint and not deploy:
+        raise LeanstackError("--otlp-endpoint only applies with --deploy (an adopted app keeps "
+                             "the endpoint it was exported with)")
     spec = load_app(app_name)
     ctrl = make_controller(controller, **parse_options(opt))
     be = make_backend("k8s", interval, prometheus=prometheus, scrape_s=scrape,
                       namespace=namespace, adopt=not deploy, keep=keep, image=image,
-                      kubeconfig=kubeconfig, context=context, api_url=api_url)
+                      kubeconfig=kubeconfig, context=context, api_url=api_url,
+                      otlp_listen=otlp_listen, otlp_endpoint=otlp_endpoint)
     try:
         result = control(spec, be, ctrl, out, duration_s=duration, log=err)
     except KeyboardInterrupt:
@@ -207,7 +215,10 @@ def micro_export(
     allocation: Path | None = typer.Option(
         None, help="JSON {tier: {cpu, replicas}} for the pods' CPU (default: every tier at max)"),
     hpa_pods: bool = typer.Option(False, "--hpa-pods", help="size the logic tiers' pods as the "
-                                  "HPA model does (max_cpu / 4 each) instead"),
+                                  "HPA model does (max_cpu / 4 each, its starting replicas)"),
+    otlp_endpoint: str | None = typer.Option(None, help="OTLP/HTTP traces URL the workers send "
+                                             "their spans to (e.g. where 'micro control "
+                                             "--otlp-listen' listens)"),
 ) -> None:
     """Write Kubernetes manifests (Deployments, Services, ConfigMap, HPA, Prometheus config)."""
     from leanstack.microservices.app import load_app
@@ -225,7 +236,7 @@ def micro_export(
     if hpa_pods and allocation:
         raise LeanstackError("--hpa-pods and --allocation both size the pods — give one")
     spec = load_app(app_name)
-    opts = ExportOptions(image=image, namespace=namespace)
+    opts = ExportOptions(image=image, namespace=namespace, otlp_endpoint=otlp_endpoint)
     alloc = read_allocation(allocation, spec) if allocation else None
     if hpa_pods:
         alloc = hpa_allocation(spec, opts)

@@ -106,6 +106,8 @@ def test_load_by_path_and_defaults(tmp_path: Path):
         ({"services__back__min_cpu": 3.0}, "above max_cpu"),
         ({"services__back__cpus": 3.0}, "unknown key"),
         ({"services__cache__replicas": 2}, "runs one server"),
+        ({"services__cache__client": "sync"}, "use one of async"),
+        ({"services__back__client": "async"}, "only storage tiers have a client"),
         ({"classes": {}}, "no request classes"),
         ({"classes__get__wait": "pipeline"}, "no asynchronous stage"),
     ],

@@ -168,6 +168,15 @@ def test_cli_export_pod_sizes_from_an_allocation_file_or_the_hpa_model(monkeypat
                if o["kind"] == "Deployment" and o["metadata"]["name"] == "upload")
     pod_cpu = dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]
     assert pod_cpu == f"{round(app.services['upload'].max_cpu / 4 * 1000)}m"
+    # every logic tier starts with the pods the HPA model starts with, not the app's replicas
+    hpa_start = HPAController().reset(app, 1.0)
+    deps = {o["metadata"]["name"]: o for o in read_manifests(tmp_path / "h")
+            if o["kind"] == "Deployment"}
+    for tier, svc in app.services.items():
+        want = hpa_start.tiers[tier].replicas if svc.scalable else svc.replicas
+        assert deps[tier]["spec"]["replicas"] == want, tier
+    assert any(deps[t]["spec"]["replicas"] != s.replicas
+               for t, s in app.services.items() if s.scalable)
     for text, message in (("[1]", "an object of tiers"), ('{"upload": {"replicas": 2}}',
                                                           "bad or missing 'cpu'"),
                           ('{"upload": {"cpu": 0.001}}', "0.01-core minimum"),

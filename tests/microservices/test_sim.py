@@ -72,16 +72,17 @@ def two_tiers():
     })
 
 
-def storage_app(kind: str):
+def storage_app(kind: str, client: str = "async"):
     """``front.get`` calls ``[[cache.get, store.get]]`` (10 ms each); ``front.ping`` calls
-    nothing (1 ms). ``cache`` is a ``kind`` server, ``store`` a redis server."""
+    nothing (1 ms). ``cache`` is a ``kind`` server with a ``client`` client, ``store`` a redis
+    server."""
     return parse_app({
         "name": "store",
         "services": {
             "front": {"endpoints": {"get": {"cpu_ms": 0.0, "cv": 0.0,
                                             "calls": [["cache.get", "store.get"]]},
                                     "ping": {"cpu_ms": 1.0, "cv": 0.0}}},
-            "cache": {"kind": kind, "op_cpu_ms": 10.0},
+            "cache": {"kind": kind, "op_cpu_ms": 10.0, "client": client},
             "store": {"kind": "redis", "op_cpu_ms": 10.0},
         },
         "classes": {
@@ -251,19 +252,19 @@ def test_calibrated_host_cores_apply_unless_overridden():
         SimBackend(host_cores=0)
 
 
-def test_memcached_calls_block_the_caller_and_run_one_by_one():
+def test_blocking_client_calls_block_the_caller_and_run_one_by_one():
     ten_ms = {"dist": "constant", "mean_ms": 10.0, "cv": 0.0}
     calib = {**NO_RPC, "storage": {"cache.get": ten_ms, "store.get": ten_ms}}
     load = LoadSpec("constant", rps=4, duration_s=5)
-    _, mc = run(storage_app("memcached"), load, calibration=calib)
-    _, rd = run(storage_app("redis"), load, calibration=calib)
-    # the memcached get finishes before the redis get is sent; two redis gets overlap
+    _, mc = run(storage_app("memcached", "blocking"), load, calibration=calib)
+    _, rd = run(storage_app("memcached"), load, calibration=calib)
+    # the blocking get finishes before the redis get is sent; asynchronous gets overlap
     assert mc[3].classes["get"].latency_ms["p50"] == pytest.approx(20.0, abs=1e-6)
     assert rd[3].classes["get"].latency_ms["p50"] == pytest.approx(10.0, abs=1e-6)
     busy = LoadSpec("poisson", rps=40, duration_s=20, seed=5)
-    _, mc = run(storage_app("memcached"), busy, interval_s=20, calibration=calib)
-    _, rd = run(storage_app("redis"), busy, interval_s=20, calibration=calib)
-    # a ping that lands while front waits on memcached waits too; with redis it does not
+    _, mc = run(storage_app("memcached", "blocking"), busy, interval_s=20, calibration=calib)
+    _, rd = run(storage_app("memcached"), busy, interval_s=20, calibration=calib)
+    # a ping that lands while front waits on a blocking client waits too; otherwise not
     assert rd[0].classes["ping"].latency_ms["p99"] < 3.0  # at most behind another ping
     assert mc[0].classes["ping"].latency_ms["p99"] > 5.0
 

@@ -290,3 +290,74 @@ def test_hosts_file_points_calls_at_other_hosts(tiny, tmp_path):
         finally:
             p.terminate()
             p.wait(timeout=10)
+
+
+STALL = """
+name = "stall"
+[services.a.endpoints.get]
+work = "json"
+cpu_ms = 0.1
+calls = [["cache.get"]]
+[services.b.endpoints.get]
+work = "json"
+cpu_ms = 0.1
+calls = [["bcache.get"]]
+[services.cache]
+kind = "memcached"
+[services.bcache]
+kind = "memcached"
+client = "blocking"
+[classes.read]
+entry = "a.get"
+weight = 1
+sla = { percentile = 99, ms = 50 }
+"""
+
+
+def test_a_stalled_memcached_holds_only_a_blocking_clients_worker(tmp_path):
+    """memcached stopped (SIGSTOP) mid-call: the worker with the asynchronous client keeps
+    answering its admin port; the one with ``client = "blocking"`` (pymemcache) cannot."""
+    import signal
+    import threading
+
+    app_file = tmp_path / "stall.toml"
+    app_file.write_text(STALL)
+    ports = dict(zip(["a", "b", "cache", "bcache"], _free_ports(4), strict=True))
+    (tmp_path / "ports.json").write_text(json.dumps(ports))
+    servers = [StorageServer(n, "memcached", ports[n], tmp_path) for n in ("cache", "bcache")]
+    procs = []
+    try:
+        for s in servers:
+            s.start(die_with_parent())
+            s.wait_ready()
+        admins = _free_ports(2)
+        for svc, admin in zip(["a", "b"], admins, strict=True):
+            procs.append(_start_worker(app_file, tmp_path, svc, ports[svc], admin))
+        for svc in ("a", "b"):  # connections open, the first call done
+            assert _post(f"http://127.0.0.1:{ports[svc]}/get") == 200
+        answered = {}
+        for s in servers:
+            s.proc.send_signal(signal.SIGSTOP)
+        calls = [threading.Thread(target=lambda svc=svc: answered.__setitem__(
+            svc, _post(f"http://127.0.0.1:{ports[svc]}/get"))) for svc in ("a", "b")]
+        for t in calls:
+            t.start()
+        time.sleep(0.5)
+        stats = json.loads(_get(f"http://127.0.0.1:{admins[0]}/stats"))
+        assert stats["inflight"] == 1  # the async worker waits, and still answers
+        with pytest.raises(OSError):  # the blocking worker's event loop is held
+            urllib.request.urlopen(f"http://127.0.0.1:{admins[1]}/stats", timeout=1.0)
+        for s in servers:
+            s.proc.send_signal(signal.SIGCONT)
+        for t in calls:
+            t.join(timeout=15)
+        assert answered == {"a": 200, "b": 200}
+    finally:
+        for s in servers:
+            if s.proc is not None:
+                s.proc.send_signal(signal.SIGCONT)
+        for p in procs:
+            p.terminate()
+            p.wait(timeout=10)
+        for s in servers:
+            s.stop()

@@ -29,6 +29,7 @@ work = "json"
 cpu_ms = 1.0
 [services.cache]
 kind = "memcached"
+client = "blocking"  # the shop keeps a blocking call in its trees: its own group, before catalog
 max_cpu = 0.5
 [services.orders]
 kind = "redis"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from leanstack.microservices.app import load_app
+from leanstack.microservices.app import load_app, parse_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation
 from leanstack.microservices.sim import SimBackend
@@ -28,9 +28,16 @@ def test_visits_per_request_match_the_simulated_tier_rates(name):
 def test_blocking_calls_run_alone_and_queues_are_branches():
     social = load_app("social-network")
     compose = class_tree(social, "compose-post").groups[0][0]  # nginx -> compose-post
-    mention = compose.groups[0][0].groups[0][1]  # -> text -> user-mention
-    assert mention.tier == "user-mention"
-    assert [[v.tier for v in g] for g in mention.groups] == [["user-memcached"], ["user-store"]]
+    shorten = compose.groups[0][0].groups[0][0]  # -> text -> url-shorten
+    assert shorten.tier == "url-shorten"  # calls [[memcached.set, store.set]]: async, together
+    assert [[v.tier for v in g] for g in shorten.groups] == [["url-shorten-memcached",
+                                                              "url-shorten-store"]]
+    data = social.to_data()
+    data["services"]["url-shorten-memcached"]["client"] = "blocking"
+    blocking = class_tree(parse_app(data), "compose-post").groups[0][0]
+    shorten = blocking.groups[0][0].groups[0][0]
+    assert [[v.tier for v in g] for g in shorten.groups] == [["url-shorten-memcached"],
+                                                             ["url-shorten-store"]]
     video = class_tree(load_app("video-pipeline"), "process-video")
     assert [v.tier for v in video.queued] == ["scene-split"]
     assert video.groups[-1][0].tier == "video-queue"  # the enqueue is a call to the queue tier

@@ -81,7 +81,11 @@ def test_fast_profile_and_composition_from_the_command_line(monkeypatch, capsys,
     assert code == 0, err
     settings = json.loads(prof.read_text())["settings"]
     assert settings["parallel"] > 1 and settings["early_stop"]
-    assert settings["start_utilization"] == 0.2
+    assert settings["start_utilization"] == 0.2 and not settings["shape"]
+    code, out, err = run_cli(monkeypatch, capsys, "ursa", "profile", "--app", str(shop_file),
+                             "--rps", "150", "--fast", "--shape", "--out", str(prof))
+    assert code == 0, err
+    assert json.loads(prof.read_text())["settings"]["shape"]  # on the simulator: its own shape
     code, out, err = run_cli(monkeypatch, capsys, "ursa", "plan", "--app", str(shop_file),
                              "--profile", str(prof), "--compose", "sum", "--out", str(plan))
     assert code == 0, err

@@ -34,19 +34,20 @@ def test_latency_curve_is_the_running_maximum():
     assert list(ys) == [2.0, 2.0, 8.0]  # a dip at higher load is noise, not a faster tier
 
 
-def _blocking_app(kind: str):
+def _blocking_app(client: str):
     data = tomllib.loads(SHOP)
-    data["services"]["cache"] = {"kind": kind, "max_cpu": 0.5, "op_cpu_ms": 2.0}
+    data["services"]["cache"] = {"kind": "memcached", "max_cpu": 0.5, "op_cpu_ms": 2.0,
+                                 "client": client}
     return parse_app(data)
 
 
 def test_backpressure_is_detected_for_a_caller_blocked_by_its_callee():
     settings = ProfileSettings(rps=150, tiers=["cache", "front"])
-    blocked = profile_app(_blocking_app("memcached"), SimBackend(seed=1), settings,
+    blocked = profile_app(_blocking_app("blocking"), SimBackend(seed=1), settings,
                           progress=False)
     assert not blocked.tiers["front"].backpressure_free
     assert blocked.tiers["front"].slowed_by == ["cache"]
-    free = profile_app(_blocking_app("redis"), SimBackend(seed=1), settings, progress=False)
+    free = profile_app(_blocking_app("async"), SimBackend(seed=1), settings, progress=False)
     assert free.tiers["front"].backpressure_free
 
 
@@ -115,3 +116,56 @@ def test_fast_profile_takes_a_fraction_of_the_time_and_plans_as_cheaply(social):
         make_plan(social, slow).cpu_per_rps, rel=0.15)
     with pytest.raises(LeanstackError, match="parallel >= 1"):
         profile_app(social, SimBackend(), ProfileSettings(parallel=0), progress=False)
+
+
+class _CostlierSim(SimBackend):
+    """The simulator running every endpoint at 1.6x its CPU: a 'real' system the simulator
+    underestimates, as real processes are underestimated by the uncalibrated model."""
+
+    name = "costlier"
+
+    def deploy(self, app, allocation):
+        data = app.to_data()
+        for svc in data["services"].values():
+            for ep in svc.get("endpoints", {}).values():
+                ep["cpu_ms"] *= 1.6
+        super().deploy(parse_app(data), allocation)
+
+
+def test_shaped_profile_measures_few_points_and_its_plan_holds_on_the_real_system():
+    """Profiled on the costlier 'real' system with the simulator's shapes: far less load than
+    the fast profile, a plan that fitted the real cost (above the simulator-only plan) and
+    meets every SLA when its allocation runs on the 'real' system at the profiled load."""
+    import statistics
+
+    from leanstack.microservices.load import LoadSpec
+    from leanstack.microservices.observation import Allocation
+    from leanstack.ursa.callgraph import visits_per_request
+    from leanstack.ursa.plan import make_plan
+
+    app = shop(browse=20.0)
+    full = profile_app(app, _CostlierSim(seed=2), ProfileSettings.fast(150), progress=False)
+    shaped = profile_app(app, _CostlierSim(seed=2), ProfileSettings.fast(150, shape=True),
+                         progress=False)
+    on_sim = profile_app(app, SimBackend(seed=2), ProfileSettings.fast(150), progress=False)
+    assert shaped.collection_backend_s < 0.7 * full.collection_backend_s
+    assert shaped.settings["shape"] and shaped.backend == "costlier"
+    json.dumps(shaped.to_dict())  # plain numbers only
+    plan = make_plan(app, shaped)
+    assert plan.cpu_per_rps > 1.2 * make_plan(app, on_sim).cpu_per_rps
+    for name in ("front", "catalog"):
+        tier = shaped.tiers[name]
+        assert tier.stopped == "bound" and tier.points[-1][1] > tier.bound_ms
+    visits = visits_per_request(app)
+    alloc = Allocation.static_max(app)
+    for t, tier in plan.tiers.items():
+        cpu = max(visits[t] * 150 / tier.threshold, app.services[t].min_cpu)
+        alloc = alloc.with_tier(t, cpu=round(min(cpu, app.services[t].max_cpu), 4))
+    real = _CostlierSim(seed=9, interval_s=5.0)
+    real.deploy(app, alloc)
+    real.start(LoadSpec("poisson", 150, 45.0, seed=4))
+    obs = [real.observe() for _ in range(9)][1:]
+    real.close()
+    for c, spec in app.classes.items():
+        p99 = statistics.median(o.classes[c].latency_ms[spec.sla.key] for o in obs)
+        assert p99 <= spec.sla.ms, c

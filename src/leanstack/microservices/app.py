@@ -48,6 +48,9 @@ STORAGE_OPS = {
     "redis": ("get", "set", "lpush", "lrange", "zadd", "zrange"),
     "memcached": ("get", "set"),
 }
+STORAGE_CLIENTS = {"redis": ("async",), "memcached": ("async", "blocking")}
+"""How callers talk to a storage tier: ``async`` (the worker serves other requests while it
+waits: redis.asyncio, aiomcache) or ``blocking`` (the worker waits: pymemcache)."""
 WAIT_MODES = ("response", "pipeline")
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 SLA_PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
@@ -98,10 +101,16 @@ class Service:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     queue: str | None = None
     op_cpu_ms: float = 0.03
+    client: str = "async"  # storage tiers: how callers wait for an answer (STORAGE_CLIENTS)
 
     @property
     def is_storage(self) -> bool:
         return self.kind != "logic"
+
+    @property
+    def blocks_caller(self) -> bool:
+        """True when a call to this tier holds the calling worker until the answer is back."""
+        return self.client == "blocking"
 
     @property
     def scalable(self) -> bool:
@@ -169,6 +178,8 @@ class AppSpec:
         for n, s in self.services.items():
             t: dict[str, Any] = {"kind": s.kind, "replicas": s.replicas, "max_cpu": s.max_cpu,
                                  "min_cpu": s.min_cpu, "op_cpu_ms": s.op_cpu_ms}
+            if s.is_storage:
+                t["client"] = s.client
             if s.queue is not None:
                 t["queue"] = s.queue
             if s.endpoints:
@@ -301,7 +312,7 @@ class _Parser:
         if not isinstance(t, dict):
             raise self.fail(where, "expected a table", f"write [{where}]")
         self.keys(t, where, {"kind", "replicas", "max_cpu", "min_cpu", "endpoints", "queue",
-                             "op_cpu_ms"})
+                             "op_cpu_ms", "client"})
         kind = t.get("kind", "logic")
         if kind not in SERVICE_KINDS:
             raise self.fail(f"{where}.kind", f"unknown kind {kind!r}",
@@ -328,7 +339,14 @@ class _Parser:
             if queue is not None:
                 raise self.fail(f"{where}.queue", "only logic services consume queues",
                                 "remove queue")
-            return Service(name, kind, 1, max_cpu, min_cpu, {}, None, op_cpu_ms)
+            client = t.get("client", "async")
+            if client not in STORAGE_CLIENTS[kind]:
+                raise self.fail(f"{where}.client", f"a {kind} tier's client is not {client!r}",
+                                f"use one of {', '.join(STORAGE_CLIENTS[kind])}")
+            return Service(name, kind, 1, max_cpu, min_cpu, {}, None, op_cpu_ms, client)
+        if "client" in t:
+            raise self.fail(f"{where}.client", "only storage tiers have a client",
+                            "remove client")
         if not isinstance(endpoints_t, dict) or not endpoints_t:
             raise self.fail(f"{where}.endpoints", "a logic service needs endpoints",
                             f"add a [{where}.endpoints.NAME] table")

@@ -164,6 +164,15 @@ class _TierState:
     scale_ups: list[tuple[float, int]]  # (t, pods added) inside the scale-up policy period
 
 
+def hpa_start_replicas(configured: int, min_replicas: int, max_replicas: int,
+                       initial: int | None = None) -> int:
+    """The pods a logic tier starts with under the HPA: ``initial`` when given, else half the
+    HPA range (rounded up) or the app's configured replicas if more, clamped to the range."""
+    if initial is not None:
+        return initial
+    return min(max(configured, min_replicas, math.ceil(max_replicas / 2)), max_replicas)
+
+
 class HPAController:
     """The Kubernetes Horizontal Pod Autoscaler on CPU utilisation, per logic tier.
 
@@ -217,9 +226,8 @@ class HPAController:
         for name, svc in app.services.items():
             if not svc.scalable:
                 continue
-            start = self.initial_replicas or min(
-                max(svc.replicas, self.min_replicas, math.ceil(self.max_replicas / 2)),
-                self.max_replicas)
+            start = hpa_start_replicas(svc.replicas, self.min_replicas, self.max_replicas,
+                                       self.initial_replicas)
             self._tiers[name] = _TierState(svc.max_cpu / self.max_replicas, start, [], [])
         return self._allocation()
 

@@ -161,18 +161,27 @@ class Span:
     def duration_ms(self) -> float:
         return (self.end_ns - self.start_ns) / 1e6
 
+    def otlp_span(self) -> dict[str, Any]:
+        """This span as an OTLP JSON span object (without its resource)."""
+        attrs = [{"key": k, "value": _otlp_value(v)} for k, v in self.attributes.items()]
+        return {"traceId": self.trace_id, "spanId": self.span_id,
+                "parentSpanId": self.parent_span_id, "name": self.name, "kind": 2,
+                "startTimeUnixNano": str(self.start_ns), "endTimeUnixNano": str(self.end_ns),
+                "attributes": attrs}
+
+    @classmethod
+    def from_otlp_span(cls, service: str, s: dict[str, Any]) -> Span:
+        """A span from an OTLP JSON span object and its resource's ``service.name``."""
+        attrs = {a["key"]: _from_otlp_value(a["value"]) for a in s.get("attributes", [])}
+        return cls(s["traceId"], s["spanId"], s.get("parentSpanId", ""), service, s["name"],
+                   int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]), attrs)
+
     def to_otlp(self) -> str:
         """One OTLP JSON line: a resourceSpans record holding this span."""
-        attrs = [{"key": k, "value": _otlp_value(v)} for k, v in self.attributes.items()]
         return json.dumps({"resourceSpans": [{
             "resource": {"attributes": [
                 {"key": "service.name", "value": {"stringValue": self.service}}]},
-            "scopeSpans": [{"scope": {"name": "leanstack"}, "spans": [{
-                "traceId": self.trace_id, "spanId": self.span_id,
-                "parentSpanId": self.parent_span_id, "name": self.name, "kind": 2,
-                "startTimeUnixNano": str(self.start_ns), "endTimeUnixNano": str(self.end_ns),
-                "attributes": attrs,
-            }]}],
+            "scopeSpans": [{"scope": {"name": "leanstack"}, "spans": [self.otlp_span()]}],
         }]}, separators=(",", ":"))
 
     @classmethod
@@ -180,10 +189,7 @@ class Span:
         """Parse a line written by :meth:`to_otlp`."""
         rs = json.loads(line)["resourceSpans"][0]
         service = rs["resource"]["attributes"][0]["value"]["stringValue"]
-        s = rs["scopeSpans"][0]["spans"][0]
-        attrs = {a["key"]: _from_otlp_value(a["value"]) for a in s.get("attributes", [])}
-        return cls(s["traceId"], s["spanId"], s.get("parentSpanId", ""), service, s["name"],
-                   int(s["startTimeUnixNano"]), int(s["endTimeUnixNano"]), attrs)
+        return cls.from_otlp_span(service, rs["scopeSpans"][0]["spans"][0])
 
 
 def own_latencies_ms(spans: Sequence[Span],

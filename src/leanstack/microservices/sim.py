@@ -22,10 +22,10 @@ It models what the local backend really runs:
   slice). A throttled segment gives its core back while it waits for its next period;
 - every call (and the load generator's request to the entry tier) takes ``rpc.delay_ms`` of
   wall time that costs no tier CPU: loopback network, wake-ups, the client library's queues;
-- call groups run in sequence, the calls of a group in parallel (fan-out / join). A memcached
-  call is synchronous (pymemcache inside the worker's event loop): the calling replica does
-  nothing else until the answer is back, and in a group such calls run one after another
-  before the group's asynchronous calls are sent;
+- call groups run in sequence, the calls of a group in parallel (fan-out / join). A call to a
+  storage tier with ``client = "blocking"`` is synchronous (pymemcache inside the worker's event
+  loop): the calling replica does nothing else until the answer is back, and in a group such
+  calls run one after another before the group's asynchronous calls are sent;
 - ``enqueue`` edges are an ``rpush`` on the queue's redis tier, one after another; consumer
   replicas pull one message at a time from a FIFO; ``wait = "pipeline"`` classes complete when
   their last stage finishes.
@@ -91,8 +91,6 @@ TIMEOUT_S = 10.0
 MEMORY_BYTES = {"logic": 40 << 20, "redis": 8 << 20, "memcached": 4 << 20}
 """Constant memory model per replica (resident set of an idle worker or server)."""
 
-SYNC_KINDS = ("memcached",)
-"""Storage kinds whose client blocks the calling worker until the answer (pymemcache)."""
 
 _BLOCK = 2048  # service-time draws per refill
 _START, _RESP = 0, 1  # segment actions
@@ -360,7 +358,7 @@ class SimBackend:
         self._ep_resp: list[float] = []  # caller CPU to take this endpoint's answer
         self._ep_logic: list[bool] = []
         self._ep_deliver: list[int] = []  # consumer endpoint a queue push delivers to, or -1
-        self._ep_sync: list[bool] = []  # a call that blocks its caller (memcached)
+        self._ep_sync: list[bool] = []  # a call that blocks its caller (blocking client)
 
         def add(service: str, name: str, deliver: int = -1) -> int:
             svc = app.services[service]
@@ -381,7 +379,7 @@ class SimBackend:
                 self._ep_fixed.append(max(fixed, 0.0) / 1e3)
                 self._ep_resp.append(rpc["caller_ms"] / 1e3)
             self._ep_logic.append(not svc.is_storage)
-            self._ep_sync.append(svc.kind in SYNC_KINDS)
+            self._ep_sync.append(svc.blocks_caller)
             self._ep_deliver.append(deliver)
             return ids[key]
 

@@ -4,17 +4,22 @@
 Each worker is an aiohttp server; the tier's ``replicas`` workers share one port through
 SO_REUSEPORT. A request to ``POST /<endpoint>`` does the endpoint's own real work (see
 :mod:`~leanstack.microservices.work`), then its call groups in sequence (the calls of a group
-concurrently): HTTP keep-alive calls to logic tiers, redis / pymemcache operations on storage
-tiers. ``enqueue`` edges push a message onto the Redis list ``queue:<consumer>`` on the consumer's
-``queue`` service; queue-fed workers consume with BLPOP. For a class with ``wait = "pipeline"``
+concurrently): HTTP keep-alive calls to logic tiers, redis.asyncio / aiomcache operations on
+storage tiers (a memcached tier with ``client = "blocking"`` is called through the synchronous
+pymemcache, which holds the worker until the answer). ``enqueue`` edges push a message onto
+the Redis list ``queue:<consumer>`` on the consumer's ``queue`` service; queue-fed workers
+consume with BLPOP. For a class with ``wait = "pipeline"``
 the entry answers only after every leaf stage of the pipeline it started has pushed to the
 request's done key (which the entry BLPOPs on).
 
 Every RPC is recorded as a :class:`~leanstack.microservices.observation.Span` (server spans, and
 client spans for storage calls) in OTLP JSON lines, one file per process in the run dir, with W3C
-``traceparent`` propagation. The admin port serves ``/health``, ``/stats`` (JSON the local backend
-reads each interval) and Prometheus ``/metrics`` (request counts, a latency histogram per endpoint
-and request class, storage calls: what :mod:`~leanstack.microservices.prometheus` reads).
+``traceparent`` propagation; when the OpenTelemetry environment names a traces endpoint
+(``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``, see :mod:`~leanstack.microservices.otlp`) the spans are
+also POSTed there over OTLP/HTTP (``--no-span-files``: only there, as in a pod). The admin
+port serves ``/health``, ``/stats`` (JSON the local backend reads each interval) and Prometheus
+``/metrics`` (request counts, a latency histogram per endpoint and request class, storage calls:
+what :mod:`~leanstack.microservices.prometheus` reads).
 
 Peers are on 127.0.0.1 by default; ``--hosts FILE`` (service -> host name) and ``--bind ADDR``
 let the same command run in a Kubernetes pod, where peers are Services.
@@ -35,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import aiomcache
 import numpy as np
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -52,6 +58,7 @@ from pymemcache.exceptions import MemcacheError
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec, Call, Endpoint, load_app, parse_app
 from leanstack.microservices.observation import Span
+from leanstack.microservices.otlp import export_request, traces_endpoint
 from leanstack.microservices.work import do_work, draw_cpu_ms
 
 HOST = "127.0.0.1"
@@ -59,7 +66,13 @@ CLASS_HEADER = "x-leanstack-class"
 DONE_HEADER = "x-leanstack-done"
 PIPELINE_TIMEOUT_S = 30.0
 SPAN_FLUSH_S = 0.1
+OTLP_MAX_PENDING = 100_000
+"""Spans held for an OTLP endpoint that does not answer; beyond this they are dropped."""
+OTLP_TIMEOUT_S = 5.0
 _VALUE = b"v" * 256
+MEMCACHED_POOL = 8
+"""Connections of an asynchronous memcached client (opened on first use; more calls wait)."""
+MEMCACHED_TIMEOUT_S = 5.0
 LATENCY_BUCKETS_S = tuple(round(0.0005 * 1.25 ** k, 7) for k in range(50))
 """Latency histogram bounds: 0.5 ms to ~28 s in 25% steps (percentiles to within ~12%)."""
 
@@ -143,7 +156,8 @@ class Worker:
     """One worker process of a logic tier."""
 
     def __init__(self, app: AppSpec, service: str, ports: dict[str, int], run_dir: Path,
-                 seed: int = 0, consumers: int = 2, hosts: dict[str, str] | None = None) -> None:
+                 seed: int = 0, consumers: int = 2, hosts: dict[str, str] | None = None,
+                 otlp_url: str | None = None, span_files: bool = True) -> None:
         self.app = app
         self.svc = app.services[service]
         self.ports = ports
@@ -160,6 +174,10 @@ class Worker:
         self.work_cpu_s = 0.0
         self._span_lines: list[str] = []
         self._span_path = run_dir / f"spans-{service}-{os.getpid()}.jsonl"
+        self.span_files = span_files
+        self.otlp_url = otlp_url
+        self._otlp_pending: list[Span] = []
+        self._otlp_failures = 0
         self._stop = asyncio.Event()
         self.registry = CollectorRegistry()
         labels = ["service", "endpoint"]
@@ -179,6 +197,8 @@ class Worker:
                                     registry=self.registry)
         self.m_calls = Counter("leanstack_storage_calls", "Storage operations this worker made",
                                ["service", "op"], registry=self.registry)
+        self.m_otlp = Counter("leanstack_otlp_spans", "Spans sent to the OTLP endpoint, or "
+                              "dropped when it failed", ["result"], registry=self.registry)
         # Per endpoint: a queue-fed stage that triggers no further asynchronous work signals
         # "done"; a pipeline entry waits for that many leaves on that redis service.
         self._leaf_stage: dict[str, bool] = {}
@@ -191,7 +211,8 @@ class Worker:
         self.session: aiohttp.ClientSession | None = None
         self.fault_delay_s = 0.0  # an injected wait before each request's work (fault tests)
         self.redis: dict[str, aioredis.Redis] = {}
-        self.memcached: dict[str, MemcacheClient] = {}
+        self.memcached: dict[str, MemcacheClient] = {}  # blocking clients
+        self.aiomemcached: dict[str, aiomcache.Client] = {}
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -206,12 +227,15 @@ class Worker:
         for name, s in self.app.services.items():
             if s.kind == "redis":
                 self.redis[name] = aioredis.Redis(host=self.host(name), port=self.ports[name])
-            elif s.kind == "memcached":
+            elif s.kind == "memcached" and s.blocks_caller:
                 # no_delay: without TCP_NODELAY, Nagle + delayed ACKs stall ~1 call in 10
                 # (those after a set) for 40 ms
                 self.memcached[name] = MemcacheClient((self.host(name), self.ports[name]),
                                                       no_delay=True,
                                                       connect_timeout=2.0, timeout=5.0)
+            elif s.kind == "memcached":  # asyncio streams set TCP_NODELAY themselves
+                self.aiomemcached[name] = aiomcache.Client(
+                    self.host(name), self.ports[name], pool_size=MEMCACHED_POOL)
         api = web.Application()
         api.router.add_post("/{endpoint}", self.handle)
         api.router.add_get("/health", self.health)
@@ -234,11 +258,14 @@ class Worker:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._flush_spans()
+        await self._export_spans()
         await self.session.close()
         for r in self.redis.values():
             await r.aclose()
         for m in self.memcached.values():
             m.close()
+        for c in self.aiomemcached.values():
+            await c.close()
 
     # --- HTTP handlers ------------------------------------------------------------------------
 
@@ -340,9 +367,12 @@ class Worker:
         try:
             if target.kind == "redis":
                 await self._redis_op(call.service, call.endpoint)
-            else:
+            elif target.blocks_caller:
                 self._memcached_op(call.service, call.endpoint)
-        except (OSError, aioredis.RedisError, MemcacheError) as e:
+            else:
+                await self._aiomemcached_op(call.service, call.endpoint)
+        except (OSError, aioredis.RedisError, MemcacheError, aiomcache.exceptions.ClientException,
+                asyncio.IncompleteReadError) as e:
             print(f"{call}: {type(e).__name__}: {e}", file=sys.stderr)
             ok = False
         self._client_span(ctx, span_id, call.service, call.endpoint, start_ns, ok)
@@ -380,6 +410,15 @@ class Worker:
             member = f"m{self.keys.randrange(1 << 30)}"
             pipe = r.pipeline(transaction=False).zadd(key, {member: time.time()})
             await pipe.zremrangebyrank(key, 0, -101).execute()
+
+    async def _aiomemcached_op(self, service: str, op: str) -> None:
+        client = self.aiomemcached[service]
+        key = f"k{self.keys.randrange(1000)}".encode()
+        async with asyncio.timeout(MEMCACHED_TIMEOUT_S):
+            if op == "get":
+                await client.get(key)
+            else:
+                await client.set(key, _VALUE)
 
     def _memcached_op(self, service: str, op: str) -> None:
         # pymemcache is synchronous: a loopback get/set costs ~15 us of CPU inline, against
@@ -470,7 +509,35 @@ class Worker:
                           time.time_ns(), attrs))
 
     def _record(self, span: Span) -> None:
-        self._span_lines.append(span.to_otlp())
+        if self.span_files:
+            self._span_lines.append(span.to_otlp())
+        if self.otlp_url:
+            if len(self._otlp_pending) < OTLP_MAX_PENDING:
+                self._otlp_pending.append(span)
+            else:
+                self.m_otlp.labels("dropped").inc()
+
+    async def _export_spans(self) -> None:
+        """POST the spans recorded since the last export to the OTLP endpoint (one request)."""
+        if not self._otlp_pending:
+            return
+        batch, self._otlp_pending = self._otlp_pending, []
+        try:
+            async with self.session.post(
+                    self.otlp_url, data=export_request(batch),
+                    headers={"Content-Type": "application/json"},
+                    timeout=aiohttp.ClientTimeout(total=OTLP_TIMEOUT_S)) as resp:
+                await resp.read()
+                if resp.status != 200:
+                    raise aiohttp.ClientError(f"HTTP {resp.status}")
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
+            self.m_otlp.labels("dropped").inc(len(batch))
+            if self._otlp_failures % 100 == 0:  # the first failure, then every 100th
+                print(f"OTLP export to {self.otlp_url}: {type(e).__name__}: {e} "
+                      f"({len(batch)} spans dropped)", file=sys.stderr)
+            self._otlp_failures += 1
+            return
+        self.m_otlp.labels("sent").inc(len(batch))
 
     def _flush_spans(self) -> None:
         if not self._span_lines:
@@ -484,6 +551,7 @@ class Worker:
         while True:
             await asyncio.sleep(SPAN_FLUSH_S)
             self._flush_spans()
+            await self._export_spans()
 
 
 async def _serve(app: web.Application, host: str, port: int, reuse_port: bool) -> web.AppRunner:
@@ -521,6 +589,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bind", default=HOST, help="address to listen on (0.0.0.0 in a pod)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--consumers", type=int, default=2, help="BLPOP loops of a queue-fed worker")
+    p.add_argument("--no-span-files", action="store_true", help="do not write span files (spans "
+                   "go only to the OTLP endpoint of OTEL_EXPORTER_OTLP_TRACES_ENDPOINT)")
     a = p.parse_args(argv)
     try:
         app = load_app_file(a.app)
@@ -531,7 +601,12 @@ def main(argv: list[str] | None = None) -> None:
     ports = {k: int(v) for k, v in json.loads((a.ports or a.run_dir / "ports.json")
                                                .read_text()).items()}
     hosts = json.loads(a.hosts.read_text()) if a.hosts else None
-    worker = Worker(app, a.service, ports, a.run_dir, a.seed, a.consumers, hosts)
+    otlp_url = traces_endpoint(os.environ)
+    if a.no_span_files and otlp_url is None:
+        p.error("--no-span-files needs OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (or "
+                "OTEL_EXPORTER_OTLP_ENDPOINT) set, or the spans are lost")
+    worker = Worker(app, a.service, ports, a.run_dir, a.seed, a.consumers, hosts,
+                    otlp_url=otlp_url, span_files=not a.no_span_files)
     asyncio.run(worker.run(a.port, a.admin_port, a.bind))
 
 

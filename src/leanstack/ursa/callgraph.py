@@ -13,9 +13,6 @@ from dataclasses import dataclass
 
 from leanstack.microservices.app import AppSpec, Call
 
-BLOCKING_KINDS = ("memcached",)
-"""Tier kinds whose client blocks its caller until the answer is back (pymemcache)."""
-
 
 @dataclass(frozen=True)
 class Visit:
@@ -85,8 +82,8 @@ def _visit(app: AppSpec, call: Call) -> Visit:
         return Visit(call.service)
     ep = svc.endpoints[call.endpoint]
     groups: tuple[tuple[Visit, ...], ...] = ()
-    for group in ep.groups:  # a blocking (memcached) call runs alone, before the others
-        blocking = [c for c in group if app.services[c.service].kind in BLOCKING_KINDS]
+    for group in ep.groups:  # a blocking-client call runs alone, before the others
+        blocking = [c for c in group if app.services[c.service].blocks_caller]
         rest = tuple(_visit(app, c) for c in group if c not in blocking)
         groups += tuple((_visit(app, c),) for c in blocking) + ((rest,) if rest else ())
     queued = []

@@ -33,6 +33,8 @@ def profile(
     fast: bool = typer.Option(False, "--fast", help="the fast profile: non-interacting tiers "
                               "at once from 20% utilisation (overrides --parallel and "
                               "--start-utilization)"),
+    shape: bool = typer.Option(False, "--shape", help="on a real backend: take each tier's curve "
+                               "shape from the simulator and measure only around its knee"),
     seed: int = typer.Option(0, help="seed of the load (and the simulator)"),
     backend_opt: list[str] = typer.Option([], "--backend-opt", help="backend option KEY=VALUE "
                                           "(repeatable), e.g. local: cfs_period_ms=20"),
@@ -45,10 +47,11 @@ def profile(
     spec = load_app(app_name)
     settings = ProfileSettings(rps=rps, step_intervals=step_intervals,
                                tiers=tiers.split(",") if tiers else None, parallel=parallel,
-                               early_stop=early_stop, start_utilization=start_utilization)
+                               early_stop=early_stop, start_utilization=start_utilization,
+                               shape=shape)
     if fast:
         settings = ProfileSettings.fast(rps, step_intervals=step_intervals, tiers=settings.tiers,
-                                        early_stop=early_stop)
+                                        early_stop=early_stop, shape=shape)
     if step_intervals < 1:
         raise LeanstackError(f"--step-intervals must be at least 1, got {step_intervals}")
     from leanstack.cli import parse_options

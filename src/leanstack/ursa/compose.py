@@ -11,7 +11,9 @@ call group, the slowest call; a pipeline class also waits for its slowest queued
 the class's percentile is read off the sample.
 
 The draws are common random numbers: the same seed gives every visit the same uniform draws in
-every evaluation, so comparing two allocations compares their latencies, not their noise.
+every evaluation, so comparing two allocations compares their latencies, not their noise. A
+:class:`TreeSample` draws them once per call tree and keeps each visit's latencies, so the
+planner's rounds re-sample only the tiers whose chosen point changed.
 A tier known only by one percentile (a profile from before percentiles were recorded) is a
 constant, and the composition falls back to adding budgets along the path.
 """
@@ -60,15 +62,62 @@ class LatencyDist:
 def tree_quantile(tree: Visit, dists: dict[str, LatencyDist], pipeline: bool, q: float,
                   samples: int = SAMPLES, seed: int = 0) -> float:
     """The ``q`` quantile (0..1) of the tree's end-to-end latency, each visit independent."""
-    rng = np.random.default_rng(seed)
-    return float(np.quantile(_walk(tree, dists, pipeline, rng, samples), q))
+    return TreeSample(tree, pipeline, samples, seed).quantile(dists, q)
 
 
-def _walk(node: Visit, dists: dict[str, LatencyDist], pipeline: bool,
-          rng: np.random.Generator, n: int) -> np.ndarray:
-    lat = dists[node.tier].at(rng.random(n))
-    for group in node.groups:
-        lat = lat + np.max([_walk(c, dists, pipeline, rng, n) for c in group], axis=0)
-    if pipeline and node.queued:
-        lat = lat + np.max([_walk(c, dists, pipeline, rng, n) for c in node.queued], axis=0)
-    return lat
+class TreeSample:
+    """The Monte Carlo sample of one call tree, drawn once and re-used across evaluations.
+
+    Every visit's uniform draws are made here, once (the draws :func:`tree_quantile` makes for
+    the same seed), and each visit's latencies are kept per distribution it was evaluated with:
+    a planner that tries allocation after allocation recomputes only the visits whose tier moved
+    to another profile point, and an allocation seen before costs a dictionary look-up.
+    At most ``max_cached`` latency arrays are kept (the least recently used go first).
+    """
+
+    def __init__(self, tree: Visit, pipeline: bool, samples: int = SAMPLES, seed: int = 0,
+                 max_cached: int = 512) -> None:
+        self.tree, self.pipeline, self.samples = tree, pipeline, samples
+        self.max_cached = max_cached
+        rng = np.random.default_rng(seed)
+        self._draws: list[np.ndarray] = []  # per visit, in walk order
+        self._tiers: list[str] = []
+        self._draw(tree, rng)
+        self._latencies: dict[tuple[int, LatencyDist], np.ndarray] = {}
+        self._quantiles: dict[tuple, float] = {}
+
+    def quantile(self, dists: dict[str, LatencyDist], q: float) -> float:
+        """The ``q`` quantile (0..1) of the end-to-end latency with each tier at ``dists``."""
+        key = (q, *(dists[t] for t in self._tiers))
+        if key not in self._quantiles:
+            self._quantiles[key] = float(np.quantile(self._walk(self.tree, dists, [0]), q))
+        return self._quantiles[key]
+
+    def _draw(self, node: Visit, rng: np.random.Generator) -> None:
+        self._draws.append(rng.random(self.samples))
+        self._tiers.append(node.tier)
+        for group in node.groups:
+            for c in group:
+                self._draw(c, rng)
+        if self.pipeline and node.queued:
+            for c in node.queued:
+                self._draw(c, rng)
+
+    def _visit(self, index: int, dist: LatencyDist) -> np.ndarray:
+        key = (index, dist)
+        lat = self._latencies.pop(key, None)
+        if lat is None:
+            lat = dist.at(self._draws[index])
+            if len(self._latencies) >= self.max_cached:
+                del self._latencies[next(iter(self._latencies))]
+        self._latencies[key] = lat  # (re)inserted last: the dict keeps recency order
+        return lat
+
+    def _walk(self, node: Visit, dists: dict[str, LatencyDist], at: list[int]) -> np.ndarray:
+        lat = self._visit(at[0], dists[node.tier])
+        at[0] += 1
+        for group in node.groups:
+            lat = lat + np.max([self._walk(c, dists, at) for c in group], axis=0)
+        if self.pipeline and node.queued:
+            lat = lat + np.max([self._walk(c, dists, at) for c in node.queued], axis=0)
+        return lat

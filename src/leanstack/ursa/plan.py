@@ -44,7 +44,7 @@ from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.schema import FileModel, NonNegative, PercentileKey, Positive, check
 from leanstack.ursa.callgraph import Visit, class_tree, visits_per_request
-from leanstack.ursa.compose import LatencyDist, tree_quantile
+from leanstack.ursa.compose import LatencyDist, TreeSample
 from leanstack.ursa.profile import AppProfile
 
 DEFAULT_MARGIN = 0.2
@@ -240,6 +240,8 @@ class _Model:
             self.dists[t] = [LatencyDist.from_tails(tails[j], float(ys[j]), top)
                              for j in keep] or [LatencyDist.from_tails({}, 0.0)]
         self.trees = {c: class_tree(app, c) for c in app.classes}
+        # one sample of call paths per class, drawn once for every round of the solve
+        self.samples = {c: TreeSample(tree, self._pipeline(c)) for c, tree in self.trees.items()}
         self.knee = {t: profile.tiers[t].stopped in ("bound", "saturated") for t in self.tiers}
         self.fastest_choice = {t: 0 for t in self.tiers}  # curves rise with load per core
         self.fastest = {t: pts[0][1] for t, pts in self.points.items()}
@@ -259,8 +261,8 @@ class _Model:
             return path_latency(tree, {t: self.points[t][j][1] for t, j in choice.items()},
                                 pipeline)
         dists = {t: self.dists[t][j] for t, j in choice.items()}
-        return self.anchor[cls] + tree_quantile(tree, dists, pipeline,
-                                                self.app.classes[cls].sla.percentile / 100)
+        return self.anchor[cls] + self.samples[cls].quantile(
+            dists, self.app.classes[cls].sla.percentile / 100)
 
     def fastest_ms(self, cls: str) -> float:
         return self.predicted_ms(cls, self.fastest_choice)

@@ -20,6 +20,16 @@ in the same steps — one tier's squeeze cannot change another's own latency —
 ends a step after its first interval once every squeezed tier's tail is clearly inside or
 outside its bound. :meth:`ProfileSettings.fast` combines both.
 
+Fewer measured points: with ``shape`` on a backend other than the simulator, the app is first
+explored on the simulator (a few seconds), then each tier is measured only at its generous
+allocation and at the one to three steps around the knee the simulator's curve predicts. The
+simulator's curve is carried over with two scales fitted on the real tier: its load-per-core
+axis by the ratio of CPU per request (simulated / measured, at the generous allocation) and its
+latency axis by the median ratio of measured to simulated latency at the measured points. The
+profile keeps every measured point and adds the scaled simulator points below the first
+measured step (its tails scaled the same way). All tiers share one generous step at the start,
+measured in full, and one more ends the exploration (the classes' ``generous_ms``).
+
 The wall time of the whole exploration is ``collection_wall_s`` — Ursa's data-collection cost.
 """
 
@@ -29,7 +39,7 @@ import contextlib
 import math
 import time
 from collections.abc import Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -164,6 +174,8 @@ class ProfileSettings:
     tiers: list[str] | None = None  # explore only these tiers (default: all)
     parallel: int = 1  # tiers explored at once (only tiers that do not call one another)
     early_stop: bool = True  # end a step once every tier's tail is clearly in or out of bound
+    shape: bool = False  # reuse the simulator's curve shapes; measure only around their knee
+    shape_steps: int = 3  # measured steps per tier after the generous one, with ``shape``
 
     @classmethod
     def fast(cls, rps: float = 100.0, **overrides: Any) -> ProfileSettings:
@@ -194,21 +206,16 @@ def profile_app(app: AppSpec, backend: Backend, settings: ProfileSettings | None
                              f"<= 1, got {cfg.parallel} and {cfg.start_utilization}")
     generous = Allocation.static_max(app)
     wall0 = time.monotonic()
-    explorer = _Explorer(app, backend, generous, cfg)
-    batches = explorer.batches(names)
-    per_step = cfg.step_intervals + cfg.settle_intervals
-    budget_s = ((len(batches) * (cfg.max_steps + cfg.refine_steps + 1) + 2) * per_step
-                * backend.interval_s)
-    backend.deploy(app, generous)
-    try:
-        backend.start(LoadSpec("poisson", cfg.rps, budget_s, seed=seed))
-        with _progress(progress) as bar:
-            task = bar.add_task(f"profiling {app.name} on {backend.name}", total=len(names))
-            for batch in batches:
-                explorer.explore(batch)
-                bar.update(task, advance=len(batch))
-    finally:
-        backend.close()
+    shape = None
+    if cfg.shape and backend.name != "sim":
+        from leanstack.microservices.runner import make_backend
+
+        sim = _Explorer(app, make_backend("sim", backend.interval_s, seed=seed), generous,
+                        replace(cfg, shape=False))
+        _run(sim, names, seed, progress)
+        shape = {n: (sim.tiers[n], sim.cost[n]) for n in names if n in sim.cost}
+    explorer = _Explorer(app, backend, generous, cfg, shape)
+    _run(explorer, names, seed, progress)
     tiers = explorer.finish()
     return AppProfile(app=app.name, backend=backend.name, percentile=cfg.percentile, rps=cfg.rps,
                       tiers=tiers, collection_wall_s=time.monotonic() - wall0,
@@ -217,14 +224,41 @@ def profile_app(app: AppSpec, backend: Backend, settings: ProfileSettings | None
                       generous_ms=explorer.generous_ms())
 
 
+def _run(explorer: _Explorer, names: list[str], seed: int, progress: bool) -> None:
+    """Deploy at the generous allocation, explore every batch under steady load, close."""
+    cfg, backend = explorer.cfg, explorer.backend
+    batches = explorer.batches(names)
+    per_step = cfg.step_intervals + cfg.settle_intervals
+    budget_s = ((len(batches) * (cfg.max_steps + cfg.refine_steps + 1) + 2) * per_step
+                * backend.interval_s)
+    backend.deploy(explorer.app, explorer.generous)
+    try:
+        backend.start(LoadSpec("poisson", cfg.rps, budget_s, seed=seed))
+        with _progress(progress) as bar:
+            task = bar.add_task(f"profiling {explorer.app.name} on {backend.name}",
+                                total=len(names))
+            for batch in batches:
+                explorer.explore(batch)
+                bar.update(task, advance=len(batch))
+            if explorer.shape:  # the shared generous step came first, before the warm-up ended
+                explorer.generous_step()
+    finally:
+        backend.close()
+
+
 class _Explorer:
     """Steps tiers down in CPU, a batch of non-interacting tiers at a time, and records what it
     sees. Each tier's exploration is a generator: it yields the CPU it wants measured next and
-    receives that step's observations, so a batch's tiers share every step."""
+    receives that step's observations, so a batch's tiers share every step. With ``shape``
+    (tier -> simulated profile and CPU seconds per request) a tier is measured only around
+    the knee of its simulated curve, and the first generous step is every batch's base."""
 
     def __init__(self, app: AppSpec, backend: Backend, generous: Allocation,
-                 cfg: ProfileSettings) -> None:
+                 cfg: ProfileSettings,
+                 shape: dict[str, tuple[TierProfile, float]] | None = None) -> None:
         self.app, self.backend, self.generous, self.cfg = app, backend, generous, cfg
+        self.shape = shape or {}
+        self.cost: dict[str, float] = {}  # CPU seconds per request at the generous allocation
         self.visits = visits_per_request(app)
         self.through = classes_through(app)
         self.callers = callers(app)
@@ -256,13 +290,18 @@ class _Explorer:
         runs = {n: self._tier_steps(n) for n in names}
         want = {n: next(g) for n, g in runs.items()}
         while want:
-            alloc = self.generous
-            for n, cpu in want.items():
-                alloc = alloc.with_tier(n, cpu=round(cpu, 4))
-            self.backend.set_allocation(alloc)
-            obs = self._step(list(want))
-            if all(cpu == self.generous.tiers[n].cpu for n, cpu in want.items()):
-                self.generous_obs += obs
+            generous = all(cpu == self.generous.tiers[n].cpu for n, cpu in want.items())
+            if generous and self.shape and self.generous_obs:  # one generous step serves all
+                obs = self.generous_obs
+            else:
+                alloc = self.generous
+                for n, cpu in want.items():
+                    alloc = alloc.with_tier(n, cpu=round(cpu, 4))
+                self.backend.set_allocation(alloc)
+                # with shape, this is the base of every batch: measured in full
+                obs = self._full_step() if generous and self.shape else self._step(list(want))
+                if generous:
+                    self.generous_obs += obs
             nxt = {}
             for n in want:
                 with contextlib.suppress(StopIteration):  # that tier is done
@@ -283,6 +322,11 @@ class _Explorer:
         if first is not None:
             points.append(first)
             tails.append(tail)
+            if used > 0:
+                self.cost[name] = used / (first[0] * cpu_max)
+        if first is not None and name in self.cost and name in self.shape:
+            yield from self._shaped_steps(name, base, first, tail)
+            return
         stopped, last, good = "floor", base, None
         expected = cfg.rps * self.visits[name]
         for _ in range(cfg.max_steps):
@@ -318,6 +362,58 @@ class _Explorer:
         self.tiers[name] = TierProfile(name, [points[i] for i in order] or [(0.0, 0.0)], bound,
                                        stopped, tails=[tails[i] for i in order] or [{}])
 
+    def _shaped_steps(self, name: str, base: list[Observation], first: tuple[float, float],
+                      first_tail: dict[str, float]) -> Generator[float, list[Observation], None]:
+        """Measure ``name`` around the knee its simulated curve predicts (see the module
+        docstring); record the measured points and the scaled simulated ones."""
+        cfg, bound = self.cfg, self.bounds[name]
+        cpu_max = self.generous.tiers[name].cpu
+        floor = min(max(CPU_FLOOR, self.app.services[name].min_cpu), cpu_max)
+        sim, sim_cost = self.shape[name]
+        xs, ys = sim.curve()
+        sx = float(sim_cost / self.cost[name])  # real load per core at the same utilisation
+        sy = float(first[1] / ys[0]) if ys[0] > 0 else 1.0
+        inside = [j for j in range(len(xs)) if sy * ys[j] <= bound]
+        knee_x = xs[inside[-1] if inside else 0] * sx
+        expected = cfg.rps * self.visits[name]
+        cpu = float(min(cpu_max, max(expected / knee_x if knee_x > 0 else cpu_max, floor)))
+        measured: list[tuple[float, float]] = []
+        points, tails = [first], [first_tail]
+        stopped, last = "floor", base
+        for _ in range(cfg.shape_steps):
+            obs = yield cpu
+            point, tail = self._point(name, cpu, obs)
+            if point is None:
+                stopped = "idle"
+                break
+            measured.append(point)
+            points.append(point)
+            tails.append(tail)
+            last = obs
+            out = point[1] > bound
+            if out:
+                stopped = "bound"
+            if any((p[1] > bound) != out for p in measured):  # the knee is bracketed
+                break
+            if not out and expected > 0 and point[0] * cpu < 0.5 * expected:
+                stopped = "saturated"
+                break
+            nxt = min(cpu / cfg.shrink, cpu_max) if out else max(cpu * cfg.shrink, floor)
+            if nxt == cpu:
+                break
+            cpu = nxt
+        scale = [y / s for x, y in measured if (s := float(np.interp(x / sx, xs, ys))) > 0]
+        sy = float(np.median(scale)) if scale else sy
+        below = min((p[0] for p in measured), default=math.inf)
+        for (x, _), sim_tail in zip(sim.points, sim.tails, strict=False):
+            if first[0] < x * sx < below and sim_tail:
+                points.append((float(x * sx), float(np.interp(x, xs, ys)) * sy))
+                tails.append({k: v * sy for k, v in sim_tail.items()})
+        self._watch_callers(name, base, last)
+        order = sorted(range(len(points)), key=lambda i: points[i])
+        self.tiers[name] = TierProfile(name, [points[i] for i in order], bound, stopped,
+                                       tails=[tails[i] for i in order])
+
     def generous_ms(self) -> dict[str, dict[str, float]]:
         """Each class's end-to-end percentiles at the generous allocation (interval median)."""
         out = {}
@@ -344,6 +440,19 @@ class _Explorer:
         tail = {k: max(o.tiers[name].own_latency_ms.get(k, 0.0) for o in obs)
                 for k in obs[0].tiers[name].own_latency_ms}
         return (rps / cpu, tail.get(self.cfg.percentile, 0.0)), tail
+
+    def generous_step(self) -> None:
+        """One more step at the generous allocation, measured in full (for ``generous_ms``)."""
+        self.backend.set_allocation(self.generous)
+        self.generous_obs += self._full_step()
+
+    def _full_step(self) -> list[Observation]:
+        """A step of ``step_intervals`` measured intervals, never ended early."""
+        early, self.cfg = self.cfg, replace(self.cfg, early_stop=False)
+        try:
+            return self._step([])
+        finally:
+            self.cfg = early
 
     def _step(self, names: list[str]) -> list[Observation]:
         """Settle, then measure up to ``step_intervals`` intervals; with ``early_stop``, stop

@@ -10,6 +10,10 @@
 - ``observe``: waits for the interval's end plus one scrape interval, then reads the window from
   Prometheus (:class:`~leanstack.microservices.prometheus.PrometheusObserver`): tier rates and
   latency histograms from the workers' ``/metrics``, CPU, throttling and memory from cAdvisor.
+- ``spans``: with ``otlp_listen`` the backend runs an OTLP/HTTP receiver
+  (:class:`~leanstack.microservices.otlp.OtlpReceiver`) that the workers send their spans to
+  (the export's ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); ``observe`` then also reports each
+  tier's own latency from them, as the local backend does. Without it there are no spans.
 - ``close``: deletes what ``deploy`` applied unless ``keep`` (an adopted app is left alone).
 
 API errors: conflicts (409), throttling (429), server errors and timeouts are retried with
@@ -49,7 +53,10 @@ from leanstack.microservices.observation import (
     Observation,
     Span,
     TierAllocation,
+    own_latencies_ms,
+    percentiles_ms,
 )
+from leanstack.microservices.otlp import OtlpReceiver
 from leanstack.microservices.prometheus import PrometheusClient, PrometheusObserver
 
 RESIZE_MIN_VERSION = (1, 33)
@@ -95,12 +102,19 @@ class KubernetesBackend:
                  keep: bool = False, adopt: bool = False, kubeconfig: str | None = None,
                  context: str | None = None, api_url: str | None = None,
                  scrape_s: float = 5.0, timeout_s: float = 10.0, retries: int = 4,
-                 ready_timeout_s: float = 300.0) -> None:
+                 ready_timeout_s: float = 300.0, otlp_listen: str | None = None,
+                 otlp_endpoint: str | None = None) -> None:
+        """``otlp_listen`` (``HOST:PORT``): receive the workers' spans there; ``otlp_endpoint``:
+        the URL the applied workers send them to (when ``deploy`` applies the app)."""
         if not interval_s > 0:
             raise LeanstackError(f"interval must be above 0 seconds, got {interval_s}")
         self.interval_s = float(interval_s)
         self.namespace = k8s_name(namespace)
-        self.opts = ExportOptions(image=image, namespace=self.namespace)
+        self.opts = ExportOptions(image=image, namespace=self.namespace,
+                                  otlp_endpoint=otlp_endpoint)
+        self.otlp_listen = _host_port(otlp_listen) if otlp_listen is not None else None
+        self.receiver: OtlpReceiver | None = None
+        self._last_spans: list[Span] = []
         self.keep, self.adopt = keep, adopt
         self.prometheus = PrometheusClient(prometheus)
         self.scrape_s = scrape_s
@@ -127,6 +141,8 @@ class KubernetesBackend:
         names = tier_names(app)
         self.server_version = self._version()
         self.resize_supported = self.server_version >= RESIZE_MIN_VERSION
+        if self.otlp_listen is not None:  # listening before any pod starts sending
+            self.receiver = OtlpReceiver(*self.otlp_listen)
         self.app = app
         if self.adopt:
             for tier in app.services:
@@ -183,6 +199,8 @@ class KubernetesBackend:
         time.sleep(max(0.0, t_end + self.scrape_s - time.time()))
         self._index += 1
         window = self._observer.window(self._last_end, t_end)
+        if self.receiver is not None:
+            self._own_latencies(window.tiers, self._last_end, t_end)
         self._last_end = t_end
         if self.resize_supported:
             self._resize_new_pods()
@@ -196,14 +214,17 @@ class KubernetesBackend:
                            classes=window.classes, tiers=window.tiers, offered_rps=offered)
 
     def spans(self, since_ns: int = 0) -> list[Span]:
-        """Spans are not collected from a cluster (the workers write them inside their pods)."""
-        return []
+        """The spans the workers sent to the OTLP receiver that ended at or after ``since_ns``
+        (none without ``otlp_listen``: the workers' span files stay in their pods)."""
+        return self.receiver.spans(since_ns) if self.receiver is not None else []
 
     def close(self) -> None:
         """Delete every object ``deploy`` applied, newest first, unless ``keep`` (idempotent)."""
         if self._closed:
             return
         self._closed = True
+        if self.receiver is not None:
+            self.receiver.close()
         if self.keep or self.adopt:
             return
         for collection, name in reversed(self.applied):
@@ -219,6 +240,15 @@ class KubernetesBackend:
             raise LeanstackError("the k8s backend is not deployed (or already closed) — call "
                                  "deploy(app, allocation) first")
         return self.app
+
+    def _own_latencies(self, tiers: dict[str, Any], t0: float, t1: float) -> None:
+        """Each tier's own latency over ``(t0, t1]`` (wall seconds) from the received spans."""
+        batch = [s for s in self.receiver.spans(int(t0 * 1e9)) if s.end_ns <= t1 * 1e9]
+        own = own_latencies_ms(batch, self._last_spans)
+        self._last_spans = batch
+        for tier, values in own.items():
+            if tier in tiers:
+                tiers[tier].own_latency_ms = percentiles_ms(values)
 
     def _deployment_path(self, name: str) -> str:
         return f"/apis/apps/v1/namespaces/{self.namespace}/deployments/{name}"
@@ -376,6 +406,15 @@ def _api_client(kubeconfig: str | None, context: str | None, api_url: str | None
         raise LeanstackError(f"no usable Kubernetes config ({e}) — pass --kubeconfig FILE, run "
                              "inside a pod, or set KUBECONFIG") from None
     return client.ApiClient(conf)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (or ``":PORT"``, every address) as ``(host, port)``."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise LeanstackError(f"--otlp-listen '{value}' is not HOST:PORT — give e.g. "
+                             "0.0.0.0:4318")
+    return host or "0.0.0.0", int(port)
 
 
 def _collection(obj: dict[str, Any]) -> str:

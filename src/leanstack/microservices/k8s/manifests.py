@@ -5,7 +5,8 @@ official redis / memcached images) with CPU requests = limits from an allocation
 split over its replicas), and a Service for every tier that answers requests; one ConfigMap
 holding the app (its JSON form), the ports and the peers' host names; one HorizontalPodAutoscaler
 (autoscaling/v2) per logic tier with the targets of our HPA model; and a Prometheus scrape config
-for the workers' ``/metrics`` and the kubelets' cAdvisor metrics.
+for the workers' ``/metrics`` and the kubelets' cAdvisor metrics. With an OTLP endpoint the
+workers get ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` and send their spans there.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from leanstack.microservices.controllers import (
     HPA_SCALE_UP_PODS,
     HPA_STABILIZATION_S,
     HPA_TARGET_UTILIZATION,
+    hpa_start_replicas,
 )
 from leanstack.microservices.local import check_allocation
 from leanstack.microservices.observation import Allocation
+from leanstack.microservices.otlp import ENDPOINT_ENV
 from leanstack.microservices.prometheus import duration
 
 DEFAULT_IMAGE = "leanstack:0.1.0"
@@ -57,6 +60,8 @@ class ExportOptions:
     hpa_target_utilization: float = HPA_TARGET_UTILIZATION
     memory_request: str = "128Mi"
     memory_limit: str = "512Mi"
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP traces URL the workers send their spans to (``None``: spans stay in the pod)."""
 
 
 def k8s_name(name: str) -> str:
@@ -116,14 +121,16 @@ def app_config(app: AppSpec, namespace: str) -> dict[str, Any]:
     }
 
 
-def worker_command(tier: str) -> list[str]:
+def worker_command(tier: str, otlp: bool = False) -> list[str]:
     """The container command of a logic tier: the local backend's worker, listening on all
-    addresses, reading the app, ports and hosts from the ConfigMap."""
+    addresses, reading the app, ports and hosts from the ConfigMap; with ``otlp`` its spans go
+    only to the OTLP endpoint (no span files growing in the pod)."""
     return ["python", "-m", "leanstack.microservices.worker",
             "--app", f"{CONFIG_DIR}/app.json", "--service", tier,
             "--port", str(SERVICE_PORTS["logic"]), "--admin-port", str(METRICS_PORT),
             "--run-dir", RUN_DIR, "--ports", f"{CONFIG_DIR}/ports.json",
-            "--hosts", f"{CONFIG_DIR}/hosts.json", "--bind", "0.0.0.0"]
+            "--hosts", f"{CONFIG_DIR}/hosts.json", "--bind", "0.0.0.0",
+            *(["--no-span-files"] if otlp else [])]
 
 
 def resources(pod_cpu: float, opts: ExportOptions) -> dict[str, Any]:
@@ -154,7 +161,9 @@ def deployment(app: AppSpec, tier: str, allocation: Allocation,
         container["readinessProbe"] = {"tcpSocket": {"port": port}, "periodSeconds": 2}
     else:
         container["image"] = opts.image
-        container["command"] = worker_command(tier)
+        container["command"] = worker_command(tier, otlp=opts.otlp_endpoint is not None)
+        if opts.otlp_endpoint is not None:
+            container["env"] = [{"name": ENDPOINT_ENV, "value": opts.otlp_endpoint}]
         container["ports"] = [{"name": "metrics", "containerPort": METRICS_PORT}]
         if svc.queue is None:
             container["ports"].insert(0, {"name": "http",
@@ -227,11 +236,12 @@ def hpa(app: AppSpec, tier: str, opts: ExportOptions) -> dict[str, Any]:
 
 
 def hpa_allocation(app: AppSpec, opts: ExportOptions) -> Allocation:
-    """The HPA model's pods: ``max_cpu / max_replicas`` cores each, at the configured replicas."""
+    """The HPA model's pods: ``max_cpu / max_replicas`` cores each, as many as
+    :class:`HPAController` starts with (:func:`hpa_start_replicas`), not the app's replicas."""
     alloc = Allocation.static_max(app)
     for tier, svc in app.services.items():
         if svc.scalable:
-            reps = min(max(svc.replicas, opts.hpa_min_replicas), opts.hpa_max_replicas)
+            reps = hpa_start_replicas(svc.replicas, opts.hpa_min_replicas, opts.hpa_max_replicas)
             alloc = alloc.with_tier(tier, cpu=svc.max_cpu / opts.hpa_max_replicas * reps,
                                     replicas=reps)
     return alloc
@@ -250,6 +260,10 @@ def manifests(app: AppSpec, allocation: Allocation | None = None,
     check_allocation(app, allocation)
     tier_names(app)
     k8s_name(opts.namespace)
+    if opts.otlp_endpoint is not None and not re.fullmatch(r"https?://[^/\s]+(/\S*)?",
+                                                           opts.otlp_endpoint):
+        raise LeanstackError(f"OTLP endpoint '{opts.otlp_endpoint}' is not an http(s) URL — give "
+                             "e.g. http://collector.monitoring.svc:4318/v1/traces")
     out = [app_config(app, opts.namespace)]
     out += [s for t in app.services if (s := service(app, t, opts.namespace)) is not None]
     out += [deployment(app, t, allocation, opts) for t in app.services]
