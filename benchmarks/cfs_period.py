@@ -30,13 +30,14 @@ from typing import Any
 import numpy as np
 
 from cpu_limits import SETTLE_INTERVALS, server_versions, step_row
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import parse_app
 from leanstack.microservices.cgroups import CGROUP_ROOT
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend
 from leanstack.microservices.observation import Allocation
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from stats_format import cell
 
 RESULTS = Path(__file__).parent / "results"
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     result["loadavg_before"], result["loadavg_after"] = list(before), list(os.getloadavg())
     result["environment"] = {**environment(time.monotonic() - t0), "servers": server_versions()}
     RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(result, RESULTS / f"{NAME}.json")
+    write_json(RESULTS / f"{NAME}.json", result)
     plot(result, RESULTS / f"{NAME}.png")
     print(markdown(result))
     print(f"\nload average before {before[0]:.2f}, after {result['loadavg_after'][0]:.2f}; "

@@ -26,12 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend
 from leanstack.microservices.observation import Allocation, Observation
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from stats_format import cell, median_or_none
 
 RESULTS = Path(__file__).parent / "results"
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result["environment"] = {**environment(time.monotonic() - t0), "servers": server_versions()}
     RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(result, RESULTS / f"{NAME}.json")
+    write_json(RESULTS / f"{NAME}.json", result)
     plot(result, RESULTS / f"{NAME}.png")
     print(markdown(result))
     print(f"\nwrote {RESULTS / (NAME + '.json')} and {NAME}.png")

@@ -20,10 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController, StaticController
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.runner import local_unavailable, make_backend, run_experiment
 
 RESULT = Path(__file__).parent / "results" / "hpa_vs_static.json"
@@ -126,7 +127,7 @@ def main() -> None:
         "summary": summary, "runs": rows,
         "environment": environment(time.monotonic() - t0),
     }
-    write_json_atomic(result, RESULT)
+    write_json(RESULT, result)
     print(table(summary, cfgs))
     print(f"\nwritten: {RESULT.relative_to(Path(__file__).parent.parent)}")
 

@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend
 from leanstack.microservices.observation import Allocation
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from stats_format import cell, median_or_none
 
 RESULTS = Path(__file__).parent / "results"
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result["environment"] = environment(time.monotonic() - t0)
     RESULTS.mkdir(exist_ok=True)
-    write_json_atomic(result, RESULTS / f"{NAME}.json")
+    write_json(RESULTS / f"{NAME}.json", result)
     print(markdown(result))
     print(f"\nmax sustained: {result['max_sustained_rps']} rps; wrote "
           f"{RESULTS / (NAME + '.json')}")

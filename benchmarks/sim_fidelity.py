@@ -35,11 +35,11 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import AppSpec, load_app
 from leanstack.microservices.calibrate import calibrate
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Observation, Span, TierAllocation
-from leanstack.microservices.result import write_json_atomic
 from leanstack.microservices.sim import SimBackend
 
 RESULTS = Path(__file__).parent / "results" / "sim_fidelity.json"
@@ -124,7 +124,7 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
         if saved:
             if name == "max":
                 write_spans(spans, data / "spans.jsonl")
-            write_json_atomic({**level, "obs": [o.to_dict() for o in obs]}, saved)
+            write_json(saved, {**level, "obs": [o.to_dict() for o in obs]})
         return level, spans
 
     levels = {}
@@ -224,7 +224,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json_atomic(result, RESULTS)
+    write_json(RESULTS, result)
 
     print(f"social-network, Poisson {args.rps:g} req/s, {duration:g} s per run "
           f"(first {WARMUP} s dropped); load average around the local runs: "

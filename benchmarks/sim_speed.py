@@ -23,10 +23,10 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import app_names, load_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation
-from leanstack.microservices.result import write_json_atomic
 from leanstack.microservices.sim import SimBackend
 
 RESULTS = Path(__file__).parent / "results" / "sim_speed.json"
@@ -91,7 +91,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json_atomic(result, RESULTS)
+    write_json(RESULTS, result)
 
     print("| app | simulated s | spans | host cores | requests | wall s | requests / wall s | "
           "requests / CPU s |")

@@ -26,10 +26,11 @@ from typing import Any
 
 import torch
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import make_controller
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.runner import make_backend, run_experiment
 from leanstack.sinan.dataset import collect, collection_loads
 from leanstack.sinan.model import shipped_model_dir
@@ -173,8 +174,8 @@ def main() -> None:
     result = {"benchmark": "sinan_eval", "quick": args.quick, "settings": cfg,
               "controllers": controllers, "models": models, "summary": summary, "runs": rows,
               "environment": environment(time.monotonic() - t0)}
-    write_json_atomic(result, RESULTS / "sinan_eval.json")
-    write_json_atomic(costs(result), RESULTS / "sinan_costs.json")
+    write_json(RESULTS / "sinan_eval.json", result)
+    write_json(RESULTS / "sinan_costs.json", costs(result))
     print(tables(models, summary, cfg))
 
 

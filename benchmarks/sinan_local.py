@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.sinan.controller import SinanController
 from local_runs import print_table, require_local, run_local
 
@@ -41,12 +42,11 @@ def main() -> None:
     duration = 60.0 if args.quick else 180.0
     load = LoadSpec("diurnal", args.rps, duration, seed=0, amplitude=0.5)
     runs = run_local(app, [HPAController(time_scale=0.1), SinanController()], load)
-    write_json_atomic({"benchmark": "sinan_local", "app": APP, "quick": args.quick,
+    write_json(RESULT, {"benchmark": "sinan_local", "app": APP, "quick": args.quick,
                        "load": {"pattern": "diurnal", "rps": args.rps, "duration_s": duration,
                                 "amplitude": 0.5},
                        "hpa_time_scale": 0.1, "sinan_model": "shipped (trained on the simulator)",
-                       "runs": runs, "environment": environment(time.monotonic() - t0, sys.argv)},
-                      RESULT)
+                       "runs": runs, "environment": environment(time.monotonic() - t0, sys.argv)})
     print_table(runs)
 
 

@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController, StaticController
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.runner import make_backend
 from leanstack.ursa.controller import UrsaController
 from leanstack.ursa.plan import make_plan
@@ -63,7 +64,7 @@ def main() -> None:
               "runs": runs, "loadavg_before": list(load_before),
               "loadavg_after": list(os.getloadavg()),
               "environment": environment(time.monotonic() - t0, sys.argv)}
-    write_json_atomic(result, RESULT)
+    write_json(RESULT, result)
     print_table(runs)
 
 

@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.sim import SimBackend
 from leanstack.ursa import plan as plan_module
 from leanstack.ursa.compose import SAMPLES, TreeSample
@@ -63,7 +64,7 @@ def main() -> None:
         "loadavg_before": list(before), "loadavg_after": list(os.getloadavg()),
         "environment": environment(time.monotonic() - t0, sys.argv),
     }
-    write_json_atomic(result, RESULTS)
+    write_json(RESULTS, result)
     med = result["median_s"]
     print(f"plan: {med['fresh']:.2f} s with a fresh sample per evaluation, {med['cached']:.2f} s "
           f"cached ({med['fresh'] / med['cached']:.1f}x); same plan: {same}; load average "

@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.runner import make_backend, run_experiment
 from leanstack.ursa.controller import UrsaController
 from leanstack.ursa.plan import make_plan
@@ -100,7 +101,7 @@ def main() -> None:
               "loadavg_after": list(os.getloadavg()),
               "environment": environment(time.monotonic() - t0, sys.argv)}
     path = RESULTS / f"ursa_profile_speed_{args.backend}{args.suffix}.json"
-    write_json_atomic(result, path)
+    write_json(path, result)
     print("| profile | wall (s) | load (s) | plan cores / 100 req/s | Ursa violations "
           "(per seed) | Ursa mean cores |")
     print("|---|---|---|---|---|---|")

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController, StaticController
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.runner import run_experiment
 from leanstack.microservices.sim import SimBackend
 from leanstack.ursa.controller import UrsaController
@@ -118,7 +119,7 @@ def main() -> None:
             print(f"{name} ...", file=sys.stderr)
             results["apps"][name] = run_app(name, args.quick, args.seed, Path(tmp))
     results["environment"] = environment(time.monotonic() - t0, sys.argv)
-    write_json_atomic(results, RESULT)
+    write_json(RESULT, results)
     print(table(results))
 
 

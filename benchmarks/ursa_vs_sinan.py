@@ -25,10 +25,11 @@ from typing import Any
 
 import torch
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.controllers import HPAController
 from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.microservices.runner import run_experiment
 from leanstack.microservices.sim import SimBackend
 from leanstack.sinan.controller import SinanController
@@ -142,7 +143,7 @@ def main() -> None:
               "sinan_costs_source": "benchmarks/results/sinan_costs.json",
               "summary": summary, "raw": raw,
               "environment": environment(time.monotonic() - t0, sys.argv)}
-    write_json_atomic(result, RESULTS / "ursa_vs_sinan.json")
+    write_json(RESULTS / "ursa_vs_sinan.json", result)
     print(tables(summary))
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.result import (
     build_result,
@@ -15,7 +16,6 @@ from leanstack.microservices.result import (
     mean_cpu,
     summarize,
     violation_rate,
-    write_json_atomic,
 )
 
 
@@ -100,7 +100,7 @@ def test_result_roundtrip_atomic_and_checked(tmp_path):
     assert env["cpu_count"] >= 1 and env["packages"]["numpy"]
     r = build_result("app", "sim", "static", 1.0, TIMELINE, {"controller": {}}, env)
     assert r["duration_s"] == 5.0 and r["summary"]["violation_rate"] == pytest.approx(2 / 3)
-    path = write_json_atomic(r, tmp_path / "sub" / "r.json")
+    path = write_json(tmp_path / "sub" / "r.json", r)
     assert [p.name for p in path.parent.iterdir()] == ["r.json"]  # no temp file left behind
     assert load_result(path)["timeline"] == TIMELINE
 
@@ -116,9 +116,9 @@ def test_result_roundtrip_atomic_and_checked(tmp_path):
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path):
     path = tmp_path / "r.json"
-    write_json_atomic({"v": 1}, path)
+    write_json(path, {"v": 1})
     with pytest.raises(TypeError):
-        write_json_atomic({"v": object()}, path)
+        write_json(path, {"v": object()})
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
@@ -138,7 +138,7 @@ def test_result_missing_or_bad_nested_keys_are_one_line(tmp_path, monkeypatch, c
     r = build_result("app", "sim", "static", 1.0, json.loads(json.dumps(TIMELINE)), {},
                      environment(1.0, command=[]))
     mutate(r)
-    path = write_json_atomic(r, tmp_path / "r.json")
+    path = write_json(tmp_path / "r.json", r)
     with pytest.raises(LeanstackError, match=field.replace(".", r"\.")) as e:
         load_result(path)
     assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)

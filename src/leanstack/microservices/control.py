@@ -17,11 +17,12 @@ from typing import Any
 
 from rich.console import Console
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.backend import Backend
 from leanstack.microservices.controller import Controller
 from leanstack.microservices.observation import Observation
-from leanstack.microservices.result import build_result, environment, write_json_atomic
+from leanstack.microservices.result import build_result, environment
 
 
 def control(app: AppSpec, backend: Backend, controller: Controller, out_json: str | Path,
@@ -42,7 +43,7 @@ def control(app: AppSpec, backend: Backend, controller: Controller, out_json: st
         data = build_result(app.name, backend.name, controller.name, backend.interval_s,
                             timeline, settings, environment(time.monotonic() - wall0),
                             completed=completed)
-        write_json_atomic(data, out_json)
+        write_json(out_json, data)
         return data
 
     try:

@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from leanstack.atomic import write_bytes
+from leanstack.atomic import write_bytes, write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.backend import Backend
@@ -29,7 +29,6 @@ from leanstack.microservices.result import (
     build_result,
     environment,
     interval_violated,
-    write_json_atomic,
 )
 from leanstack.registry import checked_options, load_target
 
@@ -136,12 +135,12 @@ def run_experiment(app: AppSpec, backend: Backend, controller: Controller, load:
             write_spans(backend.spans(0), spans_out)
     except KeyboardInterrupt:
         backend.close()
-        write_json_atomic(result(completed=False), out_json)
+        write_json(out_json, result(completed=False))
         raise
     finally:
         backend.close()
     data = result(completed=True)
-    write_json_atomic(data, out_json)
+    write_json(out_json, data)
     if report_html is not None:
         from leanstack.microservices.report import write_report
 
