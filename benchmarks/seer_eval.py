@@ -8,9 +8,13 @@ violations avoided, generalisation and cost.
    (``--kind-episodes`` per app, new seeds) for the unseen-kind test.
 2. ``comparison``: on the held-out test episodes of all three apps, Seer (CNN + LSTM),
    CNN-only, LSTM-only, the threshold rule, Sinan's boosted tree (violation only), BARO and
-   RCAEval's N-Sigma (culprit only); every threshold picked on the validation episodes. Also the
-   *anticipation ceiling* (``leanstack.seer.ceiling``): which test violations showed any
-   precursor at least the lead time ahead, and how many of those Seer anticipated.
+   RCAEval's N-Sigma (culprit only); every threshold picked on the validation episodes;
+   anticipation also per fault ramp (under 4 s / at least 4 s). Also the *anticipation
+   ceiling* (``leanstack.seer.ceiling``): which test violations showed any precursor at least
+   the lead time ahead, and how many of those Seer anticipated. And the *edge-delay culprit
+   test*: on the ``edge_delay`` test episodes plus a campaign of only that kind
+   (``--edge-episodes`` per app, new seeds), which tier each culprit finder names first at the
+   diagnosis windows -- the callee (the truth) or the caller (where the delay shows).
 3. ``unseen_app``: Seer trained on the social network + hotel reservation (static campaigns),
    tested on every media-service episode.
 4. ``unseen_kind``: Seer trained without ``--left-out`` episodes, tested on that kind's test
@@ -20,9 +24,15 @@ violations avoided, generalisation and cost.
    online on fresh campaigns (new seeds) under HPA on the social network and the media service,
    each episode run twice on the same seeds — Seer watching, Seer boosting the culprit — for
    both models: anticipation, precision, culprit, violation-seconds avoided, CPU of the boosts.
+   The boost threshold (boost from a P(violation) below the alert threshold) is picked on a
+   separate online validation campaign (seed ``ONLINE_VAL_SEED``) and then run on the test
+   seeds next to the default. With ``--ship`` the model replaces the shipped one only when it
+   is at least as good on the held-out HPA test episodes (anticipation and precision) as the
+   shipped model, and better on one.
 
     python benchmarks/seer_eval.py [--episodes 100] [--hpa-episodes 50] [--kind-episodes 30]
-        [--online-episodes 20] [--epochs 12] [--data-dir DIR] [--ship]
+        [--edge-episodes 30] [--online-episodes 20] [--online-val-episodes 10] [--epochs 12]
+        [--variants cnn_lstm,cnn,lstm] [--no-static-model] [--data-dir DIR] [--ship]
         [--only SECTION[,SECTION]] [--merge PART.json ...]
 
 ``--only`` computes the named sections and keeps the others from the existing ``--out`` file
@@ -50,22 +60,33 @@ from leanstack.microservices.app import load_app
 from leanstack.microservices.result import environment, write_json_atomic
 from leanstack.seer.campaign import Dataset, collect
 from leanstack.seer.ceiling import anticipation_ceiling, healthy_range
-from leanstack.seer.evaluate import compare, evaluate_model, online_eval
-from leanstack.seer.metrics import hysteresis
-from leanstack.seer.model import MODELS_DIR, SeerModel
+from leanstack.seer.evaluate import (
+    FAST_RAMP_S,
+    compare,
+    diagnosis_pairs,
+    evaluate_model,
+    online_eval,
+)
+from leanstack.seer.faults import FAST_SHARE, RAMP_S
+from leanstack.seer.metrics import hysteresis, wilson
+from leanstack.seer.model import MODELS_DIR, VARIANTS, SeerModel
 from leanstack.seer.train import TrainConfig, score, split_episodes, start_window, steps, train
 
 RESULTS = Path(__file__).parent / "results"
 APPS = ("social-network", "hotel-reservation", "media-service")
 SEEN = APPS[:2]
-SEED, KIND_SEED, HPA_SEED, ONLINE_SEED = 11, 21, 31, 1000
+SEED, KIND_SEED, HPA_SEED, EDGE_SEED, ONLINE_SEED, ONLINE_VAL_SEED = 11, 21, 31, 41, 1000, 2000
+BOOST_THRESHOLDS = (0.5, 0.3)
+"""Boost thresholds tried on the online validation campaign next to the alert threshold."""
 SECTIONS = ("comparison", "unseen_app", "unseen_kind", "hpa")
 SECTION_KEYS = {
-    "comparison": ("comparison", "tradeoff_cnn_lstm_test", "anticipation_ceiling", "cost"),
+    "comparison": ("comparison", "tradeoff_cnn_lstm_test", "anticipation_ceiling", "cost",
+                   "edge_delay_culprit"),
     "unseen_app": ("unseen_app",),
     "unseen_kind": ("unseen_kind",),
     "hpa": ("hpa_offline", "online", "online_static_trained", "hpa_campaigns",
-            "online_inference_ms_per_window_median"),
+            "online_inference_ms_per_window_median", "boost_threshold", "online_boost",
+            "shipping"),
 }
 """The result keys each section writes."""
 Split = tuple[Dataset, np.ndarray]
@@ -116,6 +137,15 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--hpa-episodes", type=int, default=50)
     ap.add_argument("--kind-episodes", type=int, default=30)
+    ap.add_argument("--edge-episodes", type=int, default=30,
+                    help="episodes per app of the edge_delay-only campaign")
+    ap.add_argument("--online-val-episodes", type=int, default=10,
+                    help="online validation episodes per app for the boost threshold")
+    ap.add_argument("--no-static-model", action="store_true",
+                    help="hpa section: leave out the static-trained network (offline and "
+                         "online; one training and half the online runs less)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="networks in the comparison (cnn_lstm always)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--online-episodes", type=int, default=20)
     ap.add_argument("--online-apps", default=f"{APPS[0]},{APPS[2]}",
@@ -172,7 +202,11 @@ def main() -> None:
             "train_config": asdict(cfg), "apps": list(APPS), "left_out_kind": args.left_out,
             "kind_episodes_per_app": args.kind_episodes, "kind_seed": KIND_SEED,
             "hpa_episodes_per_app": args.hpa_episodes, "hpa_seed": HPA_SEED,
-            "online_episodes": args.online_episodes, "online_seed": ONLINE_SEED}
+            "online_episodes": args.online_episodes, "online_seed": ONLINE_SEED,
+            "edge_episodes_per_app": args.edge_episodes, "edge_seed": EDGE_SEED,
+            "online_val_episodes": args.online_val_episodes, "online_val_seed": ONLINE_VAL_SEED,
+            "fault_ramp_s": list(RAMP_S), "fast_ramp_share": FAST_SHARE,
+            "fast_ramp_under_s": FAST_RAMP_S}
         result["campaigns"] = {n: {"episodes": len(ds),
                                    "with_fault": int((ds.arrays["culprit"] >= 0).sum()),
                                    "violated": int(ds.arrays["violated"].any(axis=1).sum()),
@@ -181,13 +215,14 @@ def main() -> None:
     for sec in only:
         t0 = time.monotonic()
         if sec == "comparison":
-            result.update(comparison(pick, data, splits, cfg, dd))
+            result.update(comparison(args, pick, data, splits, cfg, dd))
         elif sec == "unseen_app":
             result["unseen_app"] = unseen_app(pick, data, unseen_app_model(), cfg)
         elif sec == "unseen_kind":
             result["unseen_kind"] = unseen_kind(args, pick, data, splits, cfg, dd)
         elif sec == "hpa":
-            result.update(hpa(args, pick, data, splits, cfg, unseen_app_model()))
+            result.update(hpa(args, pick, data, splits, cfg,
+                              None if args.no_static_model else unseen_app_model()))
         env = environment(time.monotonic() - t0)
         if dd is not None:  # the cache's location is this machine's business
             env["command"] = env["command"].replace(str(dd), "DATA_DIR")
@@ -206,10 +241,15 @@ def main() -> None:
     print(f"results: {args.out}")
 
 
-def comparison(pick: Any, data: dict[str, Dataset], splits: dict[str, Any], cfg: TrainConfig,
-               dd: Path | None) -> dict[str, Any]:
-    """Every method on the same held-out episodes, the trade-off curve and the ceiling."""
-    res, models = compare(pick("train"), pick("val"), pick("test"), cfg, progress=False)
+def comparison(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
+               cfg: TrainConfig, dd: Path | None) -> dict[str, Any]:
+    """Every method on the same held-out episodes, the trade-off curve, the ceiling and the
+    edge-delay culprit test."""
+    variants = ("cnn_lstm", *[v for v in args.variants.split(",") if v and v != "cnn_lstm"])
+    if unknown := set(variants) - set(VARIANTS):
+        raise SystemExit(f"unknown variants {sorted(unknown)} — use {', '.join(VARIANTS)}")
+    res, models = compare(pick("train"), pick("val"), pick("test"), cfg, progress=False,
+                          methods=(*variants, "threshold", "boosted_tree", "baro", "nsigma"))
     if dd is not None:
         models["cnn_lstm"].save(dd / "models" / "comparison_cnn_lstm")
     seer = models["cnn_lstm"]
@@ -224,11 +264,56 @@ def comparison(pick: Any, data: dict[str, Dataset], splits: dict[str, Any], cfg:
                                    start)
     return {"comparison": res, "tradeoff_cnn_lstm_test": tradeoff(seer, pick("test"), cfg),
             "anticipation_ceiling": ceiling,
+            "edge_delay_culprit": edge_culprit(args, pick, data, splits, cfg, seer),
             "cost": {"train_s_cnn_lstm_three_apps": res["cnn_lstm"]["train_s"],
                      "parameters": res["cnn_lstm"]["parameters"],
                      "model_bytes": res["cnn_lstm"]["size_bytes"],
                      "batched_inference_ms_per_window":
                          res["cnn_lstm"]["batched_inference_ms_per_window"]}}
+
+
+def edge_culprit(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
+                 cfg: TrainConfig, seer: SeerModel) -> dict[str, Any]:
+    """Culprit finders on ``edge_delay`` faults (a slow caller -> callee link): the callee is
+    the truth, its own latency stays normal and the caller waits. Per method: top-1 / top-3 of
+    the callee, and how often the caller is named first instead."""
+    from leanstack.seer.baselines import ThresholdRule, baro_ranking, nsigma_ranking
+    from leanstack.seer.evaluate import fault_start_windows
+
+    extra = {n: campaign(n, args.edge_episodes, EDGE_SEED, args.data_dir, tag="-edge",
+                         kinds=("edge_delay",)) for n in APPS}
+    tests = ([(data[n], splits[n]["test"][[kind_of(data[n])[i] == "edge_delay"
+                                           for i in splits[n]["test"]]]) for n in APPS]
+             + [(extra[n], np.arange(len(extra[n]))) for n in APPS])
+    rankers = {
+        "cnn_lstm": None,
+        "threshold": lambda d, e, t: ThresholdRule.ranking(d.arrays["x"][e, t]),
+        "baro": lambda d, e, t: baro_ranking(d.arrays["x"][e, :t + 1], d.tiers),
+        "nsigma": lambda d, e, t: nsigma_ranking(d.arrays["x"][e, :t + 1], d.tiers,
+                                                 int(fault_start_windows(d)[e])),
+    }
+    out: dict[str, Any] = {}
+    for name, ranker in rankers.items():
+        hits1 = hits3 = caller1 = n = 0
+        for ds, idx in tests:
+            sub = ds.subset(idx)
+            c = score(seer, sub)[1] if ranker is None else None
+            for e, t in diagnosis_pairs(sub, cfg):
+                order = ([int(i) for i in np.argsort(-c[e, t], kind="stable")] if c is not None
+                         else ranker(sub, e, t))
+                f = sub.meta["episodes"][e]["fault"]
+                callee, caller = sub.tiers.index(f["tier"]), sub.tiers.index(f["caller"])
+                n += 1
+                hits1 += order[0] == callee
+                hits3 += callee in order[:3]
+                caller1 += order[0] == caller
+        out[name] = {"n": n, "top1": hits1 / n if n else None,
+                     "top1_ci95": wilson(hits1, n), "top3": hits3 / n if n else None,
+                     "caller_named_first": caller1 / n if n else None}
+    out["episodes"] = int(sum(len(i) for _, i in tests))
+    out["episodes_from_edge_campaign"] = int(sum(len(extra[n]) for n in APPS))
+    out["violated_episodes"] = out["cnn_lstm"]["n"]
+    return out
 
 
 def unseen_app(pick: Any, data: dict[str, Dataset], model: SeerModel, cfg: TrainConfig
@@ -277,7 +362,7 @@ def unseen_kind(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str
 
 
 def hpa(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
-        cfg: TrainConfig, static_model: SeerModel) -> dict[str, Any]:
+        cfg: TrainConfig, static_model: SeerModel | None) -> dict[str, Any]:
     """Trained with HPA campaigns too: offline on the HPA test episodes, then online acting."""
     dd = args.data_dir
     hdata = {n: campaign(n, args.hpa_episodes, HPA_SEED, dd, tag="-hpa", controller="hpa")
@@ -290,23 +375,46 @@ def hpa(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
         val_episodes=[i for _, i in vals]))
     htest = [(hdata[n], hsplits[n]["test"]) for n in SEEN]
     unseen = [(data[APPS[2]], np.arange(len(data[APPS[2]])))]
-    offline = {"static_trained": {"hpa_test": evaluate_model(static_model, htest, cfg)},
+    shipped = SeerModel.load(MODELS_DIR / "default")
+    offline = {"static_trained": ({"hpa_test": evaluate_model(static_model, htest, cfg)}
+                                  if static_model is not None else None),
                "hpa_trained": {"hpa_test": evaluate_model(model, htest, cfg),
                                "unseen_app_static": evaluate_model(model, unseen, cfg),
-                               "train_s": model.meta["train_s"]}}
-    if args.ship:
+                               "train_s": model.meta["train_s"]},
+               "shipped_before": {"hpa_test": evaluate_model(shipped, htest, cfg),
+                                  "unseen_app_static": evaluate_model(shipped, unseen, cfg),
+                                  "apps": shipped.meta.get("apps"),
+                                  "kinds": shipped.meta.get("kinds")}}
+    shipping = ship_decision(offline["hpa_trained"]["hpa_test"]["alerts"],
+                             offline["shipped_before"]["hpa_test"]["alerts"])
+    shipping["requested"] = bool(args.ship)
+    if args.ship and shipping["better"]:
         model.save(MODELS_DIR / "default")
+        shipping["shipped"] = True
+    print(f"shipping: {shipping}")
     online: dict[str, Any] = {}
     online_static: dict[str, Any] = {}
     for name in [a for a in args.online_apps.split(",") if a]:
-        for m, sink in ((model, online), (static_model, online_static)):
+        pairs = [(model, online), (static_model, online_static)]
+        for m, sink in pairs[:1] if static_model is None else pairs:
             r = online_eval(load_app(name), m, args.online_episodes, seed=ONLINE_SEED)
             r["by_kind"] = by_kind(r["per_episode"])
             sink[name] = r
             print(f"online {name} ({m.meta['apps']}, {len(m.meta['loss'])} epochs): "
                   f"anticipation {r['anticipation']}, precision {r['precision']}, "
                   f"culprit {r['culprit_top1']}, avoided {r['avoided']}")
+    boost = pick_boost_threshold(args, model)
+    online_boost: dict[str, Any] = {}
+    if boost["chosen"] != model.threshold:
+        for name in [a for a in args.online_apps.split(",") if a]:
+            r = online_eval(load_app(name), model, args.online_episodes, seed=ONLINE_SEED,
+                            boost_threshold=boost["chosen"])
+            r["by_kind"] = by_kind(r["per_episode"])
+            online_boost[name] = r
+            print(f"online {name}, boost at P >= {boost['chosen']}: avoided {r['avoided']}, "
+                  f"CPU {r['mean_cpu_without']:.2f} -> {r['mean_cpu_with']:.2f}")
     return {"hpa_offline": offline, "online": online, "online_static_trained": online_static,
+            "boost_threshold": boost, "online_boost": online_boost, "shipping": shipping,
             "hpa_campaigns": {n: {"episodes": len(ds),
                                   "with_fault": int((ds.arrays["culprit"] >= 0).sum()),
                                   "violated": int(ds.arrays["violated"].any(axis=1).sum()),
@@ -314,6 +422,45 @@ def hpa(args: Any, pick: Any, data: dict[str, Dataset], splits: dict[str, Any],
                               for n, ds in hdata.items()},
             "online_inference_ms_per_window_median":
                 float(np.median([o["inference_ms_per_window_median"] for o in online.values()]))}
+
+
+def ship_decision(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """The new model is better when neither its held-out anticipation nor its precision is
+    below the shipped model's and one of them is above."""
+    keys = ("anticipation", "precision")
+    vals = {k: (new.get(k) or 0.0, old.get(k) or 0.0) for k in keys}
+    better = (all(a >= b for a, b in vals.values())
+              and any(a > b for a, b in vals.values()))
+    return {"rule": "held-out HPA test episodes: anticipation and precision both >= the "
+                    "shipped model's, one of them >",
+            "new": {k: v[0] for k, v in vals.items()},
+            "current": {k: v[1] for k, v in vals.items()},
+            "better": better, "shipped": False}
+
+
+def pick_boost_threshold(args: Any, model: SeerModel) -> dict[str, Any]:
+    """The boost threshold with the most violation-seconds avoided on an online validation
+    campaign (seed ``ONLINE_VAL_SEED``, never the test seeds); ties go to the higher one."""
+    cands = sorted({model.threshold, *[t for t in BOOST_THRESHOLDS
+                                                  if t < model.threshold]}, reverse=True)
+    rows = []
+    for thr in cands:
+        without = with_seer = cpu0 = cpu1 = 0.0
+        for name in [a for a in args.online_apps.split(",") if a]:
+            r = online_eval(load_app(name), model, args.online_val_episodes,
+                            seed=ONLINE_VAL_SEED, boost_threshold=thr)
+            without += r["violation_s_without"]
+            with_seer += r["violation_s_with"]
+            cpu0 += r["mean_cpu_without"]
+            cpu1 += r["mean_cpu_with"]
+        rows.append({"boost_threshold": thr, "violation_s_without": without,
+                     "violation_s_with": with_seer,
+                     "avoided": 1.0 - with_seer / without if without else None,
+                     "cpu_added_share": cpu1 / cpu0 - 1.0 if cpu0 else None})
+        print(f"validation boost at P >= {thr}: {rows[-1]}")
+    best = max(rows, key=lambda r: (r["avoided"] or 0.0, r["boost_threshold"]))
+    return {"alert_threshold": model.threshold, "validation": rows,
+            "chosen": best["boost_threshold"]}
 
 
 def tradeoff(model: Any, tests: list[tuple[Dataset, np.ndarray]], cfg: TrainConfig
@@ -370,10 +517,32 @@ def print_tables(r: dict[str, Any]) -> None:
             print(f"| {name} | {_p(a.get('anticipation'))} | {_p(a.get('precision'))} | "
                   f"{'n/a' if fa is None else f'{fa:.1f}'} | {a.get('lead_time_s', 'n/a')} | "
                   f"{_p(c.get('top1'))} | {_p(c.get('top3'))} | {_p(d.get('top1'))} |")
+        print("\n| method | anticipation, ramp < 4 s | ramp >= 4 s | no fault (events) |")
+        print("|---|---|---|---|")
+        for name, m in r["comparison"].items():
+            g = m.get("alerts_by_ramp")
+            if g:
+                cells = [f"{_p(g[k]['anticipation'])} of {g[k]['violations']}" if k in g
+                         else "n/a" for k in ("ramp_under_4s", "ramp_4s_or_more", "no_fault")]
+                print(f"| {name} | {' | '.join(cells)} |")
+        if "edge_delay_culprit" in r:
+            e = r["edge_delay_culprit"]
+            print(f"\nedge_delay culprit ({e['violated_episodes']} diagnosis windows):")
+            print("| method | callee top-1 | top-3 | caller named first |")
+            print("|---|---|---|---|")
+            for name in ("cnn_lstm", "threshold", "baro", "nsigma"):
+                m = e[name]
+                print(f"| {name} | {_p(m['top1'])} | {_p(m['top3'])} | "
+                      f"{_p(m['caller_named_first'])} |")
         c = r["anticipation_ceiling"]
         print(f"\nceiling: {c['precursor']} of {c['events']} test violations showed a precursor "
               f">= 2 s ahead ({_p(c['ceiling'])}); Seer anticipated "
               f"{c['anticipated_precursor']} of those")
+    if "boost_threshold" in r:
+        print(f"\nboost threshold chosen on validation: {r['boost_threshold']['chosen']}")
+        for name, o in r.get("online_boost", {}).items():
+            print(f"online {name} boosting at that: avoided {_p(o['avoided'])}, CPU "
+                  f"{o['mean_cpu_without']:.2f} -> {o['mean_cpu_with']:.2f}")
     for name, o in r.get("online", {}).items():
         before = r.get("online_static_trained", {}).get(name, {})
         print(f"\nonline {name}: anticipation {_p(o['anticipation'])}, precision "

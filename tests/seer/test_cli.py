@@ -35,6 +35,8 @@ def trained(tmp_path_factory):
 def test_collect_train_eval(trained, monkeypatch, capsys):
     meta = json.loads((trained / "model" / "meta.json").read_text())
     assert meta["apps"] == ["hotel-reservation"] and "test" in meta
+    assert meta["campaigns"] == [{"app": "hotel-reservation", "controller": "hpa", "seed": 3,
+                                  "episodes": 5}]
     data = Dataset.load(trained / "data.npz").meta
     assert data["controller"] == "hpa" and {e["controller"] for e in data["episodes"]} == {"hpa"}
     out = trained / "r.json"
@@ -79,6 +81,10 @@ def test_inject_records_ground_truth_and_explain_reads_it(trained, monkeypatch, 
       "--out", "r.json"], "not in app"),
     (["collect", "--app", "social-network", "--kinds", "meteor"], "unknown fault kind"),
     (["collect", "--app", "social-network", "--controller", "ursa"], "static or hpa"),
+    (["collect", "--app", "social-network", "--ramp", "slow"], "LOW,HIGH seconds"),
+    (["collect", "--app", "social-network", "--ramp", "9,3"], "0 < low <= high"),
+    (["inject", "--app", "social-network", "--kind", "edge_delay", "--tier", "text",
+      "--caller", "nginx", "--out", "r.json"], "does not call"),
 ])
 def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, args, message):
     monkeypatch.chdir(tmp_path)

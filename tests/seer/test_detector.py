@@ -18,17 +18,20 @@ from leanstack.seer.model import SeerModel, SeerNet
 
 
 class ScriptedModel(SeerModel):
-    """Says "violation ahead, tier ``culprit``" for windows ending in [on, off) seconds."""
+    """Says "violation ahead, tier ``culprit``" for windows ending in [on, off) seconds (and
+    a weak 0.3 for those ending in [early, on))."""
 
-    def __init__(self, tiers, culprit, on, off):
+    def __init__(self, tiers, culprit, on, off, early=None):
         super().__init__(SeerNet(len(CHANNELS)), {"lookback": 10, "threshold": 0.5,
                                                   "horizon_s": 5.0, "lead_s": 2.0})
         self.tiers, self.culprit, self.on, self.off = tiers, culprit, on, off
         self.t = 0
+        self.early = on if early is None else early
 
     def predict(self, x):
         self.t += 1
-        p = 0.9 if self.on <= self.t + 9 < self.off else 0.1  # window t ends at t + 10 s
+        end = self.t + 9  # window t ends at t + 10 s
+        p = 0.9 if self.on <= end < self.off else 0.3 if self.early <= end < self.on else 0.1
         c = np.full(len(self.tiers), 0.01)
         c[self.tiers.index(self.culprit)] = 1.0
         return np.array([p]), (c / c.sum())[None]
@@ -59,6 +62,23 @@ def test_detector_boosts_the_named_tier_and_hands_back(app, tmp_path):
     others = [n for n in app.services if n != "search"]
     assert all(e["allocation"][n] == tl[0]["allocation"][n] for e in tl for n in others)
     assert res["settings"]["detector"]["name"] == "seer"
+
+
+def test_a_lower_boost_threshold_boosts_before_the_alert(app, tmp_path):
+    tiers = list(app.services)
+    det = SeerDetector(ScriptedModel(tiers, "search", on=20, off=24, early=16), act=True,
+                       hold_s=3.0, boost_threshold=0.25)
+    res = run_experiment(app, make_backend("sim", 1.0, seed=1), StaticController(),
+                         LoadSpec("poisson", 200.0, 40.0, seed=1), tmp_path / "r.json",
+                         progress=False, detector=det)
+    tl = res["timeline"]
+    assert [e["t"] for e in tl if e["alerts"]] == [20.0, 21.0, 22.0, 23.0]  # alerts unchanged
+    base = app.services["search"].max_cpu
+    cpu = {e["t"]: e["allocation"]["search"]["cpu"] for e in tl}
+    assert cpu[16.0] == base and cpu[17.0] == 2 * base  # boosted from P >= 0.25 on
+    assert res["settings"]["detector"]["boost_threshold"] == 0.25
+    with pytest.raises(LeanstackError, match="boost_threshold"):
+        SeerDetector(ScriptedModel(tiers, "search", 0, 0), boost_threshold=0.0)
 
 
 def test_watch_only_detector_never_changes_the_allocation(app, tmp_path):

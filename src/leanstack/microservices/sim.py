@@ -323,6 +323,24 @@ class SimBackend:
         tier.fault = fault
         tier.set_cpu(tier.cpu, len(tier.active) + len(tier.starting))
 
+    def set_edge_delay(self, caller: str, callee: str, delay_s: float) -> None:
+        """Add ``delay_s`` of wall time to every call from tier ``caller`` to tier ``callee``
+        from now on (a slow network link; 0 clears it). The callee's own latency is unchanged;
+        the caller waits longer for its answers."""
+        self._need_app()
+        for name in (caller, callee):
+            if name not in self._tier_by_name:
+                raise LeanstackError(f"no tier '{name}' in app '{self._app.name}' — pick one "
+                                     f"of {', '.join(self._tier_by_name)}")
+        if not (delay_s >= 0 and math.isfinite(delay_s)):
+            raise LeanstackError(f"edge delay {caller} -> {callee} must be >= 0 s, got "
+                                 f"{delay_s}")
+        key = (self._tier_by_name[caller], self._tier_by_name[callee])
+        if delay_s > 0:
+            self._edge_delay[key] = delay_s
+        else:
+            self._edge_delay.pop(key, None)
+
     def spans(self, since_ns: int = 0) -> list[Span]:
         """Recorded spans (``record_spans=True``) that ended at or after ``since_ns``."""
         if not self._app:
@@ -398,6 +416,7 @@ class SimBackend:
                 self._ep_groups[ids[f"{s.name}.{e.name}"]] = tuple(groups)
         self._ep_groups += [()] * (len(self._ep_name) - len(self._ep_groups))
         self._delay = max(float(rpc.get("delay_ms", 0.0)), 0.0) / 1e3
+        self._edge_delay: dict[tuple[_Tier, _Tier], float] = {}  # injected, per call edge
         self._ep_queue_fed = [t.queue_fed for t in self._ep_tier]
         self._class_names = list(app.classes)
         self._class_entry = [ids[str(c.entry)] for c in app.classes.values()]
@@ -603,6 +622,13 @@ class SimBackend:
             frame[_F_REP].blocked = True
         frame[_F_PENDING] = len(group)
         req = frame[_F_REQ]
+        if self._edge_delay:  # an injected slow link on some edges: each call on its own
+            caller = frame[_F_REP].tier
+            for ep in group:
+                at = now + self._delay + self._edge_delay.get((caller, self._ep_tier[ep]), 0.0)
+                self._seq += 1
+                heappush(self._heap, (at, self._seq, _CALL, (ep, frame, req)))
+            return
         if self._delay:
             at = now + self._delay
             for ep in group:

@@ -29,14 +29,17 @@ from leanstack.microservices.observation import Allocation, Observation
 from leanstack.seer.faults import (
     DECOY_LOAD,
     DECOY_SEVERITY,
+    FAST_SHARE,
     FAULT_KINDS,
+    RAMP_S,
     Fault,
     FaultInjector,
     draw_fault,
+    kinds_for,
 )
 from leanstack.seer.features import CHANNELS, episode_features, violated
 
-EPISODE_S = 60.0
+EPISODE_S = 90.0
 WARMUP = 10
 TARGET_UTIL = 0.45
 """The busiest tier's CPU utilisation at an episode's nominal load."""
@@ -104,17 +107,24 @@ class EpisodePlan:
 def plan_campaign(app: AppSpec, episodes: int, seed: int = 0,
                   kinds: tuple[str, ...] = FAULT_KINDS, no_fault_share: float = 0.2,
                   duration_s: float = EPISODE_S, rps: float | None = None,
-                  decoy_share: float = 0.4, controller: str = "static") -> list[EpisodePlan]:
+                  decoy_share: float = 0.4, controller: str = "static",
+                  ramp_s: tuple[float, float] = RAMP_S, fast_share: float = FAST_SHARE
+                  ) -> list[EpisodePlan]:
     """Random episodes under ``controller`` (``static`` or ``hpa``, see
     :func:`make_controller`): load 80-120% of nominal (``rps``, by default
     :func:`nominal_rps`; Poisson, or a diurnal swing or step in 20% each), a random fault in
-    all but ``no_fault_share`` of them, and a decoy in ``decoy_share`` of them."""
+    all but ``no_fault_share`` of them, and a decoy in ``decoy_share`` of them. Each fault's
+    ramp is drawn from ``ramp_s`` seconds, or in ``fast_share`` of them from 1-4 s."""
     if controller not in ("static", "hpa"):
         raise LeanstackError(f"campaign controller must be static or hpa, got '{controller}'")
     if episodes < 1:
         raise LeanstackError(f"--episodes must be at least 1, got {episodes}")
     if duration_s < 40:
         raise LeanstackError(f"episodes need at least 40 s (warm-up + fault), got {duration_s}")
+    if not (0 < ramp_s[0] <= ramp_s[1] and 0 <= fast_share <= 1):
+        raise LeanstackError(f"fault ramps need 0 < low <= high seconds and a fast share in "
+                             f"[0, 1], got ramp {ramp_s}, fast share {fast_share}")
+    ramps = {"ramp_s": ramp_s, "fast_share": fast_share}
     per_rps = utilisation_per_rps(app, seed)
     base = rps or round(TARGET_UTIL / max(max(per_rps.values()), 1e-9), 1)
     rng = np.random.default_rng([seed, 7])
@@ -123,12 +133,12 @@ def plan_campaign(app: AppSpec, episodes: int, seed: int = 0,
         load = round(base * rng.uniform(0.8, 1.2), 1)
         util = {t: u * load for t, u in per_rps.items()}
         fault = (None if rng.random() < no_fault_share
-                 else draw_fault(app, rng, duration_s, kinds, utilisation=util))
+                 else draw_fault(app, rng, duration_s, kinds, utilisation=util, **ramps))
         decoy = None
         if rng.random() < decoy_share:
             decoy = draw_fault(app, rng, duration_s, kinds, utilisation=util,
                                target_load=DECOY_LOAD, severity=DECOY_SEVERITY,
-                               exclude=fault.tier if fault else None)
+                               exclude=fault.tier if fault else None, **ramps)
         pattern = str(rng.choice(["poisson", "poisson", "poisson", "diurnal", "step"]))
         plans.append(EpisodePlan(seed * 100_000 + i, load, controller, fault, duration_s,
                                  decoy, pattern))
@@ -251,11 +261,13 @@ def collect(app: AppSpec, episodes: int, seed: int = 0, backend: str = "sim",
             interval_s: float = 1.0, horizon_s: float = 5.0,
             kinds: tuple[str, ...] = FAULT_KINDS, duration_s: float = EPISODE_S,
             rps: float | None = None, controller: str = "static",
-            on_episode: Callable[[int, int], None] | None = None) -> Dataset:
-    """Plan and run a campaign under ``controller`` (``static`` or ``hpa``); return its
-    dataset."""
+            on_episode: Callable[[int, int], None] | None = None,
+            ramp_s: tuple[float, float] = RAMP_S, fast_share: float = FAST_SHARE) -> Dataset:
+    """Plan and run a campaign under ``controller`` (``static`` or ``hpa``) with fault ramps
+    drawn as :func:`plan_campaign` does; return its dataset."""
+    kinds = kinds_for(backend, kinds)
     plans = plan_campaign(app, episodes, seed, kinds, duration_s=duration_s, rps=rps,
-                          controller=controller)
+                          controller=controller, ramp_s=ramp_s, fast_share=fast_share)
     t0 = time.monotonic()
     results = []
     for i, plan in enumerate(plans):
@@ -263,5 +275,6 @@ def collect(app: AppSpec, episodes: int, seed: int = 0, backend: str = "sim",
         if on_episode:
             on_episode(i + 1, len(plans))
     extra = {"backend": backend, "seed": seed, "kinds": list(kinds), "controller": controller,
+             "ramp_s": list(ramp_s), "fast_ramp_share": fast_share,
              "collection_wall_s": round(time.monotonic() - t0, 2)}
     return build_dataset(app, plans, results, horizon_s, interval_s, extra)

@@ -33,6 +33,14 @@ def _kinds(kinds: str | None, exclude: str | None = None) -> tuple[str, ...]:
     return out
 
 
+def _ramp(text: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise LeanstackError(f"--ramp '{text}': use LOW,HIGH seconds, e.g. 4,40") from None
+    return lo, hi
+
+
 def _bar(quiet: bool, what: str, total: int) -> tuple[Progress, Any]:
     bar = Progress(disable=quiet)
     return bar, bar.add_task(what, total=total)
@@ -43,8 +51,11 @@ def collect_cmd(
     app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
     backend: str = typer.Option("sim", help="sim | local"),
     episodes: int = typer.Option(100, help="episodes (runs) in the campaign"),
-    duration: float = typer.Option(60.0, help="seconds per episode"),
+    duration: float = typer.Option(90.0, help="seconds per episode"),
     interval: float = typer.Option(1.0, help="window length in seconds (0.1 .. 1)"),
+    ramp: str = typer.Option("4,40", help="LOW,HIGH seconds a fault takes to reach full "
+                             "strength (drawn per episode)"),
+    fast_share: float = typer.Option(0.3, help="share of faults ramping in 1-4 s instead"),
     horizon: float = typer.Option(5.0, help="label: a violation within this many seconds"),
     kinds: str | None = typer.Option(None, help="comma-separated fault kinds (default: all)"),
     exclude_kind: str | None = typer.Option(None, help="fault kinds to leave out"),
@@ -65,7 +76,8 @@ def collect_cmd(
     with bar:
         ds = collect(spec, episodes, seed, backend, interval, horizon,
                      _kinds(kinds, exclude_kind), duration, rps, controller,
-                     on_episode=lambda i, n: bar.update(task, completed=i))
+                     on_episode=lambda i, n: bar.update(task, completed=i),
+                     ramp_s=_ramp(ramp), fast_share=fast_share)
     ds.save(out)
     a = ds.arrays
     print(f"{spec.name}: {len(ds)} episodes x {a['x'].shape[1]} windows x {a['x'].shape[2]} "
@@ -161,14 +173,16 @@ def eval_cmd(
 def inject_cmd(
     app_name: str = typer.Option(..., "--app", help="app name or path to an app .toml"),
     kind: str = typer.Option(..., help="cpu_hog | quota_squeeze | memory_pressure | "
-                             "slow_downstream | noisy_neighbour"),
+                             "slow_downstream | noisy_neighbour | edge_delay"),
     tier: str = typer.Option(..., help="tier to inject into"),
     backend: str = typer.Option("sim", help="sim | local"),
     start: float = typer.Option(20.0, help="seconds into the run"),
     length: float = typer.Option(20.0, "--length", help="seconds the fault lasts"),
     severity: float = typer.Option(0.9, help="share of CPU taken / quota cut (0..1); "
-                                   "slow_downstream: x100 ms"),
+                                   "slow_downstream, edge_delay: x100 ms"),
     ramp: float = typer.Option(3.0, help="seconds to reach full severity"),
+    caller: str = typer.Option("", help="edge_delay: the calling tier (the edge is "
+                               "caller -> tier)"),
     rps: float | None = typer.Option(None, help="load (default: the app's nominal load)"),
     duration: float = typer.Option(60.0, help="run length in seconds"),
     controller: str = typer.Option("static", help="static | hpa"),
@@ -182,7 +196,7 @@ def inject_cmd(
     from leanstack.seer.faults import Fault
 
     spec = load_app(app_name)
-    fault = Fault(kind, tier, start, length, severity, ramp)
+    fault = Fault(kind, tier, start, length, severity, ramp, caller)
     plan = EpisodePlan(seed, rps or nominal_rps(spec, seed), controller, fault, duration)
     det = None
     if detector:

@@ -6,7 +6,9 @@ is over, and raises an :class:`~leanstack.microservices.detector.Alert` once P(v
 reaches the model's threshold, holding it until P falls below half of it. When acting,
 ``adjust`` gives the named culprit ``boost`` x its CPU (and a logic tier as many workers as that
 needs, one core each) on top of whatever the controller decided, and hands it back ``hold_s``
-seconds after the last alert naming it.
+seconds after the last alert naming it. With a ``boost_threshold`` below the alert threshold it
+boosts the most likely culprit as soon as P(violation) reaches that (earlier, at more CPU),
+while alerts are still raised at the model's threshold.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class SeerDetector:
     def __init__(self, model: str | Path | SeerModel | None = None, act: bool = True,
                  boost: float = 2.0,
                  hold_s: float = 5.0, threshold: float | None = None,
-                 top: int = 5) -> None:
+                 top: int = 5, boost_threshold: float | None = None) -> None:
         if not boost >= 1.0:
             raise LeanstackError(f"detector boost must be at least 1 (x CPU), got {boost}")
         if not hold_s >= 0:
@@ -49,6 +51,11 @@ class SeerDetector:
         self.boost = boost
         self.hold_s = hold_s
         self.threshold = self.model.threshold if threshold is None else float(threshold)
+        self.boost_threshold = (self.threshold if boost_threshold is None
+                                else float(boost_threshold))
+        if not 0 < self.boost_threshold <= 1:
+            raise LeanstackError(f"detector boost_threshold must be in (0, 1], got "
+                                 f"{boost_threshold}")
         self.top = top
         self.inference_ms: list[float] = []
 
@@ -80,11 +87,12 @@ class SeerDetector:
         self.inference_ms.append((time.perf_counter() - t0) * 1e3)
         self.last = (float(p[0]), c[0])
         self.alerting = p[0] >= self.threshold * (CLEAR_RATIO if self.alerting else 1.0)
-        if not self.alerting:
-            return []
         order = np.argsort(-c[0], kind="stable")
         culprit = self.tiers[int(order[0])]
-        self.boosted[culprit] = self._hold
+        if self.alerting or p[0] >= self.boost_threshold:
+            self.boosted[culprit] = self._hold
+        if not self.alerting:
+            return []
         ranking = {self.tiers[int(i)]: round(float(c[0][i]), 4) for i in order[:self.top]}
         return [Alert(observation.t, round(float(p[0]), 4), culprit,
                       round(float(c[0][order[0]]), 4), ranking)]
@@ -107,5 +115,6 @@ class SeerDetector:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "act": self.act, "boost": self.boost, "hold_s": self.hold_s,
-                "threshold": self.threshold, "model": str(self.model_dir or "shipped"),
+                "threshold": self.threshold, "boost_threshold": self.boost_threshold,
+                "model": str(self.model_dir or "shipped"),
                 "lookback": self.model.lookback, "horizon_s": self.model.meta["horizon_s"]}

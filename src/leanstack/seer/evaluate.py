@@ -26,6 +26,7 @@ from leanstack.seer.baselines import (
     tree_inputs,
 )
 from leanstack.seer.campaign import Dataset
+from leanstack.seer.faults import SUDDEN_RAMP_S
 from leanstack.seer.metrics import (
     alert_metrics,
     diagnosis_windows,
@@ -47,6 +48,28 @@ def fault_start_windows(ds: Dataset) -> np.ndarray:
     dt = float(ds.meta["interval_s"])
     return np.array([int(e["fault"]["start_s"] / dt) if e["fault"] else 10**9
                      for e in ds.meta["episodes"]])
+
+
+FAST_RAMP_S = SUDDEN_RAMP_S[1]
+"""Faults reaching full strength in less than this are *fast*: reported apart."""
+
+
+def ramp_groups(ds: Dataset) -> dict[str, np.ndarray]:
+    """Episode indices by fault ramp: under :data:`FAST_RAMP_S`, at least that, no fault."""
+    ramps = [e["fault"]["ramp_s"] if e["fault"] else None for e in ds.meta["episodes"]]
+    return {"ramp_under_4s": np.array([i for i, r in enumerate(ramps)
+                                       if r is not None and r < FAST_RAMP_S], int),
+            "ramp_4s_or_more": np.array([i for i, r in enumerate(ramps)
+                                         if r is not None and r >= FAST_RAMP_S], int),
+            "no_fault": np.array([i for i, r in enumerate(ramps) if r is None], int)}
+
+
+def alerts_by_ramp(p: np.ndarray, ds: Dataset, thr: float, cfg: TrainConfig
+                   ) -> dict[str, dict[str, Any]]:
+    """:func:`alert_eval` counts per ramp group of :func:`ramp_groups` (merge them with
+    :func:`merge`)."""
+    return {g: alert_eval(p[idx], ds.subset(idx), thr, cfg)
+            for g, idx in ramp_groups(ds).items() if idx.size}
 
 
 def alert_eval(p: np.ndarray, ds: Dataset, thr: float, cfg: TrainConfig) -> dict[str, Any]:
@@ -122,6 +145,7 @@ def evaluate_model(model: SeerModel, tests: list[Split], cfg: TrainConfig) -> di
     """One trained network on the test episodes: alerts, culprit at first alert and at the
     diagnosis windows, inference time per window."""
     alerts, first, diag, decoy = [], [], [], []
+    by_ramp: dict[str, list[dict[str, Any]]] = {}
     infer_s, n_win = 0.0, 0
     for ds, idx in tests:
         sub = ds.subset(idx)
@@ -130,6 +154,8 @@ def evaluate_model(model: SeerModel, tests: list[Split], cfg: TrainConfig) -> di
         infer_s += time.perf_counter() - t0
         n_win += p.size
         alerts.append(alert_eval(p, sub, model.threshold, cfg))
+        for g, m in alerts_by_ramp(p, sub, model.threshold, cfg).items():
+            by_ramp.setdefault(g, []).append(m)
         first.append(culprit_at_first_alert(p, c, sub, model.threshold, cfg))
         pairs = diagnosis_pairs(sub, cfg)
 
@@ -138,7 +164,9 @@ def evaluate_model(model: SeerModel, tests: list[Split], cfg: TrainConfig) -> di
 
         diag.append(rank_at(pairs, sub, ranking))
         decoy.append(rank_at(with_decoy(sub, pairs), sub, ranking))
-    return {"alerts": _clean(merge(alerts)), "culprit_at_first_alert": merge_topk(first),
+    return {"alerts": _clean(merge(alerts)),
+            "alerts_by_ramp": {g: _clean(merge(ms)) for g, ms in by_ramp.items()},
+            "culprit_at_first_alert": merge_topk(first),
             "culprit": merge_topk(diag), "culprit_decoy": merge_topk(decoy),
             "threshold": model.threshold,
             "batched_inference_ms_per_window": 1e3 * infer_s / max(n_win, 1)}
@@ -184,8 +212,15 @@ def _threshold_rule(vals: list[Split], tests: list[Split], cfg: TrainConfig) -> 
                           start_window(ds0, cfg.lookback), float(ds0.meta["interval_s"]),
                           cfg.min_precision)
     alerts = [alert_eval(rule.scores(ds.subset(i)), ds.subset(i), k, cfg) for ds, i in tests]
+    ramps = [alerts_by_ramp(rule.scores(ds.subset(i)), ds.subset(i), k, cfg) for ds, i in tests]
     culprit = culprit_eval(tests, cfg, lambda d, e, t: ThresholdRule.ranking(d.arrays["x"][e, t]))
-    return {"k": k, "alerts": _clean(merge(alerts)), **culprit}
+    return {"k": k, "alerts": _clean(merge(alerts)), "alerts_by_ramp": _merge_groups(ramps),
+            **culprit}
+
+
+def _merge_groups(parts: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    groups = sorted({g for p in parts for g in p})
+    return {g: _clean(merge([p[g] for p in parts if g in p])) for g in groups}
 
 
 def _boosted_tree(trains: list[Split], vals: list[Split], tests: list[Split],
@@ -217,23 +252,28 @@ def _boosted_tree(trains: list[Split], vals: list[Split], tests: list[Split],
                             start_window(ds0, cfg.lookback), float(ds0.meta["interval_s"]),
                             cfg.min_precision)
     alerts = [alert_eval(scores(ds.subset(i)), ds.subset(i), thr, cfg) for ds, i in tests]
-    return {"threshold": thr, "alerts": _clean(merge(alerts)), "train_s": round(train_s, 2)}
+    ramps = [alerts_by_ramp(scores(ds.subset(i)), ds.subset(i), thr, cfg) for ds, i in tests]
+    return {"threshold": thr, "alerts": _clean(merge(alerts)),
+            "alerts_by_ramp": _merge_groups(ramps), "train_s": round(train_s, 2)}
 
 
 def online_eval(app: Any, model: SeerModel, episodes: int, seed: int = 0,
                 backend: str = "sim", interval_s: float = 1.0,
                 kinds: tuple[str, ...] | None = None, rps: float | None = None,
-                on_episode: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                on_episode: Callable[[int, int], None] | None = None,
+                boost_threshold: float | None = None) -> dict[str, Any]:
     """A fresh fault campaign on ``app`` under HPA, each episode run twice on the same seeds:
     with the Seer detector only watching (alerts, anticipation, culprit) and with it acting
-    (boosting the culprit). Returns the headline metrics and the per-episode outcomes."""
+    (boosting the culprit; from P(violation) >= ``boost_threshold`` when given, else from the
+    alert threshold). Returns the headline metrics and the per-episode outcomes."""
     from leanstack.seer.campaign import observations, plan_campaign, run_episode
     from leanstack.seer.detector import SeerDetector
-    from leanstack.seer.faults import FAULT_KINDS
+    from leanstack.seer.faults import FAULT_KINDS, kinds_for
     from leanstack.seer.features import violated
 
     plans = [replace(p, controller="hpa")
-             for p in plan_campaign(app, episodes, seed, kinds or FAULT_KINDS, rps=rps)]
+             for p in plan_campaign(app, episodes, seed, kinds_for(backend, kinds or FAULT_KINDS),
+                                    rps=rps)]
     tiers = list(app.services)
     lead = max(1, round(float(model.meta["lead_s"]) / interval_s))
     horizon = max(1, round(float(model.meta["horizon_s"]) / interval_s))
@@ -244,7 +284,8 @@ def online_eval(app: Any, model: SeerModel, episodes: int, seed: int = 0,
     for i, plan in enumerate(plans):
         watch = SeerDetector(model, act=False)
         r0 = run_episode(app, plan, backend, interval_s, detector=watch)
-        r1 = run_episode(app, plan, backend, interval_s, detector=SeerDetector(model, act=True))
+        r1 = run_episode(app, plan, backend, interval_s, detector=SeerDetector(
+            model, act=True, boost_threshold=boost_threshold))
         infer_ms += watch.inference_ms
         al = np.array([bool(e.get("alerts")) for e in r0["timeline"]])
         v0 = np.array([violated(o) for o in observations(r0)])
@@ -284,6 +325,7 @@ def online_eval(app: Any, model: SeerModel, episodes: int, seed: int = 0,
         "interval_s": interval_s, "controller": "hpa (time constants x0.2, 2 pods at start)",
         "lead_s": lead * interval_s, "horizon_s": horizon * interval_s,
         "model_apps": model.meta.get("apps"), "threshold": model.threshold,
+        "boost_threshold": model.threshold if boost_threshold is None else boost_threshold,
         "anticipation": al_m["anticipation"], "precision": al_m["precision"],
         "false_alerts_per_hour": al_m["false_alerts_per_hour"],
         "lead_time_s": al_m["lead_time_s"], "violations": al_m["violations"],

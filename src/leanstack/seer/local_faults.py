@@ -52,7 +52,7 @@ class LocalFaults:
     def apply(self, fault: Fault, strength: float) -> None:
         """Bring ``fault`` to ``strength`` (0 removes it)."""
         key = f"{fault.kind}:{fault.tier}"
-        s = fault.severity * strength
+        s = fault.level(strength)
         if fault.kind in ("cpu_hog", "noisy_neighbour", "memory_pressure"):
             level = round(strength * STEPS) / STEPS
             if self.levels.get(key) == level:
@@ -60,7 +60,7 @@ class LocalFaults:
             self.levels[key] = level
             self._stop(key)
             if level > 0:
-                self._start(key, fault, fault.severity * level)
+                self._start(key, fault, fault.level(level))
         elif fault.kind == "quota_squeeze":
             self.squeeze[fault.tier] = 1.0 - s
             self.reapply()

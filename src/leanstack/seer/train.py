@@ -183,7 +183,10 @@ def train(datasets: list[Dataset], cfg: TrainConfig, progress: bool = True,
             bar.advance(task)
     train_s = time.monotonic() - t0
     meta: dict[str, Any] = {
-        "apps": [ds.meta["app"] for ds in datasets], "channels": list(CHANNELS),
+        "apps": list(dict.fromkeys(ds.meta["app"] for ds in datasets)),
+        "campaigns": [{"app": ds.meta["app"], "controller": ds.meta.get("controller", "static"),
+                       "seed": ds.meta.get("seed"), "episodes": len(ds)} for ds in datasets],
+        "channels": list(CHANNELS),
         "variant": cfg.variant, "width": cfg.width, "hidden": cfg.hidden,
         "deltas": cfg.deltas,
         "lookback": cfg.lookback, "horizon_s": cfg.horizon_s, "lead_s": cfg.lead_s,
