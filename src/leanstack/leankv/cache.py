@@ -25,6 +25,8 @@ from leanstack.leankv.store import NUM_TIERS, PRUNED, TIER_FULL, KVStore
 from leanstack.leankv.working_set import WorkingSet
 from leanstack.llm.shapes import attention_shape, text_config
 
+PIN_SPAN = 1 << 40  # positions stay below this; codes pinned tokens as group * PIN_SPAN + pos
+
 
 class LeanKVLayer(CacheLayerMixin):
     """One decoder layer's view of the shared store."""
@@ -39,6 +41,8 @@ class LeanKVLayer(CacheLayerMixin):
         self.since_retier = 0
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None
         self.working: WorkingSet | None = None  # this layer's kept tokens, de-quantized
+        # tokens pinned by the observation window, as group * PIN_SPAN + position (sorted)
+        self.pinned: torch.Tensor | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.device = key_states.device
@@ -115,6 +119,9 @@ class LeanKVLayer(CacheLayerMixin):
             weight = decay ** torch.arange(q_len - 1, -1, -1, device=dev, dtype=torch.float32)
         out, mass = padded_attention(query, working.keys, working.values, working.pos, heads,
                                      q_pos, mask, scaling, weight)
+        cfg = self.cache.config
+        if q_len > 1 and cfg.snap_window > 0:
+            self._pin_observed(query, mask, scaling, q_pos, heads)
         k_new, v_new, _, _ = layout.decode(records)  # decoded once, when stored
         working.overwrite_newest(k_new.view(shape), v_new.view(shape))
         if self.committed == 0:
@@ -127,6 +134,27 @@ class LeanKVLayer(CacheLayerMixin):
         if self.since_retier >= self.cache.config.retier_every or q_len > 1:
             self.retier()
         return out
+
+    def _pin_observed(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+                      q_pos: torch.Tensor, heads: int) -> None:
+        """Pin, per head, the ``snap_keep`` share of its tokens that the chunk's last
+        ``snap_window`` queries attend to most (SnapKV's observation window)."""
+        cfg, working = self.cache.config, self.working
+        w = min(cfg.snap_window, query.shape[2])
+        obs_mask = mask[:, :, -w:] if mask is not None else None
+        _, mass = padded_attention(query[:, :, -w:], working.keys, working.values, working.pos,
+                                   heads, q_pos[-w:], obs_mask, scaling)
+        valid = working.pos >= 0
+        ranked = torch.argsort(mass.masked_fill(~valid, -1.0), dim=1, descending=True)
+        rank = torch.empty_like(ranked)
+        rank.scatter_(1, ranked, torch.arange(ranked.shape[1], device=ranked.device)
+                      .expand_as(ranked).contiguous())
+        keep = torch.ceil(cfg.snap_keep * valid.sum(1, keepdim=True)).long()
+        chosen = valid & (rank < keep)
+        rows = torch.arange(working.pos.shape[0], device=ranked.device).unsqueeze(1)
+        codes = (rows * PIN_SPAN + working.pos)[chosen]
+        self.pinned = torch.unique(codes if self.pinned is None else
+                                   torch.cat([self.pinned, codes]))
 
     def _stored_records(self, tier: int, group: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """The stored records of ``tier`` of the tokens (group[i], pos[i]), in that order."""
@@ -149,8 +177,11 @@ class LeanKVLayer(CacheLayerMixin):
         group, pos, score, tier = tok["group"], tok["pos"], tok["score"], tok["tier"]
         batch, head = group // heads, group % heads
         pruned_mass = store.pruned_mass[self.layer_idx]
+        pinned = None if self.pinned is None else torch.isin(group * PIN_SPAN + pos,
+                                                              self.pinned)
         new = assign_tiers(cfg, group, pos, score, tier, self.committed,
-                           self.cache.first_valid, batch, None if cfg.reprune else pruned_mass)
+                           self.cache.first_valid, batch, None if cfg.reprune else pruned_mass,
+                           pinned)
         gone = new == PRUNED
         sig = decision_significance(cfg, pos[gone], score[gone], self.committed,
                                     self.cache.first_valid, batch[gone])

@@ -235,7 +235,9 @@ def kv_calibrate(
             print(f"{rung.name}: {m['compression']:.2f}x, "
                   f"ppl {m['ppl_increase_pct']:+.2f}%, KL {m['kl']:.4f}, retrieval "
                   f"{_fmt(m['retrieval'])} (dense {_fmt(m['retrieval_dense'])}) -> "
-                  f"{'meets the targets' if rung.passed else 'misses'}")
+                  f"{'meets the targets' if rung.passed else 'misses'}"
+                  + (f" (stopped after {rung.documents} documents)" if rung.stopped_early
+                     else ""))
 
         rungs = calibrate(loaded, target_ppl, target_kl, settings,
                           lambda n: bar.advance(task, n), report, min_retrieval)

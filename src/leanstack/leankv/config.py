@@ -32,6 +32,10 @@ class LeanKVConfig:
     By default mass already pruned counts against ``keep_mass``, so all pruning together gives
     up about ``1 - keep_mass`` of each head's mass; ``reprune`` instead prunes the tail of the
     survivors' mass again at every re-tier (progressive eviction: old tokens thin out).
+    ``min_kept`` > 0 is a floor: each head never prunes its ``min_kept`` most significant tokens.
+    ``snap_window`` > 0 with ``snap_keep`` > 0 protects prompt tokens SnapKV-style: after every
+    multi-token chunk, the ``snap_keep`` share of each head's tokens that the chunk's last
+    ``snap_window`` queries attend to most are pinned to at least the high tier and never pruned.
     """
 
     hi_bits: tuple[int, int] = (8, 4)
@@ -49,6 +53,9 @@ class LeanKVConfig:
     budget: int = 0
     key_channel_norm: bool = True
     reprune: bool = False
+    min_kept: int = 0
+    snap_window: int = 0
+    snap_keep: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("hi_bits", "lo_bits"):
@@ -72,6 +79,14 @@ class LeanKVConfig:
         if self.significance not in SIGNIFICANCE:
             raise LeanstackError(f"significance must be one of {SIGNIFICANCE}, "
                                  f"got {self.significance!r}")
+        for name in ("min_kept", "snap_window"):
+            if getattr(self, name) < 0:
+                raise LeanstackError(f"{name} must be >= 0 tokens, got {getattr(self, name)}")
+        if not 0.0 <= self.snap_keep <= 1.0:
+            raise LeanstackError(f"snap_keep must be a share in [0, 1], got {self.snap_keep}")
+        if (self.snap_window > 0) != (self.snap_keep > 0):
+            raise LeanstackError("snap_window and snap_keep work together: set both > 0 to pin "
+                                 "observed prompt tokens, or both to 0")
         if self.budget < 0:
             raise LeanstackError(f"budget must be >= 0 tokens per head, got {self.budget}")
         for name in ("group", "page_bytes", "retier_every"):

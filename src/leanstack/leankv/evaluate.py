@@ -59,17 +59,26 @@ def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.float(), -1)
 
 
+def dense_log_probs(model: Any, input_ids: torch.Tensor, prefix: int) -> torch.Tensor:
+    """The dense model's log-probabilities of every token after ``prefix`` (one forward)."""
+    with torch.no_grad():
+        return _log_probs(model(input_ids[:, :-1]).logits[0, prefix - 1:])
+
+
 def decode_fidelity(model: Any, input_ids: torch.Tensor, prefix: int,
                     config: LeanKVConfig | CacheSpec,
-                    progress: Callable[[int], None] | None = None) -> FidelityResult:
+                    progress: Callable[[int], None] | None = None,
+                    dense: torch.Tensor | None = None) -> FidelityResult:
     """Teacher-forced decode of ``input_ids[0, prefix:]`` through the cache ``config`` builds
-    (a LeanKV configuration or any :class:`CacheSpec`) vs the dense model."""
+    (a LeanKV configuration or any :class:`CacheSpec`) vs the dense model (``dense``: its
+    :func:`dense_log_probs`, when already computed)."""
     n = input_ids.shape[1]
     if not 0 < prefix < n:
         raise LeanstackError(f"prefix {prefix} must be between 1 and the text length {n} - 1")
     targets = input_ids[0, prefix:]
+    if dense is None:
+        dense = dense_log_probs(model, input_ids, prefix)
     with torch.no_grad():
-        dense = _log_probs(model(input_ids[:, :-1]).logits[0, prefix - 1:])
         spec = as_spec(config)
         cache = spec.make(model.config)
         steps = [model(input_ids[:, :prefix], cache=cache).logits[0, -1:]]

@@ -83,14 +83,17 @@ def decision_significance(config: LeanKVConfig, pos: torch.Tensor, score: torch.
 def assign_tiers(config: LeanKVConfig, group: torch.Tensor, pos: torch.Tensor,
                  score: torch.Tensor, tier: torch.Tensor, seq_len: int,
                  first_valid: torch.Tensor, batch: torch.Tensor,
-                 pruned_mass: torch.Tensor | None = None) -> torch.Tensor:
+                 pruned_mass: torch.Tensor | None = None,
+                 pinned: torch.Tensor | None = None) -> torch.Tensor:
     """New tier (0 full, 1 high, 2 low, 3 pruned) of each token; never promotes.
 
     ``group`` identifies the (request, KV head) of each token, ``first_valid[b]`` is the first
     non-padding position of request ``b`` (sinks count from there). ``pruned_mass[g]`` is the
     significance group ``g`` has already pruned: it counts at the bottom of the ranking, so the
     ``keep_mass`` threshold bounds what all pruning together gives up instead of pruning the tail
-    of the survivors again at every re-tier.
+    of the survivors again at every re-tier. ``pinned`` marks tokens kept at least in the high
+    tier (SnapKV-style protection); ``config.min_kept`` keeps each head's most significant tokens
+    from being pruned.
     """
     rel = pos - first_valid[batch]
     protected = _protected(config, pos, seq_len, rel)
@@ -106,6 +109,11 @@ def assign_tiers(config: LeanKVConfig, group: torch.Tensor, pos: torch.Tensor,
         new = torch.where(sig <= 0, torch.full_like(tier, PRUNED), new)  # never attended to
     if config.keep_mass >= 1.0 and config.budget == 0:  # keep everything that is not padding
         new = torch.where((new == PRUNED) & (rel >= 0), torch.full_like(tier, TIER_LO), new)
+    if config.min_kept > 0:  # a floor per head: its most significant tokens stay
+        floor = (rank_in_group(group, sig) < config.min_kept) & (rel >= 0)
+        new = torch.where(floor & (new == PRUNED), torch.full_like(tier, TIER_LO), new)
+    if pinned is not None:
+        new = torch.where(pinned & (rel >= 0), torch.clamp(new, max=TIER_HI), new)
     if config.hi_mass >= 1.0:
         new = torch.where(new == TIER_LO, torch.full_like(tier, TIER_HI), new)
     new = torch.where(protected & (rel >= 0), torch.full_like(tier, TIER_FULL), new)

@@ -17,7 +17,7 @@ from typing import Any
 
 from leanstack.errors import LeanstackError
 from leanstack.leankv.corpus import documents
-from leanstack.leankv.evaluate import as_spec, decode_fidelity
+from leanstack.leankv.evaluate import as_spec, decode_fidelity, dense_log_probs
 from leanstack.leankv.peers import CacheSpec, dense_spec
 from leanstack.leankv.retrieval import answer_item, make_item
 
@@ -86,25 +86,39 @@ def _depths(i: int, n: int) -> tuple[float, ...]:
     return tuple(sorted(DEPTHS[(i + j * len(DEPTHS) // n) % len(DEPTHS)] for j in range(n)))
 
 
-DenseMemo = dict[tuple[str, tuple[str, ...], bool], list[bool]]
+DenseMemo = dict[tuple[Any, ...], Any]
+"""The dense model's answers per retrieval item and its log-probabilities per document."""
+GiveUp = Callable[[list["DocumentResult"], int], bool]
+"""``give_up(results so far, documents in the split)``: stop evaluating (see evaluate_split)."""
 
 
 def evaluate_document(loaded: Any, doc_index: int, text: str, name: str, kind: str,
                       spec: CacheSpec, settings: SuiteSettings,
                       progress: Callable[[int], None] | None = None,
-                      dense_memo: DenseMemo | None = None) -> DocumentResult:
+                      dense_memo: DenseMemo | None = None,
+                      skip_retrieval: Callable[[DocumentResult], bool] | None = None,
+                      ) -> DocumentResult:
     """Fidelity and retrieval of one document. ``dense_memo`` keeps the dense cache's answers
-    per retrieval item, so evaluating several caches on the same items answers them once."""
+    per retrieval item and its log-probabilities, so evaluating several caches on the same
+    document runs the dense model once. ``skip_retrieval(result)`` after fidelity may skip the
+    retrieval items (retrieval then stays NaN)."""
     model, tok = loaded.model, loaded.tokenizer
     ids = tok(text, return_tensors="pt").input_ids[:, :settings.prefix + settings.decode]
     if ids.shape[1] < settings.prefix + settings.decode:
         raise LeanstackError(f"document {name} has {ids.shape[1]} tokens, need prefix + decode "
                              f"= {settings.prefix + settings.decode}: use smaller numbers")
-    fid = decode_fidelity(model, ids.to(model.device), settings.prefix, spec, progress)
+    ids = ids.to(model.device)
+    fid_key = ("fidelity", name, settings.prefix, settings.decode)
+    if dense_memo is not None and fid_key not in dense_memo:
+        dense_memo[fid_key] = dense_log_probs(model, ids, settings.prefix)
+    fid = decode_fidelity(model, ids, settings.prefix, spec, progress,
+                          dense_memo[fid_key] if dense_memo is not None else None)
     result = DocumentResult(name, kind, ids.shape[1] - 1, fid.ppl_dense, fid.ppl,
                             100 * (fid.ppl / fid.ppl_dense - 1), fid.kl, fid.top1_agreement,
                             fid.compression, fid.bytes_held, fid.fp16_bytes,
                             fid.fp16_bytes / fid.bytes_reserved)
+    if skip_retrieval is not None and skip_retrieval(result):
+        return result
     rng = random.Random(f"{settings.seed}:{name}")
     dense = dense_spec()
     hits_dense, hits = [], []
@@ -155,15 +169,37 @@ def summarise(results: list[DocumentResult]) -> dict[str, Any]:
 def evaluate_split(loaded: Any, config: Any, settings: SuiteSettings,
                    progress: Callable[[int], None] | None = None,
                    texts: list[tuple[str, str, str]] | None = None,
-                   dense_memo: DenseMemo | None = None) -> dict[str, Any]:
-    """Every document of ``settings.split`` (or the given ``(name, kind, text)`` texts)."""
+                   dense_memo: DenseMemo | None = None,
+                   give_up: GiveUp | None = None,
+                   first: list[str] | None = None) -> dict[str, Any]:
+    """Every document of ``settings.split`` (or the given ``(name, kind, text)`` texts).
+
+    ``give_up(results, n_documents)``, checked after each document's fidelity (with the partial
+    result last; True skips its retrieval) and after each document, stops the evaluation once it
+    returns True: the report then covers the documents evaluated so far and says
+    ``"stopped_early": true`` (unless nothing was left out). ``first`` names
+    documents to evaluate before the others (e.g. the hardest ones, so a hopeless configuration
+    stops sooner); each document keeps its own retrieval items whatever the order."""
     spec = as_spec(config)
     if texts is None:
         texts = [(d.name, d.kind, d.text) for d in documents(settings.split)]
     if settings.max_documents:
         texts = texts[:settings.max_documents]
-    results = [evaluate_document(loaded, i, text, name, kind, spec, settings, progress,
-                                 dense_memo)
-               for i, (name, kind, text) in enumerate(texts)]
+    rank = {name: r for r, name in enumerate(first or [])}
+    order = sorted(range(len(texts)), key=lambda i: (rank.get(texts[i][0], len(rank)), i))
+    results: list[DocumentResult] = []
+    stopped = False
+    for i in order:
+        name, kind, text = texts[i]
+        skip = None if give_up is None else (
+            lambda partial: give_up([*results, partial], len(texts)))
+        results.append(evaluate_document(loaded, i, text, name, kind, spec, settings, progress,
+                                         dense_memo, skip))
+        if give_up is not None and give_up(results, len(texts)):
+            retrieval_skipped = bool(settings.trials and settings.lengths
+                                     and not results[-1].items)
+            stopped = len(results) < len(texts) or retrieval_skipped
+            break
     return {"settings": asdict(settings), "cache": spec.name, "cache_settings": spec.settings,
-            **summarise(results), "documents": [asdict(r) for r in results]}
+            **summarise(results), "documents": [asdict(r) for r in results],
+            "documents_total": len(texts), "stopped_early": stopped}
