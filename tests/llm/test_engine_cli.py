@@ -52,6 +52,7 @@ def test_serve_process_answers_and_stops_on_sigterm():
 @pytest.mark.parametrize("args, message", [
     (["--kv", "fp8"], "unknown KV format"),
     (["--kv-budget-mb", "0"], "--kv-budget-mb must be > 0"),
+    (["--max-prefill-tokens", "-1"], "--max-prefill-tokens must be >= 0"),
 ])
 def test_bad_options_are_one_line_errors(args, message):
     res = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120,

@@ -6,9 +6,11 @@ step "samples" token 0). That lets hypothesis try hundreds of schedules in secon
 model runs the same code paths in test_engine.py.
 """
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from leanstack.errors import LeanstackError
 from leanstack.llm.engine import KVManager, ModelShape, SamplingParams, Scheduler, Sequence
 from leanstack.llm.engine.sequence import SequenceStatus
 
@@ -30,8 +32,12 @@ def _check(sched: Scheduler, kv: KVManager, live: list[Sequence]) -> None:
 
 def _step(sched: Scheduler) -> None:
     """What Engine.step does around the model: advance computed counts, append, finish."""
+    decoding = any(s.num_tokens - s.num_computed == 1 for s in sched.running)
     out = sched.schedule()
     assert out.num_tokens <= sched.max_batched_tokens
+    if decoding and sched.max_prefill_tokens is not None:
+        prompt = sum(c.num_tokens for c in out.chunks if c.num_tokens > 1)
+        assert prompt <= sched.max_prefill_tokens
     for chunk in out.chunks:
         seq = chunk.seq
         assert chunk.start == seq.num_computed and chunk.num_tokens >= 1
@@ -52,10 +58,12 @@ events = st.lists(st.one_of(
 
 @settings(max_examples=150, deadline=None)
 @given(events=events, pages=st.integers(8, 24), step_tokens=st.integers(1, 24),
-       max_seqs=st.integers(1, 6))
-def test_pages_never_leak_and_every_request_finishes(events, pages, step_tokens, max_seqs):
+       max_seqs=st.integers(1, 6), prefill_cap=st.one_of(st.none(), st.integers(1, 8)))
+def test_pages_never_leak_and_every_request_finishes(events, pages, step_tokens, max_seqs,
+                                                     prefill_cap):
     kv = KVManager(SHAPE, budget_bytes=pages * PAGE, page_bytes=PAGE)
-    sched = Scheduler(kv, max_num_seqs=max_seqs, max_batched_tokens=step_tokens)
+    sched = Scheduler(kv, max_num_seqs=max_seqs, max_batched_tokens=step_tokens,
+                      max_prefill_tokens=prefill_cap)
     live: list[Sequence] = []
     for event in events:
         if event[0] == "add":
@@ -110,3 +118,32 @@ def test_admission_waits_for_the_whole_prompt_to_fit():
     out = sched.schedule()
     assert [c.seq for c in out.chunks] == [first] and out.chunks[0].num_tokens == 4  # a chunk
     assert second.status is SequenceStatus.WAITING and not second.pages
+
+
+def test_prefill_budget_applies_only_while_sequences_decode():
+    kv = KVManager(SHAPE, budget_bytes=16 * PAGE, page_bytes=PAGE)
+    sched = Scheduler(kv, max_num_seqs=4, max_batched_tokens=32, max_prefill_tokens=5)
+    first = Sequence([1] * 12, SamplingParams(max_tokens=8), "fp16")
+    sched.add(first)
+    out = sched.schedule()  # nothing decodes yet: the whole prompt in one chunk
+    assert [(c.seq, c.num_tokens) for c in out.chunks] == [(first, 12)]
+    first.num_computed = 12
+    first.output_ids.append(0)
+    second = Sequence([1] * 12, SamplingParams(max_tokens=8), "fp16")
+    third = Sequence([1] * 3, SamplingParams(max_tokens=8), "fp16")
+    sched.add(second)
+    sched.add(third)
+    out = sched.schedule()  # first decodes: prompts share 5 tokens, the decode is not capped
+    assert [(c.seq, c.num_tokens) for c in out.chunks] == [(first, 1), (second, 5)]
+    assert third.status is SequenceStatus.WAITING  # the prefill budget is spent
+    first.num_computed += 1
+    first.output_ids.append(0)
+    second.num_computed = 5
+    out = sched.schedule()
+    assert [(c.seq, c.num_tokens) for c in out.chunks] == [(first, 1), (second, 5)]
+
+
+def test_prefill_budget_must_be_positive():
+    kv = KVManager(SHAPE, budget_bytes=4 * PAGE, page_bytes=PAGE)
+    with pytest.raises(LeanstackError, match="max_prefill_tokens"):
+        Scheduler(kv, max_prefill_tokens=0)

@@ -4,18 +4,24 @@ pruning on the engine's byte pages.
 Each sequence owns three *arenas*, one per stored tier (full, high, low). An arena is a list of
 engine pages viewed as fixed-size head records (``RecordLayout``: key, value, scales, position,
 score of one token of one layer and KV head); a page of a lower tier holds more records. New
-tokens enter the full tier (``full_bits``). After every prefill chunk and every ``retier_every``
-tokens, tokens are ranked per (layer, KV head) by their attention significance and demoted to
-the high or low tier or pruned (``assign_tiers``, the policy of ``LeanKVCache``). Leavers free
-their record slots; the arena is compacted (records from its tail move into the holes) and its
-surplus pages go back to the engine's pool, so pruning and demotion really make room for more
-sequences.
+tokens enter the full tier (``full_bits``). Every ``retier_every`` tokens (every
+``PREFILL_RETIER_TOKENS`` during a prefill), tokens are ranked per (layer, KV head) by their
+attention significance and demoted to the high or low tier or pruned (``assign_tiers``, the
+policy of ``LeanKVCache``). Leavers free their record slots; the arena is compacted (records
+from its tail move into the holes) and its surplus pages go back to the engine's pool, so
+pruning and demotion really make room for more sequences.
 
 Attention never reads the pages: each sequence keeps a de-quantized working set (the decoded
 kept tokens of every layer and head, padded per layer), updated incrementally — new tokens are
 decoded once when stored, a re-tier re-decodes only the tokens that changed tier, and pruned
 tokens leave masked holes that are squeezed out once they pile up. It is a compute buffer
-outside the KV budget (reported by :meth:`TieredSequenceKV.working_set_bytes`).
+outside the KV budget (reported by :meth:`TieredSequenceKV.working_set_bytes`). Its keys and
+values are held in fp16 whenever no tier stores more than 16 bits (every stored value is then
+exact in fp16 or within fp16 rounding of its dequantized value), in fp32 otherwise (the
+``exact`` preset), and cast to fp32 one layer at a time for attention.
+
+The new tokens of all sequences of a step are stored with one encode per layer
+(:meth:`LeanKVFormat.write_batch`), not one per sequence.
 
 Importing this module registers the ``leankv`` format: ``leankv:PRESET`` or ``leankv:FILE.toml``
 (a TOML table of ``LeanKVConfig`` settings, optionally ``preset = "NAME"`` as the base).
@@ -35,6 +41,11 @@ from leanstack.leankv.store import NUM_TIERS, PRUNED, TIER_FULL
 from leanstack.llm.engine.kv_format import ModelShape, PageSource, register_kv_format
 
 EMPTY = -1  # position of an unused working-set slot
+# During a prefill, re-tier once this many prompt tokens arrived since the last re-tier (each
+# re-tier ranks every stored token, so re-tiering after every small chunk of a prompt that the
+# scheduler's prefill budget cut up would cost O(prompt^2)); the first decode step re-tiers the
+# rest.
+PREFILL_RETIER_TOKENS = 256
 
 
 class LeanKVFormat:
@@ -51,9 +62,30 @@ class LeanKVFormat:
         bits = [(config.full_bits, config.full_bits), config.hi_bits, config.lo_bits]
         self.layouts = [RecordLayout(shape.head_dim, kb, vb, config.group) for kb, vb in bits]
         self.record_bytes = shape.num_kv_heads * self.layouts[TIER_FULL].size
+        widest = max(b for pair in bits for b in pair)
+        self.working_dtype = torch.float32 if widest > 16 else torch.float16
 
     def new_sequence(self, pages: PageSource) -> TieredSequenceKV:
         return TieredSequenceKV(self, pages)
+
+    def write_batch(self, layer: int, stores: list[TieredSequenceKV], sizes: list[int],
+                    pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store the new tokens of several sequences of this format in the full tier, with one
+        encode and one decode for all of them: ``stores[i]`` gets ``sizes[i]`` consecutive
+        tokens of ``pos`` [n], ``k, v`` [n, heads, dim] (in order)."""
+        h, dim, lay = self.shape.num_kv_heads, self.shape.head_dim, self.layouts[TIER_FULL]
+        records = lay.encode(k.reshape(-1, dim).float(), v.reshape(-1, dim).float(),
+                             pos.repeat_interleave(h), torch.zeros(pos.numel() * h))
+        k_dec, v_dec, _, _ = lay.decode(records)
+        k_dec, v_dec = k_dec.to(self.working_dtype), v_dec.to(self.working_dtype)
+        addresses, start = [], 0
+        for store, n in zip(stores, sizes, strict=True):
+            rows = slice(start * h, (start + n) * h)
+            addresses.append(store._append(layer, pos[start:start + n], k_dec[rows],
+                                           v_dec[rows]))
+            start += n
+        if stores:
+            stores[0].source.data.view(-1)[torch.cat(addresses)] = records
 
 
 class TieredSequenceKV:
@@ -68,6 +100,9 @@ class TieredSequenceKV:
             raise LeanstackError(f"an engine page of {source.page_bytes} B cannot hold one "
                                  f"LeanKV record: use bigger pages")
         self.arena_pages: list[list[int]] = [[] for _ in range(NUM_TIERS)]
+        self._page_ids: list[torch.Tensor | None] = [None] * NUM_TIERS  # arena_pages as tensors
+        self._record_bytes = [torch.arange(lay.size) for lay in fmt.layouts]
+        self._heads = torch.arange(self.heads).unsqueeze(1)  # [heads, 1]
         self.arena_count = [0] * NUM_TIERS  # live records; always slots 0..count-1
         self.tokens_written = 0  # positions whose KV is stored (all layers)
         self.tokens_reserved = 0  # positions the full arena has room for
@@ -79,12 +114,12 @@ class TieredSequenceKV:
     # --- working set ---------------------------------------------------------------------
     def _alloc_working_set(self, cap: int) -> None:
         lh = (self.layers, self.heads, cap)
-        self.keys = torch.zeros(*lh, self.dim)
-        self.values = torch.zeros(*lh, self.dim)
+        self.keys = torch.zeros(*lh, self.dim, dtype=self.fmt.working_dtype)
+        self.values = torch.zeros(*lh, self.dim, dtype=self.fmt.working_dtype)
         self.pos = torch.full(lh, EMPTY, dtype=torch.int64)
         self.score = torch.zeros(lh)
-        self.tier = torch.zeros(lh, dtype=torch.int64)
-        self.slot = torch.zeros(lh, dtype=torch.int64)  # record slot in the arena of its tier
+        self.tier = torch.zeros(lh, dtype=torch.int8)
+        self.slot = torch.zeros(lh, dtype=torch.int32)  # record slot in the arena of its tier
         self.count = torch.zeros(self.layers, self.heads, dtype=torch.int64)
 
     def _grow_working_set(self, cap: int) -> None:
@@ -92,7 +127,8 @@ class TieredSequenceKV:
         if cap <= n:
             return
         old = (self.keys, self.values, self.pos, self.score, self.tier, self.slot, self.count)
-        self._alloc_working_set(max(cap, n + n // 2, 16))
+        # grow by an eighth: the copy is rare next to the steps, the slack is the memory
+        self._alloc_working_set(max(cap, n + max(n // 8, 32)))
         for new, prev in zip((self.keys, self.values, self.pos, self.score, self.tier,
                               self.slot), old[:-1], strict=True):
             new[:, :, :n] = prev
@@ -126,15 +162,18 @@ class TieredSequenceKV:
             if pages is None:
                 return False
             self.arena_pages[TIER_FULL].extend(pages)
+            self._page_ids[TIER_FULL] = None
         self.tokens_reserved = max(self.tokens_reserved, num_tokens)
         return True
 
     def _addresses(self, tier: int, slots: torch.Tensor) -> torch.Tensor:
         """Flat byte index [n, record size] of record ``slots`` of ``tier``'s arena."""
         per, size = self.per_page[tier], self.fmt.layouts[tier].size
-        pages = torch.tensor(self.arena_pages[tier], dtype=torch.int64)
+        pages = self._page_ids[tier]
+        if pages is None:
+            pages = self._page_ids[tier] = torch.tensor(self.arena_pages[tier], dtype=torch.int64)
         base = pages[slots // per] * self.source.page_bytes + (slots % per) * size
-        return base.unsqueeze(1) + torch.arange(size)
+        return base.unsqueeze(1) + self._record_bytes[tier]
 
     def _store(self, tier: int, slots: torch.Tensor, records: torch.Tensor) -> None:
         self.source.data.view(-1)[self._addresses(tier, slots)] = records
@@ -162,27 +201,32 @@ class TieredSequenceKV:
     def write(self, layer: int, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store new tokens (``pos`` [n], ``k, v`` [n, heads, dim]) of ``layer`` in the full
         tier and append their decoded values to the working set."""
-        n, h, lay = pos.numel(), self.heads, self.fmt.layouts[TIER_FULL]
-        if layer == 0:
-            self._grow_working_set(int(self.count.max()) + n)
-        start = self.arena_count[TIER_FULL]
-        slots = start + torch.arange(n * h)  # token-major, then head
-        records = lay.encode(k.reshape(-1, self.dim).float(), v.reshape(-1, self.dim).float(),
-                             pos.repeat_interleave(h), torch.zeros(n * h))
-        self._store(TIER_FULL, slots, records)
+        self.fmt.write_batch(layer, [self], [pos.numel()], pos, k, v)
+
+    def _append(self, layer: int, pos: torch.Tensor, k_dec: torch.Tensor,
+                v_dec: torch.Tensor) -> torch.Tensor:
+        """Take full-tier slots for ``n`` new tokens of ``layer`` and append their decoded keys
+        and values ([n * heads, dim], token-major) to the working set; returns the byte
+        addresses [n * heads, record size] their records go to."""
+        n, h = pos.numel(), self.heads
+        if layer == 0:  # room for the rest of the reserved prompt too: one allocation
+            ahead = max(n, self.tokens_reserved - self.tokens_written)
+            self._grow_working_set(int(self.count.max()) + ahead)
+        slots = self.arena_count[TIER_FULL] + torch.arange(n * h)  # token-major, then head
         self.arena_count[TIER_FULL] += n * h
-        k_dec, v_dec, _, _ = lay.decode(records)
-        at = self.count[layer].unsqueeze(1) + torch.arange(n)  # [heads, n]
-        rows = torch.arange(h).unsqueeze(1).expand_as(at)
+        at = self.count[layer].unsqueeze(1)  # [heads, n]
+        if n > 1:
+            at = at + torch.arange(n)
+        rows = self._heads.expand_as(at)
+        # slots at or beyond count are fresh: score 0 and tier TIER_FULL (0) already
         self.keys[layer, rows, at] = k_dec.view(n, h, self.dim).transpose(0, 1)
         self.values[layer, rows, at] = v_dec.view(n, h, self.dim).transpose(0, 1)
         self.pos[layer, rows, at] = pos.unsqueeze(0).expand_as(at)
-        self.score[layer, rows, at] = 0.0
-        self.tier[layer, rows, at] = TIER_FULL
-        self.slot[layer, rows, at] = slots.view(n, h).t()
+        self.slot[layer, rows, at] = slots.view(n, h).t().to(self.slot.dtype)
         self.count[layer] += n
         if layer == self.layers - 1:
             self.tokens_written = int(pos.max()) + 1
+        return self._addresses(TIER_FULL, slots)
 
     def attend(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor,
                scaling: float) -> torch.Tensor:
@@ -193,8 +237,9 @@ class TieredSequenceKV:
         weight = None
         if decay < 1.0 and n > 1:  # older queries of a chunk count less
             weight = decay ** torch.arange(n - 1, -1, -1, dtype=torch.float32)
-        out, mass = padded_attention(q.transpose(0, 1).unsqueeze(0), self.keys[layer, :, :width],
-                                     self.values[layer, :, :width], self.pos[layer, :, :width],
+        keys, values = self.keys[layer, :, :width].float(), self.values[layer, :, :width].float()
+        out, mass = padded_attention(q.transpose(0, 1).unsqueeze(0), keys, values,
+                                     self.pos[layer, :, :width],
                                      self.heads, q_pos, None, scaling, weight)
         if decay < 1.0:
             self.score[layer].mul_(decay ** n)
@@ -202,10 +247,11 @@ class TieredSequenceKV:
         return out[0]
 
     def end_step(self, seq_len: int, num_tokens: int) -> None:
-        """After a forward over ``num_tokens`` new tokens: re-tier after a prefill chunk and every
-        ``retier_every`` tokens."""
+        """After a forward over ``num_tokens`` new tokens: re-tier every ``retier_every`` tokens,
+        during a prefill every ``PREFILL_RETIER_TOKENS`` (or after a chunk at least as long)."""
         self.since_retier += num_tokens
-        if num_tokens > 1 or self.since_retier >= self.config.retier_every:
+        every = PREFILL_RETIER_TOKENS if num_tokens > 1 else self.config.retier_every
+        if self.since_retier >= max(every, self.config.retier_every):
             self.retier(seq_len)
 
     # --- tiers -----------------------------------------------------------------------------
@@ -218,7 +264,7 @@ class TieredSequenceKV:
         if li.numel() == 0:
             return True
         group = li * self.heads + hi_
-        pos, score, tier = self.pos[valid], self.score[valid], self.tier[valid]
+        pos, score, tier = self.pos[valid], self.score[valid], self.tier[valid].long()
         zero = torch.zeros(1, dtype=torch.int64)
         batch = torch.zeros_like(group)
         new = assign_tiers(cfg, group, pos, score, tier, seq_len, zero, batch,
@@ -236,7 +282,7 @@ class TieredSequenceKV:
         gone = new == PRUNED
         sig = decision_significance(cfg, pos[gone], score[gone], seq_len, zero, batch[gone])
         self.pruned_mass.index_add_(0, group[gone], sig)
-        slot = self.slot[valid]
+        slot = self.slot[valid].long()
         entering = []
         for t in range(NUM_TIERS):  # 1. compact what stays, freeing the leavers' slots
             stay, enter = (tier == t) & (new == t), (tier != t) & (new == t)
@@ -248,6 +294,7 @@ class TieredSequenceKV:
             released += self.arena_pages[t][need[t]:]
             del self.arena_pages[t][need[t]:]
         self.source.give(released)
+        self._page_ids = [None] * NUM_TIERS
         for t in range(NUM_TIERS):
             if need[t] > len(self.arena_pages[t]):
                 pages = self.source.take(need[t] - len(self.arena_pages[t]))
@@ -260,21 +307,23 @@ class TieredSequenceKV:
             at = (li[enter], hi_[enter], si[enter])
             if self._normalizes(t) and self.key_norm is None:
                 kept = new < PRUNED
-                self._set_key_norm(group[kept], self.keys[li[kept], hi_[kept], si[kept]])
-            k_in = self.keys[at]
+                self._set_key_norm(group[kept],
+                                   self.keys[li[kept], hi_[kept], si[kept]].float())
+            k_in = self.keys[at].float()
             if self._normalizes(t):
                 norm = self.key_norm[:, group[enter]]
                 k_in = (k_in - norm[0]) / norm[1]
             lay = self.fmt.layouts[t]
-            records = lay.encode(k_in, self.values[at], pos[enter], score[enter])
+            records = lay.encode(k_in, self.values[at].float(), pos[enter], score[enter])
             self._store(t, slot[enter], records)
             k_dec, v_dec, _, _ = lay.decode(records)
             if self._normalizes(t):
                 k_dec = k_dec * norm[1] + norm[0]
-            self.keys[at], self.values[at] = k_dec, v_dec
+            dtype = self.fmt.working_dtype
+            self.keys[at], self.values[at] = k_dec.to(dtype), v_dec.to(dtype)
         # 4. the working set: new tiers and slots in place; pruned tokens leave holes, which
         # are squeezed out once they are a quarter of the slots in use
-        self.tier[valid], self.slot[valid] = new, slot
+        self.tier[valid], self.slot[valid] = new.to(self.tier.dtype), slot.to(self.slot.dtype)
         self.pos[li[gone], hi_[gone], si[gone]] = EMPTY
         self.score[li[gone], hi_[gone], si[gone]] = 0.0
         kept = int((~gone).sum())
@@ -320,11 +369,12 @@ class TieredSequenceKV:
         return [int(((self.tier == t) & (self.pos >= 0)).sum()) for t in range(NUM_TIERS)]
 
     def read_back(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Decode every kept token from the pages (in working-set order): keys, values,
-        positions. Equals the working set when the store is consistent."""
+        """Decode every kept token from the pages (in working-set order): keys and values in
+        the working set's dtype, positions. Equals the working set when the store is
+        consistent."""
         valid = self.pos >= 0
         li, hi_, _ = valid.nonzero(as_tuple=True)
-        group, tier, slot = li * self.heads + hi_, self.tier[valid], self.slot[valid]
+        group, tier, slot = li * self.heads + hi_, self.tier[valid], self.slot[valid].long()
         k = torch.zeros(group.numel(), self.dim)
         v, pos = torch.zeros_like(k), torch.zeros_like(group)
         for t in range(NUM_TIERS):
@@ -336,7 +386,8 @@ class TieredSequenceKV:
                 norm = self.key_norm[:, group[sel]]
                 k_t = k_t * norm[1] + norm[0]
             k[sel] = k_t
-        return k, v, pos
+        dtype = self.fmt.working_dtype
+        return k.to(dtype), v.to(dtype), pos
 
 
 def _factory(shape: ModelShape, spec: str) -> LeanKVFormat:

@@ -30,6 +30,9 @@ def serve(
     port: int = typer.Option(8000, help="port to bind"),
     max_num_seqs: int = typer.Option(64, help="most sequences in one step"),
     max_batched_tokens: int = typer.Option(512, help="token budget of one step"),
+    max_prefill_tokens: int | None = typer.Option(
+        None, help="prompt tokens of one step while requests decode (protects time per output "
+        "token; default: the engine's, 64); 0: no cap beyond --max-batched-tokens"),
     max_pending: int = typer.Option(256, help="requests queued or running before HTTP 429"),
 ) -> None:
     """Serve a model over an OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions,
@@ -44,8 +47,12 @@ def serve(
         raise LeanstackError(f"--kv-budget-mb must be > 0, got {kv_budget_mb}")
     if not 0 < port < 65536:
         raise LeanstackError(f"--port must be in 1..65535, got {port}")
+    if max_prefill_tokens is not None and max_prefill_tokens < 0:
+        raise LeanstackError(f"--max-prefill-tokens must be >= 0, got {max_prefill_tokens}")
     config = EngineConfig(kv_budget_bytes=int(kv_budget_mb * 2**20), kv_format=kv,
                           max_num_seqs=max_num_seqs, max_batched_tokens=max_batched_tokens)
+    if max_prefill_tokens is not None:
+        config.max_prefill_tokens = max_prefill_tokens or None
     loaded = load_model(model)
     name = served_name(model)
     typer.echo(f"serving {name} on http://{host}:{port}/v1 (KV {kv}, {kv_budget_mb:g} MiB)")

@@ -15,16 +15,24 @@ from leanstack.llm.engine.scheduler import Scheduler
 from leanstack.llm.engine.sequence import Sequence
 
 PAGE_TOKENS_FP16 = 16  # a page holds this many fp16 tokens (vLLM's default block size)
+# Prompt tokens per step while sequences decode; chosen on a small synthetic workload
+# (benchmarks/llm_serving.py --prefill-sweep), see docs/llm.md.
+MAX_PREFILL_TOKENS = 64
 
 
 @dataclass
 class EngineConfig:
-    """Engine limits: the KV byte budget, the default KV format, and the per-step budgets."""
+    """Engine limits: the KV byte budget, the default KV format, and the per-step budgets.
+
+    ``max_prefill_tokens`` caps the prompt tokens of a step while any sequence is decoding
+    (None: no cap beyond ``max_batched_tokens``); lower protects time per output token, higher
+    gives faster time to first token."""
 
     kv_budget_bytes: int = 64 * 2**20
     kv_format: str = "fp16"
     max_num_seqs: int = 64
     max_batched_tokens: int = 512
+    max_prefill_tokens: int | None = MAX_PREFILL_TOKENS
     page_tokens_fp16: int = PAGE_TOKENS_FP16
 
 
@@ -53,7 +61,8 @@ class Engine:
                             self.config.page_tokens_fp16 * fp16_token)
         self.kv.format(self.config.kv_format)  # fail early on a bad format name
         self.scheduler = Scheduler(self.kv, self.config.max_num_seqs,
-                                   self.config.max_batched_tokens)
+                                   self.config.max_batched_tokens,
+                                   self.config.max_prefill_tokens)
         self.runner = ModelRunner(self.model, self.kv)
         self.max_context = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.eos_ids = self._eos_ids()

@@ -9,7 +9,8 @@ with different record sizes share one pool (a page of a smaller format holds mor
 A *tiered* format (one with ``new_sequence``, e.g. LeanKV) instead keeps each sequence's KV in
 its own object (:class:`SequenceKV`) that takes and gives back whole pages through a
 :class:`PageSource`, so it can lay out per-head records, demote and prune them, and return the
-bytes it frees to the pool.
+bytes it frees to the pool (:class:`TieredFormat`: it stores the new tokens of all its sequences
+of a step in one ``write_batch`` call per layer).
 
 Formats are looked up by name: ``fp16`` / ``fp32`` (raw paged KV, the vLLM-style baseline) are
 built in; further formats register a factory with :func:`register_kv_format` from their own
@@ -94,6 +95,21 @@ class SequenceKV(Protocol):
 
     def working_set_bytes(self) -> int:
         """Bytes of decoded buffers kept for attention, outside the KV budget."""
+        ...
+
+
+class TieredFormat(Protocol):
+    """A format whose sequences keep their own KV (:class:`SequenceKV`)."""
+
+    name: str
+    record_bytes: int  # worst case of one (layer, token), which bounds a request's pages
+
+    def new_sequence(self, pages: PageSource) -> SequenceKV: ...
+
+    def write_batch(self, layer: int, stores: list, sizes: list[int], pos: torch.Tensor,
+                    k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``sizes[i]`` consecutive new tokens of ``pos`` [n], ``k, v`` [n, heads, dim]
+        in ``stores[i]`` (sequences of this format), all in one go."""
         ...
 
 

@@ -6,7 +6,8 @@ The decoder layers are the transformers Llama modules (embedding, RMSNorm, rotar
 q/k/v/o projections, MLP); only attention is ours: new keys and values go to the paged KV store
 through each sequence's format, then each prefill chunk attends to its own context, and all
 decode tokens attend together in one batched call over their (gathered) contexts. A sequence of
-a tiered format (LeanKV) stores and attends through its own ``SequenceKV`` instead.
+a tiered format (LeanKV) attends through its own ``SequenceKV`` instead; the new tokens of all
+sequences of one tiered format are stored with one ``write_batch`` call per layer.
 """
 
 from __future__ import annotations
@@ -92,9 +93,10 @@ class ModelRunner:
                 out[rows] = self._prefill_attention(layer_idx, q[rows], ctx, start)
             for rows, ctx, mask in decodes:
                 out[rows] = self._decode_attention(layer_idx, q[rows], ctx, mask)
-            for rows, store in tiered:
-                store.write(layer_idx, positions[rows], k[rows], v[rows])
-                out[rows] = store.attend(layer_idx, q[rows], positions[rows], self.scaling)
+            for fmt, rows, stores, sizes, store_rows in tiered:
+                fmt.write_batch(layer_idx, stores, sizes, positions[rows], k[rows], v[rows])
+                for store, r in zip(stores, store_rows, strict=True):
+                    out[r] = store.attend(layer_idx, q[r], positions[r], self.scaling)
             hidden = residual + attn.o_proj(out.reshape(t, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         for c in chunks:
@@ -114,15 +116,19 @@ class ModelRunner:
     def _plan(self, chunks: list[ScheduledChunk]) -> tuple[list, list, list, list]:
         """Index tensors shared by all layers: where to write new tokens (grouped by format),
         each prefill chunk's context, the padded contexts of the decodes of each format, and
-        the rows of the sequences with their own tiered KV."""
+        per tiered format: all its rows, its sequences' KV, their token counts and rows."""
         by_fmt: dict[str, tuple[list, list, list]] = {}
-        prefills, decode_groups, tiered = [], {}, []
+        prefills, decode_groups = [], {}
+        by_tiered: dict[str, tuple[list, list, list]] = {}
         offset = 0
         for c in chunks:
             rows = torch.arange(offset, offset + c.num_tokens)
             offset += c.num_tokens
             if c.seq.kv_store is not None:
-                tiered.append((rows, c.seq.kv_store))
+                group = by_tiered.setdefault(c.seq.kv_format, ([], [], []))
+                group[0].append(rows)
+                group[1].append(c.seq.kv_store)
+                group[2].append(c.num_tokens)
                 continue
             end = c.start + c.num_tokens
             pages, slots = self.kv.slots(c.seq, 0, end)
@@ -148,6 +154,8 @@ class ModelRunner:
                 mask[i, :p.numel()] = True
             rows = torch.tensor([r for r, _, _ in items])
             decodes.append((rows, _Context(fmt, pages.view(-1), slots.view(-1)), mask))
+        tiered = [(self.kv.format(fmt)[0], torch.cat(r), stores, sizes, r)
+                  for fmt, (r, stores, sizes) in by_tiered.items()]
         return writes, prefills, decodes, tiered
 
     def _prefill_attention(self, layer: int, q: torch.Tensor, ctx: _Context,

@@ -4,9 +4,13 @@ Each step has a token budget. Running sequences go first, oldest first: a decodi
 takes one token, one still in prefill takes the next chunk of its prompt (chunked prefill, mixed
 with decodes in the same step). Then waiting sequences are admitted in arrival order while their
 KV fits in the free pages and the budget lasts; admission never skips the head of the queue, so a
-big request is not starved by small ones behind it. When a running sequence needs a page and none
-is free, the youngest running sequence is preempted: its pages are freed and it returns to the
-front of the queue, to be recomputed from its tokens later (vLLM's recompute preemption).
+big request is not starved by small ones behind it. While any sequence is decoding, prompt
+chunks together take at most ``max_prefill_tokens`` of the step (a chunked-prefill budget): a
+step's time is mostly its prompt tokens, and every decoding sequence waits for the whole step, so
+the cap keeps time per output token from growing with each admitted long prompt. When a
+running sequence needs a page and none is free, the youngest running sequence is preempted: its
+pages are freed and it returns to the front of the queue, to be recomputed from its tokens
+later (vLLM's recompute preemption).
 """
 
 from __future__ import annotations
@@ -46,12 +50,17 @@ class SchedulerOutput:
 class Scheduler:
     """Waiting and running queues over a :class:`KVManager`."""
 
-    def __init__(self, kv: KVManager, max_num_seqs: int = 64, max_batched_tokens: int = 512):
+    def __init__(self, kv: KVManager, max_num_seqs: int = 64, max_batched_tokens: int = 512,
+                 max_prefill_tokens: int | None = None):
         if max_num_seqs < 1 or max_batched_tokens < 1:
             raise LeanstackError("max_num_seqs and max_batched_tokens must be >= 1")
+        if max_prefill_tokens is not None and max_prefill_tokens < 1:
+            raise LeanstackError(f"max_prefill_tokens must be >= 1 (or unset for no cap), got "
+                                 f"{max_prefill_tokens}")
         self.kv = kv
         self.max_num_seqs = max_num_seqs
         self.max_batched_tokens = max_batched_tokens
+        self.max_prefill_tokens = max_prefill_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -93,12 +102,19 @@ class Scheduler:
         """Pick this step's chunks (allocating their pages), preempting if pages run out."""
         out = SchedulerOutput()
         budget = self.max_batched_tokens
+        prefill = budget  # prompt tokens this step may still take
+        if self.max_prefill_tokens is not None and any(
+                s.num_tokens - s.num_computed == 1 for s in self.running):
+            prefill = min(prefill, self.max_prefill_tokens)
         for seq in list(self.running):  # oldest first
             if budget == 0:
                 break
             if seq.status is not SequenceStatus.RUNNING:  # preempted earlier in this loop
                 continue
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            left = seq.num_tokens - seq.num_computed
+            n = min(left, budget) if left == 1 else min(left, budget, prefill)
+            if n == 0:  # a prompt chunk, and the prefill budget is spent
+                continue
             while not self.kv.allocate(seq, seq.num_computed + n):
                 victim = self.running[-1]  # the youngest
                 self._preempt(victim, out)
@@ -107,7 +123,9 @@ class Scheduler:
             if seq.status is SequenceStatus.RUNNING:
                 out.chunks.append(ScheduledChunk(seq, seq.num_computed, n))
                 budget -= n
-        while (self.waiting and budget > 0 and not out.preempted
+                if left > 1:
+                    prefill -= n
+        while (self.waiting and min(budget, prefill) > 0 and not out.preempted
                and len(self.running) < self.max_num_seqs):
             seq = self.waiting[0]
             # admit only when the whole prompt (plus recomputed output) fits in free pages
@@ -116,7 +134,8 @@ class Scheduler:
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            n = min(seq.num_tokens, budget)
+            n = min(seq.num_tokens, budget, prefill)
             out.chunks.append(ScheduledChunk(seq, 0, n))
             budget -= n
+            prefill -= n
         return out
