@@ -2,11 +2,14 @@
 
 Builds the training data, runs the three stages of a config (default ``smollm2-cpu``) and
 evaluates the base model and each stage: perplexity on held-out IC-design and general text, a
-ChipICD-Bench subset with and without retrieval (per domain and level), Verilog pass@1 and
-syntax validity, and the answer format (citations present / pointing at a shown passage, loops).
-The ablation compares "CPT+SFT+DPO with retrieval", "base with retrieval" and "trained without
-retrieval". Any config value can be cut down for a busy machine (``--set cpt.max_steps=6``);
-the JSON records the overrides and the load average.
+ChipICD-Bench subset with and without retrieval (per domain, level and type; MCQ accuracy next
+to the always-longest baseline), held-out chunk-level questions (test half) with and without
+retrieval graded by the calibrated grader, Verilog pass@1 and syntax validity, and the answer
+format (citations present / pointing at a shown passage, loops). The ablation compares
+"CPT+SFT+DPO with retrieval", "base with retrieval" and "trained without retrieval". Any config
+value can be cut down for a busy machine (``--set cpt.max_steps=6``); the JSON records the
+overrides and the load average. ``--reuse`` keeps the data and trained stages in ``--out`` and
+only evaluates again.
 
 Run: ``nice -n 10 .venv/bin/python benchmarks/chip_training.py [--config smollm2-cpu]``;
 writes ``benchmarks/results/chip_training.json``.
@@ -28,7 +31,7 @@ from pathlib import Path
 from leanstack.atomic import write_json
 from leanstack.chipexpert.training.config import STAGES, TrainConfig, load_config, parse_config
 from leanstack.chipexpert.training.datasets import build_training_data
-from leanstack.chipexpert.training.evaluate import evaluate_stages
+from leanstack.chipexpert.training.evaluate import MCQ_SCORING, evaluate_stages
 from leanstack.chipexpert.training.stages import (
     data_dir,
     decontamination_summary,
@@ -65,12 +68,48 @@ def _stage_row(label: str, ev: dict, train: dict | None) -> dict:
         row[f"bench_{mode}_by_level"] = {k: v["mean"] for k, v in s.get("by_level", {}).items()}
         row[f"bench_{mode}_by_domain"] = {k: v["mean"] for k, v in s.get("by_domain", {}).items()}
         row[f"bench_{mode}_by_type"] = {k: v["mean"] for k, v in s.get("by_type", {}).items()}
+        row[f"bench_{mode}_n"] = s["overall"]["n"]
+        row[f"mcq_{mode}"] = b.get("mcq") or None
         row[f"format_{mode}"] = b["format"]
+    for mode, h in ev.get("heldout_questions", {}).items():
+        row[f"heldout_{mode}"] = {k: h.get(k) for k in ("n", "mean_grade", "pass_rate",
+                                                        "mean_score", "evidence_shown")}
+        row[f"heldout_format_{mode}"] = h.get("format")
     if train:
         row["train"] = {k: train[k] for k in ("method", "wall_s", "tokens", "tokens_per_s",
                                               "loss_first", "loss_last", "train_loss")}
         row["train"]["steps"] = train["steps"]["last"]
     return row
+
+
+def _cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
+
+
+def markdown_table(table: list[dict]) -> list[str]:
+    """The stage table: perplexities, bench mean by type, MCQ accuracy against the always-longest
+    baseline, held-out question grade and Verilog pass@1; each without / with retrieval."""
+    lines = ["| model | ppl IC | ppl general | retrieval | bench | open | mcq | numeric | "
+             "MCQ acc (always-longest) | held-out grade (pass) | Verilog pass@1 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        for mode in ("no_rag", "rag"):
+            if f"bench_{mode}" not in row and f"heldout_{mode}" not in row:
+                continue
+            by_type = row.get(f"bench_{mode}_by_type") or {}
+            mcq = row.get(f"mcq_{mode}") or {}
+            held = row.get(f"heldout_{mode}") or {}
+            lines.append(
+                f"| {row['model']} | {_cell(row['perplexity_ic'])} | "
+                f"{_cell(row['perplexity_general'])} | {'with' if mode == 'rag' else 'without'} "
+                f"| {_cell(row.get(f'bench_{mode}'))} | {_cell(by_type.get('open'))} | "
+                f"{_cell(by_type.get('mcq'))} | {_cell(by_type.get('numeric'))} | "
+                + (f"{mcq['accuracy']:.3f} ({mcq['always_longest']:.3f}), n={mcq['n']} | "
+                   if mcq else "— | ")
+                + (f"{held['mean_grade']:.3f} ({held['pass_rate']:.3f}), n={held['n']} | "
+                   if held.get("n") else "— | ")
+                + f"{_cell(row['verilog_pass_at_1'])} |")
+    return lines
 
 
 def _with_overrides(cfg: TrainConfig, sets: list[str]) -> TrainConfig:
@@ -127,6 +166,15 @@ def main() -> None:
             "CPT+SFT+DPO without retrieval": evals["dpo"]["bench"]["no_rag"]["summary"],
             "base without retrieval": evals["base"]["bench"]["no_rag"]["summary"],
         }
+    if "rag" in evals["base"]["heldout_questions"] and \
+            "no_rag" in evals["dpo"]["heldout_questions"]:
+        ablation["heldout_questions"] = {
+            name: {k: evals[stage]["heldout_questions"][mode][k]
+                   for k in ("n", "mean_grade", "pass_rate", "mean_score")}
+            for name, stage, mode in (("CPT+SFT+DPO with retrieval", "dpo", "rag"),
+                                      ("base with retrieval", "base", "rag"),
+                                      ("CPT+SFT+DPO without retrieval", "dpo", "no_rag"),
+                                      ("base without retrieval", "base", "no_rag"))}
     checks = {}
     base_ppl, last_ppl = evals["base"]["perplexity"], evals["dpo"]["perplexity"]
     for name in ("ic", "general"):
@@ -136,16 +184,31 @@ def main() -> None:
     if "general_perplexity_change_base_to_dpo" in checks:
         checks["general_ability_kept"] = checks["general_perplexity_change_base_to_dpo"] <= 0.10
     manifest = json.loads((data / "manifest.json").read_text())
+    subset = evals["base"]["subset"]
+    asked = next(iter(evals["base"]["bench"].values()), {"items": []})["items"]
     result = {
         "what": "ChipExpert CPT -> SFT -> DPO on SmolLM2-135M, evaluated after every stage",
         "config": cfg.model_dump(mode="json"), "overrides": args.sets, "reused": args.reuse,
         "data": {"counts": manifest.get("counts"), "build_s": round(data_s, 1),
                  "decontamination": decontamination_summary(data)},
         "stages": table, "ablation": ablation, "checks": checks,
-        "evaluation_subset": {"bench_items_per_domain": cfg.eval.bench_per_domain,
-                              "bench_types": cfg.eval.bench_types,
-                              "verilog_items": cfg.eval.verilog_items,
-                              "perplexity_tokens": cfg.eval.perplexity_tokens},
+        "evaluation_subset": {
+            "bench_items_per_domain_and_type": cfg.eval.bench_per_domain,
+            "mcq_items_per_domain": (cfg.eval.mcq_per_domain
+                                     if cfg.eval.mcq_per_domain is not None
+                                     else cfg.eval.bench_per_domain),
+            "bench_types": cfg.eval.bench_types, "bench_items": len(subset["bench"]),
+            "bench_by_type": {t: sum(r["type"] == t for r in asked)
+                              for t in cfg.eval.bench_types},
+            "selection": "per domain and type the first items by id; MCQs only from the test "
+                         "half of their split (the pmi rule was chosen on the tuning half)",
+            "mcq_scoring": MCQ_SCORING,
+            "heldout_questions": len(subset["heldout_questions"]),
+            "heldout_selection": "test half of chunk_questions.jsonl, evenly spread by id; "
+                                 "graded by the grader calibrated on the hand grades, with the "
+                                 "evidence span as reference and its content words as key facts",
+            "verilog_items": cfg.eval.verilog_items,
+            "perplexity_tokens": cfg.eval.perplexity_tokens, "ids": subset},
         "wall_s": round(time.perf_counter() - t_all, 1),
         "versions": _versions(), "cpu_count": os.cpu_count(),
         "load_average_at_end": list(os.getloadavg()),
@@ -157,6 +220,8 @@ def main() -> None:
         print(json.dumps({k: row.get(k) for k in ("model", "perplexity_ic", "perplexity_general",
                                                    "bench_no_rag", "bench_rag",
                                                    "verilog_pass_at_1", "train")}))
+    print()
+    print("\n".join(markdown_table(table)))
     print(f"results: {RESULTS}")
 
 

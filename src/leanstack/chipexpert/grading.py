@@ -172,3 +172,16 @@ def calibrate(sigs: Sequence[Signals], hand: Sequence[float]) -> Grader:
             if k > key:
                 best, key = g, k
     return best
+
+
+def calibrated_grader(similarity: Callable[[str, str], float],
+                      path: Path | None = None) -> Grader:
+    """The grader calibrated on the calibration half of the hand grades (the held-out half is
+    left for reporting agreement), with ``similarity`` as the cosine (``OpenScorer``'s)."""
+    from leanstack.chipexpert.bench.items import load_items
+
+    items = {it.id: it for it in load_items()}
+    cal = [h for h in load_hand_grades(path) if h.half == "calibration"]
+    sigs = [signals(h.answer, items[h.item].answer, items[h.item].key_facts, h.passages,
+                    similarity) for h in cal]
+    return calibrate(sigs, [h.grade for h in cal])

@@ -12,12 +12,21 @@ after the question (``scores``) and after a content-free prompt (``prior``):
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from leanstack.errors import LeanstackError
 
 RULES = ("raw", "per-char", "per-token", "pmi", "longest")
+HALVES = ("tuning", "test")
+
+
+def split_half(item_id: str) -> str:
+    """The MCQ items' fixed tuning/test split, by a hash of the id: the scoring rule is chosen
+    on the tuning half (benchmarks/chip_mcq_baselines.py), accuracies are quoted on the test
+    half."""
+    return HALVES[int(hashlib.sha256(item_id.encode()).hexdigest(), 16) % 2]
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,31 @@ def _evaluation_lines(ev: dict[str, Any]) -> list[str]:
                          f"{b['summary']['overall']['n']} |")
         lines.append("")
         for name, b in bench.items():
+            types = ", ".join(f"{k} {v['mean']:.3f} (n={v['n']})"
+                              for k, v in b["summary"].get("by_type", {}).items())
+            if types:
+                lines.append(f"By type ({name}): {types}.")
+            mcq = b.get("mcq") or {}
+            if mcq:
+                lines.append(f"MCQ ({name}, {mcq['scoring']} scoring, {mcq['split']}): accuracy "
+                             f"{mcq['accuracy']:.3f} against {mcq['always_longest']:.3f} for "
+                             f"always picking the longest choice and {mcq['chance']:.3f} by "
+                             f"chance, n={mcq['n']}.")
+        lines.append("")
+        for name, b in bench.items():
             fmt = b.get("format") or {}
             if fmt.get("citations"):
                 lines.append(f"Open answers ({name}): {fmt['with_citation']:.2f} cite a passage "
                              f"as [n]; {fmt['citation_valid']:.2f} of {fmt['citations']} cited "
                              f"numbers point at a passage that was shown; {fmt['loops']:.2f} "
                              "loop.")
+        lines.append("")
+    held = {k: v for k, v in ev.get("heldout_questions", {}).items() if v.get("n")}
+    if held:
+        lines += ["| held-out questions (test half) | mean grade | graded ≥ 0.5 | evidence shown "
+                  "| questions |", "|---|---|---|---|---|"]
+        lines += [f"| {name} | {h['mean_grade']:.3f} | {h['pass_rate']:.3f} | "
+                  f"{h['evidence_shown']:.3f} | {h['n']} |" for name, h in held.items()]
         lines.append("")
     ver = ev.get("verilog")
     if ver:

@@ -85,8 +85,10 @@ def evaluate(config: str = typer.Option(..., "--config", help=_CONFIG_HELP),
         ppl = ", ".join(f"{k} {v['perplexity']:.2f}" for k, v in rec["perplexity"].items())
         bench = ", ".join(f"{k} {v['summary']['overall']['mean']:.3f}"
                           for k, v in rec["bench"].items())
-        print(f"{label}: perplexity {ppl or '-'}; bench {bench or '-'}; verilog pass@1 "
-              f"{rec['verilog'].get('pass_at_1', '-')}")
+        held = ", ".join(f"{k} {v['mean_grade']:.3f}"
+                         for k, v in rec.get("heldout_questions", {}).items() if v.get("n"))
+        print(f"{label}: perplexity {ppl or '-'}; bench {bench or '-'}; held-out questions "
+              f"{held or '-'}; verilog pass@1 {rec['verilog'].get('pass_at_1', '-')}")
 
 
 @train_app.command("all")

@@ -10,7 +10,14 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from leanstack.errors import LeanstackError
 
@@ -69,16 +76,26 @@ class DataSection(_Strict):
 
 
 class EvalSection(_Strict):
-    """Per-stage evaluation: ChipICD-Bench items per domain, Verilog items, perplexity budget."""
+    """Per-stage evaluation: ChipICD-Bench items per domain and type (``mcq_per_domain``, when
+    set, for the MCQs, which are cheap to score), Verilog items, held-out chunk-level questions
+    (their test half), perplexity budget."""
 
     bench_per_domain: int = Field(2, ge=0)
-    bench_types: list[Literal["open", "mcq", "numeric", "verilog", "spice"]] = [
-        "open", "mcq", "numeric"]
+    bench_types: list[Literal["open", "mcq", "numeric", "spice"]] = ["open", "mcq", "numeric"]
+    mcq_per_domain: int | None = Field(None, ge=0)
     verilog_items: int = Field(8, ge=0)
+    heldout_questions: int = Field(12, ge=0)
     perplexity_tokens: int = Field(8192, ge=64)
     perplexity_window: int = Field(256, ge=16)
     rag: list[bool] = [False, True]
     k: int = Field(3, ge=1)
+
+    @field_validator("bench_types")
+    @classmethod
+    def _distinct_types(cls, types: list[str]) -> list[str]:
+        if len(set(types)) != len(types):
+            raise ValueError("lists a type twice; name each type once")
+        return types
 
 
 class TrainConfig(_Strict):
