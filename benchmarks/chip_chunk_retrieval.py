@@ -1,18 +1,22 @@
 """ChipExpert chunk-level retrieval: recall@1/3/10 and MRR@10 on the test half of the chunk-level
-question set, for BM25, dense, fused, the fine-tuned dense and fused, and re-ranked search.
+question set, for BM25, dense, fused, the fine-tuned dense and fused, and re-ranked search (with
+chunk features only, and with evidence-sentence features).
 
 The question set (src/leanstack/chipexpert/data/chunk_questions.jsonl) was written from the
 corpus chunks and split once by source document; a question counts as answered at rank r when
 the r-th chunk holds its evidence span. Everything tunable is chosen on the tuning half only:
-the fine-tuned embedder and the re-ranker are trained on it (plus synthetic queries from the
-corpus), and the fused dense weight and the chunks-per-section limit are picked on it. The test
-half is reported, with the tuning half alongside for reference only.
+the fine-tuned embedder and the re-rankers are trained on it (plus synthetic queries from the
+corpus), the fused dense weight and the chunks-per-section limit are picked on it, and the
+re-ranker's feature set is picked by 5-fold cross-validation over its documents. The test half is
+reported, with the tuning half alongside for reference only.
 
-Run: ``nice -n 10 .venv/bin/python benchmarks/chip_chunk_retrieval.py [--train]`` on a built
-knowledge base (``leanstack chip corpus build``; ``$LEANSTACK_CHIP_DIR`` picks another one).
-``--train`` (re)trains the embedder and the re-ranker first, as ``leanstack chip
-tune-retriever`` does. Writes ``benchmarks/results/chip_chunk_retrieval.json`` and prints a
-Markdown table.
+Run: ``nice -n 10 .venv/bin/python benchmarks/chip_chunk_retrieval.py [--train] [--quick]`` on
+a built knowledge base (``leanstack chip corpus build``; ``$LEANSTACK_CHIP_DIR`` picks another
+one). ``--train`` (re)trains the embedder, the sentence index and the re-ranker first, as
+``leanstack chip tune-retriever`` does. ``--quick`` skips the grids (the constants in
+``retrieval.py`` are used) and the base-encoder rows, and writes
+``chip_chunk_retrieval_quick.json`` instead. Writes ``benchmarks/results/chip_chunk_retrieval.json``
+and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -31,21 +35,34 @@ from pathlib import Path
 from leanstack.chipexpert import chunk_eval, dense
 from leanstack.chipexpert.chunk_eval import ChunkQuestion, lexical_overlap, load_questions
 from leanstack.chipexpert.finetune import finetuned_dir, finetuned_name
-from leanstack.chipexpert.retrieval import MODEL_NAME, RERANKED, Retriever, one_per_section
+from leanstack.chipexpert.rerank import DEFAULT_FEATURE_SET, FEATURE_SETS, train_reranker
+from leanstack.chipexpert.retrieval import (
+    DENSE_WEIGHT,
+    MODEL_NAME,
+    PER_SECTION,
+    RERANKED,
+    Retriever,
+    one_per_section,
+)
 from leanstack.chipexpert.store import default_dir, write_json
-from leanstack.chipexpert.tune import tune_retriever
+from leanstack.chipexpert.tune import ensure_sentence_index, tune_retriever
 
 RESULTS = Path(__file__).parent / "results" / "chip_chunk_retrieval.json"
+QUICK_RESULTS = RESULTS.with_name("chip_chunk_retrieval_quick.json")
+CV_FOLDS = 5
 WEIGHT_GRID = (0.3, 0.5, 0.7, 0.9)
 PER_SECTION_GRID = (1, 2, 0)
 DEPTH = 200
 
 
-def _ranker(retriever: Retriever, method: str, per_section: int, weight: float | None = None):
+def _ranker(retriever: Retriever, method: str, per_section: int, weight: float | None = None,
+            reranker=None):
     """question -> chunk ids, best first, as ``retriever.search`` would return them."""
     def rank(question: str) -> list[str]:
         if weight is not None:
             retriever.dense_weight = weight
+        if reranker is not None:
+            retriever.reranker = reranker
         retriever.per_section = per_section
         ranked = retriever.ranked(question, method, DEPTH)
         kept = one_per_section(ranked, retriever.chunks, chunk_eval.MRR_DEPTH, per_section)
@@ -67,9 +84,28 @@ def _section_recall_at_3(ranks_ids: dict[str, list[str]], items: list[ChunkQuest
     return hits / len(items)
 
 
+def _cv_recall_at_3(retriever: Retriever, tuning: list[ChunkQuestion], feature_set: str,
+                    per_section: int) -> float:
+    """recall@3 of a re-ranker with ``feature_set``, cross-validated over the tuning half's
+    documents (each fold trained on the other folds' documents)."""
+    documents = sorted({q.document for q in tuning})
+    hits = []
+    for fold in range(CV_FOLDS):
+        held = set(documents[fold::CV_FOLDS])
+        retriever.reranker = train_reranker(retriever, [q for q in tuning
+                                                        if q.document not in held],
+                                            per_section, feature_set)
+        scores = chunk_eval.evaluate(_ranker(retriever, RERANKED, per_section),
+                                     [q for q in tuning if q.document in held])
+        hits.extend(r is not None and r <= 3 for r in scores["ranks"].values())
+    return sum(hits) / len(hits)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--train", action="store_true", help="(re)train embedder and re-ranker first")
+    p.add_argument("--quick", action="store_true",
+                   help="no grids, no base-encoder rows; writes the _quick JSON")
     args = p.parse_args()
     kb = default_dir()
     train_report = None
@@ -90,26 +126,46 @@ def main() -> None:
 
     # choices on the tuning half: per-section limit (base fused), dense weight of each fusion
     choices: dict[str, dict] = {}
-    per_section_tuning = {ps: chunk_eval.evaluate(_ranker(base, "fused", ps), tuning)["recall_at_3"]
-                          for ps in PER_SECTION_GRID}
-    per_section = max(PER_SECTION_GRID, key=lambda ps: (per_section_tuning[ps], ps == 1))
-    choices["per_section"] = {"tuning_recall_at_3": per_section_tuning, "chosen": per_section}
-    weights = {}
-    for name, r in (("fused", base), ("fused-ft", tuned)):
-        grid = {w: chunk_eval.evaluate(_ranker(r, "fused", per_section, w), tuning)["recall_at_3"]
-                for w in WEIGHT_GRID}
-        weights[name] = max(WEIGHT_GRID, key=lambda w: (grid[w], -abs(w - 0.7)))
-        choices[f"dense_weight_{name}"] = {"tuning_recall_at_3": grid, "chosen": weights[name]}
+    per_section, weights = PER_SECTION, {"fused": DENSE_WEIGHT, "fused-ft": DENSE_WEIGHT}
+    if args.quick:
+        choices["constants"] = {"per_section": per_section, "dense_weight": DENSE_WEIGHT,
+                                "from": "retrieval.py, chosen on the tuning half by full runs"}
+    else:
+        per_section_tuning = {ps: chunk_eval.evaluate(_ranker(base, "fused", ps),
+                                                      tuning)["recall_at_3"]
+                              for ps in PER_SECTION_GRID}
+        per_section = max(PER_SECTION_GRID, key=lambda ps: (per_section_tuning[ps], ps == 1))
+        choices["per_section"] = {"tuning_recall_at_3": per_section_tuning, "chosen": per_section}
+        for name, r in (("fused", base), ("fused-ft", tuned)):
+            grid = {w: chunk_eval.evaluate(_ranker(r, "fused", per_section, w),
+                                           tuning)["recall_at_3"] for w in WEIGHT_GRID}
+            weights[name] = max(WEIGHT_GRID, key=lambda w: (grid[w], -abs(w - 0.7)))
+            choices[f"dense_weight_{name}"] = {"tuning_recall_at_3": grid,
+                                               "chosen": weights[name]}
+    # re-rankers: one per feature set, trained on the whole tuning half; the default set is
+    # the one with the best cross-validated recall@3 on the tuning half
+    tuned.dense_weight = weights["fused-ft"]
+    t0 = time.perf_counter()
+    ensure_sentence_index(tuned, kb, lambda done, total: print(
+        f"\rembedding sentences {done}/{total}", end="", file=sys.stderr))
+    sentence_index_s = round(time.perf_counter() - t0, 1)
+    cv = {fs: _cv_recall_at_3(tuned, tuning, fs, per_section) for fs in FEATURE_SETS}
+    choices["reranker_feature_set"] = {
+        "tuning_cv_recall_at_3": cv, "chosen": max(FEATURE_SETS, key=lambda fs: cv[fs]),
+        "default_in_code": DEFAULT_FEATURE_SET, "folds": f"{CV_FOLDS}, by document",
+        "fused_ft_tuning_recall_at_3": chunk_eval.evaluate(
+            _ranker(tuned, "fused", per_section), tuning)["recall_at_3"]}
+    rerankers = {fs: train_reranker(tuned, tuning, per_section, fs) for fs in FEATURE_SETS}
 
-    systems = {
-        "bm25": _ranker(base, "bm25", per_section),
-        "dense": _ranker(base, "dense", per_section),
-        "fused": _ranker(base, "fused", per_section, weights["fused"]),
-        "dense-ft": _ranker(tuned, "dense", per_section),
-        "fused-ft": _ranker(tuned, "fused", per_section, weights["fused-ft"]),
-    }
-    if tuned.reranker is not None:
-        systems["reranked"] = _ranker(tuned, RERANKED, per_section, weights["fused-ft"])
+    systems = {"bm25": _ranker(base, "bm25", per_section)}
+    if not args.quick:
+        systems["dense"] = _ranker(base, "dense", per_section)
+        systems["fused"] = _ranker(base, "fused", per_section, weights["fused"])
+        systems["dense-ft"] = _ranker(tuned, "dense", per_section)
+    systems["fused-ft"] = _ranker(tuned, "fused", per_section, weights["fused-ft"])
+    for fs, reranker in rerankers.items():
+        systems[f"reranked-{fs}"] = _ranker(tuned, RERANKED, per_section, weights["fused-ft"],
+                                            reranker)
     rows = []
     for name, rank in systems.items():
         t0 = time.perf_counter()
@@ -151,8 +207,12 @@ def main() -> None:
         "embedder": {"base": MODEL_NAME, "finetuned": finetuned_name(kb),
                      "manifest": json.loads((finetuned_dir(kb) / "leanstack-embedder.json")
                                             .read_text())},
-        "reranker": tuned.reranker.manifest if tuned.reranker else None,
+        "rerankers": {fs: {**r.manifest, "features": list(r.names),
+                           "weights": [round(float(w), 4) for w in r.weights]}
+                      for fs, r in rerankers.items()},
         "training": train_report,
+        "sentence_index": {"sentences": len(tuned.sentences.rows),
+                           "built_or_loaded_s": sentence_index_s},
         "corpus_chunks": len(chunks),
         "results": rows,
         "environment": {
@@ -163,7 +223,7 @@ def main() -> None:
         "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json(RESULTS, result)
+    write_json(QUICK_RESULTS if args.quick else RESULTS, result)
     print(f"test half: {len(test)} questions from {result['questions']['test_documents']} "
           f"documents (tuning: {len(tuning)}); per-section limit {per_section}; "
           f"mean lexical overlap {result['test_lexical_overlap']['mean']}\n")

@@ -1,5 +1,6 @@
 """ChipICD-Bench MCQ: accuracy of raw, length-normalised (per character and per token) and PMI
-log-likelihood scoring with the local model, next to the always-longest baseline and chance.
+log-likelihood scoring with the local model, next to the always-longest and position (always the
+same letter) baselines and chance.
 
 Each MCQ item is asked as ``chip bench`` asks it without retrieval (system turn, question, the
 lettered choices, the reply instruction); every choice ``"X. text"`` is scored once after that
@@ -15,7 +16,6 @@ Run: ``nice -n 10 .venv/bin/python benchmarks/chip_mcq_baselines.py [--model DIR
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import platform
 import sys
@@ -26,17 +26,12 @@ from pathlib import Path
 
 from leanstack.chipexpert.assistant import Assistant
 from leanstack.chipexpert.bench.items import LETTERS, load_items
-from leanstack.chipexpert.bench.mcq import RULES, ChoiceScores, pick
+from leanstack.chipexpert.bench.mcq import RULES, ChoiceScores, pick, split_half
 from leanstack.chipexpert.bench.runner import null_messages, with_instruction
 from leanstack.chipexpert.generators import LocalGenerator
 from leanstack.chipexpert.store import write_json
 
 RESULTS = Path(__file__).parent / "results" / "chip_mcq_baselines.json"
-
-
-def half(item_id: str) -> str:
-    """The fixed split: by a hash of the id."""
-    return "tuning" if int(hashlib.sha256(item_id.encode()).hexdigest(), 16) % 2 == 0 else "test"
 
 
 def main() -> None:
@@ -61,7 +56,7 @@ def main() -> None:
         picks = {rule: LETTERS[pick(rule, s)] for rule in RULES}
         print(f"{len(per_item) + 1}/{len(items)} {it.id}", file=sys.stderr, flush=True)
         per_item.append({"id": it.id, "domain": it.domain, "level": it.level, "answer": it.answer,
-                         "half": half(it.id), "picks": picks, "choices": len(it.choices)})
+                         "half": split_half(it.id), "picks": picks, "choices": len(it.choices)})
     seconds = time.perf_counter() - t0
 
     def accuracy(rows: list[dict], rule: str) -> float:
@@ -72,8 +67,11 @@ def main() -> None:
               **{lvl: [r for r in per_item if r["level"] == lvl]
                  for lvl in ("foundational", "advanced")}}
     table = {g: {"items": len(rows), "chance": sum(1 / r["choices"] for r in rows) / len(rows),
-                 **{rule: accuracy(rows, rule) for rule in RULES}}
+                 **{rule: accuracy(rows, rule) for rule in RULES},
+                 **{f"always-{x}": sum(r["answer"] == x for r in rows) / len(rows)
+                    for x in LETTERS}}
              for g, rows in groups.items() if rows}
+    columns = [*RULES, *(f"always-{x}" for x in LETTERS)]
     best_on_tuning = max((r for r in RULES if r != "longest"), key=lambda r: table["tuning"][r])
     result = {
         "benchmark": "chip_mcq_baselines", "model": args.model or "SmolLM2-135M-Instruct",
@@ -81,6 +79,8 @@ def main() -> None:
         "rule_chosen_on_tuning_half": best_on_tuning,
         "its_test_half_accuracy": table["test"][best_on_tuning],
         "answer_letter_counts": {x: sum(r["answer"] == x for r in per_item) for x in LETTERS},
+        "picked_letter_counts": {rule: {x: sum(r["picks"][rule] == x for r in per_item)
+                                        for x in LETTERS} for rule in RULES},
         "seconds": round(seconds, 1), "per_item": per_item,
         "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
                         "packages": {p: version(p) for p in ("leanstack", "torch",
@@ -90,11 +90,14 @@ def main() -> None:
     }
     write_json(RESULTS, result)
     print(f"{len(items)} MCQ items, {seconds:.0f} s\n")
-    print("| items | n | chance | " + " | ".join(RULES) + " |")
-    print("|---|---|---|" + "---|" * len(RULES))
+    print("| items | n | chance | " + " | ".join(columns) + " |")
+    print("|---|---|---|" + "---|" * len(columns))
     for g, row in table.items():
         print(f"| {g} | {row['items']} | {row['chance']:.2f} | " +
-              " | ".join(f"{row[r]:.2f}" for r in RULES) + " |")
+              " | ".join(f"{row[r]:.2f}" for r in columns) + " |")
+    for rule in RULES:
+        print(f"{rule} picks: " + ", ".join(f"{x} {n}" for x, n in
+                                             result["picked_letter_counts"][rule].items()))
     print(f"\nrule best on the tuning half: {best_on_tuning} "
           f"(test half {table['test'][best_on_tuning]:.2f})")
 

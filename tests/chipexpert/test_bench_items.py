@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from leanstack.chipexpert.bench.checkers import answer_value
+from leanstack.chipexpert.bench.choice_order import balanced_orders, shown_choices
 from leanstack.chipexpert.bench.items import DOMAINS, load_items
 from leanstack.errors import LeanstackError
 
@@ -42,6 +43,26 @@ def test_numeric_references_parse_and_mcq_keys_are_letters() -> None:
             assert it.answer in "ABCD" and len(it.choices) == 4, it.id
 
 
+def test_mcq_letters_are_balanced_by_the_recorded_shuffle() -> None:
+    mcq = [it for it in load_items() if it.type == "mcq"]
+    letters = Counter(it.answer for it in mcq)
+    assert set(letters) == set("ABCD") and max(letters.values()) - min(letters.values()) <= 1
+    orders = balanced_orders(it.id for it in mcq)
+    for it in mcq:
+        assert it.order == orders[it.id], it.id  # the deterministic shuffle, reproducible
+        written = [it.choices[it.order.index(n)] for n in range(4)]
+        assert shown_choices(written, it.order) == (it.choices, it.answer), it.id
+
+
+def test_mcq_choice_length_gives_the_answer_away_no_more_than_chance() -> None:
+    """Always picking the longest (or the shortest) choice must not beat guessing by much."""
+    mcq = [it for it in load_items() if it.type == "mcq"]
+    for extreme in (max, min):
+        hits = sum(extreme(range(4), key=lambda j, it=it: len(it.choices[j])) ==
+                   "ABCD".index(it.answer) for it in mcq)
+        assert hits / len(mcq) <= 0.35, extreme.__name__
+
+
 def test_domain_filter_and_unknown_domain() -> None:
     assert {it.domain for it in load_items(domains=["eda", "cim"])} == {"eda", "cim"}
     with pytest.raises(LeanstackError, match="unknown domain.*nope"):
@@ -61,6 +82,11 @@ def write(tmp_path: Path, *records: object) -> Path:
     ({"type": "open", "key_facts": ["x"]}, r"field 'choices' belongs to mcq items only"),
     ({"type": "open"}, r"field 'key_facts' is empty"),
     ({"extra": 1}, r"field 'extra' is unknown"),
+    ({"order": [0, 1, 2, 3]}, r"field 'order' must be a permutation of 0-3 with 0"),
+    ({"order": [1, 0, 2]}, r"field 'order' must be a permutation"),
+    ({"order": ["b", 0, 2, 3]}, r"field 'order' must be a permutation"),
+    ({"type": "open", "key_facts": ["x"], "choices": None, "order": [1, 0, 2, 3]},
+     r"field 'order' belongs to mcq items only"),
 ])
 def test_validator_names_file_line_field_and_fix(tmp_path: Path, change: dict,
                                                  message: str) -> None:

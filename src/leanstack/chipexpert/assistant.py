@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leanstack.chipexpert.extractive import Passage, extract_answer
-from leanstack.chipexpert.generators import Generator, make_generator
+from leanstack.chipexpert.generators import BundledGenerator, Generator, make_generator
 from leanstack.chipexpert.grounding import cap_sentences, cited_numbers, drop_unshown_citations
 from leanstack.errors import LeanstackError
 
@@ -170,14 +170,18 @@ def load_retriever(directory: Path | None = None) -> Retriever:
 
 
 def make_assistant(model: str | None = None, endpoint: str | None = None, rag: bool = True,
-                   k: int = 3, directory: Path | None = None, mode: str = "auto") -> Assistant:
+                   k: int = 3, directory: Path | None = None, mode: str = "auto",
+                   lazy: bool = False) -> Assistant:
     """An assistant over the knowledge base in ``directory`` (default: the user cache dir);
     ``model``/``endpoint`` as in ``make_generator``; ``rag=False`` answers without retrieval;
-    ``mode`` as in ``Assistant``."""
+    ``mode`` as in ``Assistant``; ``lazy`` loads the bundled model only when an answer needs
+    it (a one-shot ``chip ask``), where a server wants it loaded up front."""
     if mode not in MODES:  # fail fast, before loading anything
         raise LeanstackError(f"unknown answer mode {mode!r}; use one of {', '.join(MODES)}")
     if mode == "extractive" and not rag:
         raise LeanstackError("--mode extractive quotes the knowledge base; drop --no-rag or use "
                              "--mode generative")
     retriever = load_retriever(directory) if rag else None  # fail fast, before loading a model
+    if lazy and model is None and endpoint is None:
+        return Assistant(BundledGenerator(), retriever, k, mode)
     return Assistant(make_generator(model, endpoint), retriever, k, mode)

@@ -19,6 +19,9 @@ chip_app.add_typer(corpus_app, name="corpus")
 chip_app.add_typer(train_app, name="train")
 
 _DIR_HELP = "knowledge-base directory (default: $LEANSTACK_CHIP_DIR or the user cache dir)"
+_SERVER_HELP = ("a running 'leanstack chip serve' to use (its model and index are warm): a URL, "
+                "'auto' (the default: http://127.0.0.1:8000 when one answers there, else work "
+                "in this process) or 'off'; default $LEANSTACK_CHIP_SERVER")
 
 
 @corpus_app.command("build")
@@ -52,13 +55,20 @@ def corpus_build(
         sources = [s for s in sources if s.name in only]
     sources += [file_source(p, add_license) for p in add]
 
-    def show(rep: SourceReport) -> None:
-        if rep.status == "failed":
-            console.print(f"[yellow]skipped[/yellow] {rep.name}: {rep.error}", highlight=False)
-        else:
-            console.print(f"{rep.status:9} {rep.name}: {rep.chunks} chunks", highlight=False)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"reading {sources[0].name}" if sources else "", total=len(sources))
 
-    report = build_corpus(out_dir, sources, force=force, on_source=show)
+        def show(rep: SourceReport) -> None:
+            if rep.status == "failed":
+                console.print(f"[yellow]skipped[/yellow] {rep.name}: {rep.error}",
+                              highlight=False)
+            else:
+                console.print(f"{rep.status:9} {rep.name}: {rep.chunks} chunks", highlight=False)
+            done = int(bar.tasks[0].completed) + 1
+            bar.update(task, advance=1, description="de-duplicating" if done == len(sources)
+                       else f"reading {sources[done].name}")
+
+        report = build_corpus(out_dir, sources, force=force, on_source=show)
     console.print(f"corpus: {report.chunks} chunks ({report.duplicates} near-duplicates dropped)"
                   f" in {out_dir}", highlight=False)
     if no_index:
@@ -95,29 +105,43 @@ def tune_retriever_command(
 def search(
     query: str = typer.Argument(..., help="a question or keywords"),
     k: int = typer.Option(3, "--k", help="how many chunks to return"),
-    method: str = typer.Option("fused", "--method", help="fused, reranked, rrf, dense or "
-                               "bm25"),
+    method: str = typer.Option("auto", "--method", help="auto (reranked where 'chip "
+                               "tune-retriever' trained a re-ranker, else fused), reranked, "
+                               "fused, rrf, dense or bm25"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON list of "
                                  "{source, section, text, score}"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
+    server: str | None = typer.Option(None, "--server", help=_SERVER_HELP),
 ) -> None:
     """Search the knowledge base and print the best chunks."""
     import sys
 
-    from leanstack.chipexpert.retrieval import Retriever, query_encoder
-    from leanstack.chipexpert.store import default_dir
+    from leanstack.chipexpert.client import find_server, remote_search, server_setting
 
-    kb = directory or default_dir()
-    hits = Retriever.load(kb).search(query, k=k, method=method)
-    if method != "bm25":
-        print(f"({query_encoder(kb)[2]})", file=sys.stderr)
+    setting = server_setting(server)
+    if setting.lower() not in ("auto", "off", "none", "no") and (directory or method != "auto"):
+        raise LeanstackError("a server searches its own knowledge base by the auto method; "
+                             "drop --dir/--method or pass --server off")
+    url = find_server(setting) if directory is None and method == "auto" else None
+    if url:
+        hits = remote_search(url, query, k)
+        print(f"(searched by the ChipExpert server at {url})", file=sys.stderr)
+    else:
+        from leanstack.chipexpert.retrieval import Retriever, query_encoder
+        from leanstack.chipexpert.store import default_dir
+
+        kb = directory or default_dir()
+        hits = [h.to_json() for h in Retriever.load(kb).search(query, k=k, method=method)]
+        if method != "bm25":
+            print(f"({query_encoder(kb)[2]})", file=sys.stderr)
     if as_json:
-        print(json.dumps([{key: h.to_json()[key] for key in ("source", "section", "text", "score")}
+        print(json.dumps([{key: h[key] for key in ("source", "section", "text", "score")}
                           for h in hits], indent=1, ensure_ascii=False))
         return
     for n, h in enumerate(hits, 1):
-        print(f"[{n}] {h.source} — {h.section}  (score {h.score:.4f})")
-        print("    " + h.text[:400].replace("\n", "\n    ") + ("…" if len(h.text) > 400 else ""))
+        print(f"[{n}] {h['source']} — {h['section']}  (score {h['score']:.4f})")
+        text = h["text"]
+        print("    " + text[:400].replace("\n", "\n    ") + ("…" if len(text) > 400 else ""))
 
 
 _MODEL_HELP = ("local model: a Hugging Face directory or .gguf file (default: the bundled "
@@ -139,29 +163,52 @@ def ask(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="answer length cap"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
     mode: str = typer.Option("auto", "--mode", help=_MODE_HELP),
+    server: str | None = typer.Option(None, "--server", help=_SERVER_HELP),
 ) -> None:
     """Answer a question from the top-k passages of the knowledge base, with numbered citations."""
-    from leanstack.chipexpert.assistant import make_assistant
+    import sys
+
+    from leanstack.chipexpert.client import find_server, remote_ask, server_setting
 
     if max_new_tokens < 1:
         raise LeanstackError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
-    answer = make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory,
-                            mode=mode).ask(question, max_new_tokens)
+    setting = server_setting(server)
+    local_only = bool(model or endpoint or directory)
+    if setting.lower() not in ("auto", "off", "none", "no") and local_only:
+        raise LeanstackError("a server answers with its own model and knowledge base; drop "
+                             "--model/--endpoint/--dir or pass --server off")
+    url = None if local_only else find_server(setting)
+    if url:
+        answer = remote_ask(url, question, k, not no_rag, max_new_tokens, mode)
+        print(f"(answered by the ChipExpert server at {url})", file=sys.stderr)
+    else:
+        from leanstack.chipexpert.assistant import make_assistant
+        from leanstack.chipexpert.generators import BundledGenerator
+
+        assistant = make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory,
+                                   mode=mode, lazy=True)
+        if isinstance(assistant.generator, BundledGenerator) and \
+                assistant.resolve_mode() == "generative":
+            print("(no ChipExpert server running: loading the model in this process; "
+                  "'leanstack chip serve' keeps it loaded for the next questions)",
+                  file=sys.stderr)
+        answer = assistant.ask(question, max_new_tokens).to_dict()
     if as_json:
-        print(json.dumps(answer.to_dict(), indent=1, ensure_ascii=False))
+        print(json.dumps(answer, indent=1, ensure_ascii=False))
         return
-    print(answer.answer)
-    if answer.citations:
+    print(answer["answer"])
+    if answer["citations"]:
         print()
-    for c in answer.citations:
-        print(f"[{c.n}]{'*' if c.cited else ' '} {c.source} — {c.section}  (score {c.score:.4f})")
-    if answer.invalid_citations:
-        print(f"(taken out: citations {', '.join(f'[{n}]' for n in answer.invalid_citations)}"
+    for c in answer["citations"]:
+        print(f"[{c['n']}]{'*' if c['cited'] else ' '} {c['source']} — {c['section']}  "
+              f"(score {c['score']:.4f})")
+    if answer["invalid_citations"]:
+        print(f"(taken out: citations {', '.join(f'[{n}]' for n in answer['invalid_citations'])}"
               " of passages that were not shown)")
-    step = "extraction" if answer.mode == "extractive" else "generation"
-    print(f"\n({answer.mode}, {answer.latency_s:.2f} s: retrieval {answer.retrieval_s:.2f} s, "
-          f"{step} {answer.generation_s:.2f} s"
-          f"{'; * = cited in the answer' if answer.citations else ''})")
+    step = "extraction" if answer["mode"] == "extractive" else "generation"
+    print(f"\n({answer['mode']}, {answer['latency_s']:.2f} s: retrieval "
+          f"{answer['retrieval_s']:.2f} s, {step} {answer['generation_s']:.2f} s"
+          f"{'; * = cited in the answer' if answer['citations'] else ''})")
 
 
 @chip_app.command("serve")
@@ -183,8 +230,11 @@ def serve(
 
     if not 0 < port < 65536:
         raise LeanstackError(f"--port must be 1..65535 (got {port})")
-    app = create_app(make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory,
-                                    mode=mode))
+    assistant = make_assistant(model, endpoint, rag=not no_rag, k=k, directory=directory,
+                               mode=mode)
+    if assistant.retriever is not None:
+        assistant.retriever.model  # noqa: B018 -- load the question encoder before the first call
+    app = create_app(assistant)
     print(f"ChipExpert on http://{host}:{port}/  (API: POST /api/ask, GET /api/search)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

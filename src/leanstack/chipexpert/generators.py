@@ -201,6 +201,34 @@ class EndpointGenerator:
                              "cannot score given text); use a local --model for MCQ scoring")
 
 
+class BundledGenerator:
+    """The bundled SmolLM2-135M-Instruct, loaded on first use: an extractive answer (the
+    default for this small model) never needs it, so ``chip ask`` then starts without torch."""
+
+    name = "SmolLM2-135M-Instruct"
+    small = True  # 135M parameters, under SMALL_MODEL_PARAMS
+
+    def __init__(self) -> None:
+        self._local: LocalGenerator | None = None
+        self._lock = threading.Lock()
+
+    def load(self) -> LocalGenerator:
+        """The loaded model (loads it on the first call)."""
+        with self._lock:
+            if self._local is None:
+                self._local = LocalGenerator(None)
+            return self._local
+
+    def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
+                 prose: bool = False) -> str:
+        """As ``LocalGenerator.generate``."""
+        return self.load().generate(messages, max_new_tokens, prose=prose)
+
+    def score_choices(self, messages: list[dict[str, str]], choices: list[str]) -> list[float]:
+        """As ``LocalGenerator.score_choices``."""
+        return self.load().score_choices(messages, choices)
+
+
 def make_generator(model: str | None = None, endpoint: str | None = None) -> Generator:
     """``endpoint`` -> an OpenAI-compatible server (``model`` names the model there);
     otherwise a local model: None for the bundled SmolLM2, a Hugging Face dir or a .gguf path."""

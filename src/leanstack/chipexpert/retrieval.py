@@ -6,7 +6,9 @@ into a small prior for that tool's sources (``query.py``); dense cosine and BM25
 chunk are min-max normalised and combined convexly (``fusion.py``); a result list may hold
 several chunks of one section (``PER_SECTION``). Questions are embedded by the knowledge base's
 fine-tuned query encoder when one was trained (``finetune.py``), and ``reranked`` search
-re-orders the fused top 20 with a learned scorer (``rerank.py``).
+re-orders the fused top 20 with a learned scorer (``rerank.py``; one of its feature sets also
+matches the question against each chunk's sentences, ``sentences.py``). ``auto`` (the default)
+is ``reranked`` where ``leanstack chip tune-retriever`` trained a re-ranker, else ``fused``.
 
 Index layout (in ``<corpus dir>/index``)::
 
@@ -35,6 +37,7 @@ from leanstack.chipexpert.corpus import CORPUS_FILE, load_corpus
 from leanstack.chipexpert.finetune import finetuned_dir, finetuned_name
 from leanstack.chipexpert.fusion import convex_fusion, reciprocal_rank_fusion
 from leanstack.chipexpert.rerank import RERANK_DEPTH, Reranker, reranker_dir
+from leanstack.chipexpert.sentences import SentenceIndex, sentences_dir
 from leanstack.chipexpert.store import write_json
 from leanstack.errors import LeanstackError
 
@@ -43,6 +46,7 @@ INDEX_DIR = "index"
 INDEX_VERSION = 2
 METHODS = ("fused", "rrf", "dense", "bm25")
 RERANKED = "reranked"  # fused, then the trained re-ranker (only where one was trained)
+AUTO = "auto"  # reranked where a re-ranker was trained, else fused: the default
 CANDIDATES = 50  # each retriever's list length fed into reciprocal rank fusion
 MODEL_NAME = dense.BASE_MODEL_NAME
 # How many chunks of one section a result list may hold (0: any number); chosen on the tuning
@@ -208,6 +212,8 @@ class Retriever:
         self.dense_weight = DENSE_WEIGHT
         self.per_section = PER_SECTION
         self.reranker: Reranker | None = None
+        self.sentences_path: Path | None = None  # the evidence-sentence index, loaded on use
+        self._sentences: SentenceIndex | None = None
         self._model_path = model_path  # the query encoder's directory; None: the base model
         self.query_model_name = MODEL_NAME if model_path is None else str(model_path)
         self._query_vectors: dict[str, np.ndarray] = {}
@@ -250,24 +256,49 @@ class Retriever:
         retriever.query_model_name = name
         if reranker_dir(corpus_dir).exists():
             retriever.reranker = Reranker.load(reranker_dir(corpus_dir))
+        retriever.sentences_path = sentences_dir(corpus_dir)
         return retriever
 
     @property
+    def sentences(self) -> SentenceIndex:
+        """The evidence-sentence index (``sentences.py``), loaded on first use."""
+        if self._sentences is None:
+            if self.sentences_path is None:
+                raise LeanstackError("this retriever has no sentence index; run 'leanstack "
+                                     "chip tune-retriever'")
+            self._sentences = SentenceIndex.load(self.sentences_path, self.corpus_sha256,
+                                                 len(self.chunks))
+        return self._sentences
+
+    @sentences.setter
+    def sentences(self, index: SentenceIndex) -> None:
+        self._sentences = index
+
+    @property
+    def corpus_sha256(self) -> str:
+        """Hash of the chunk ids, the identity the sentence index is checked against."""
+        return hashlib.sha256("\n".join(c.id for c in self.chunks).encode()).hexdigest()
+
+    @property
     def model(self) -> dense.Encoder:
-        """The embedding model, loaded on first use."""
+        """The question encoder, loaded on first use: the numpy one (``query_encoder.py``),
+        which spares a search the import of torch."""
         if self._model is None:
-            self._model = dense.load_model(path=self._model_path)
+            from leanstack.chipexpert.query_encoder import load_query_encoder
+
+            self._model = load_query_encoder(self._model_path)
         return self._model
 
-    def search(self, text: str, k: int = 3, method: str = "fused",
+    def search(self, text: str, k: int = 3, method: str = AUTO,
                per_section: int | None = None) -> list[Hit]:
         """The ``k`` best chunks for ``text`` by ``method``, at most ``per_section`` (default
-        ``PER_SECTION``; 0: any number) per section: fused (default), reranked (the fused
-        top-20 re-ordered by the trained re-ranker), rrf (reciprocal rank fusion, the earlier
-        default), dense or bm25."""
-        if method not in (*METHODS, RERANKED):
+        ``PER_SECTION``; 0: any number) per section: auto (default: reranked where a re-ranker
+        was trained, else fused), reranked (the fused top-20 re-ordered by the trained
+        re-ranker), fused, rrf (reciprocal rank fusion), dense or bm25."""
+        if method not in (AUTO, RERANKED, *METHODS):
             raise LeanstackError(f"unknown retrieval method '{method}'; use one of "
-                                 f"{', '.join((*METHODS, RERANKED))}")
+                                 f"{', '.join((AUTO, RERANKED, *METHODS))}")
+        method = self.resolve(method)
         if k < 1:
             raise LeanstackError(f"k must be at least 1 (got {k})")
         if not text.strip():
@@ -278,8 +309,15 @@ class Retriever:
                     self.chunks[i].text, round(score, 6))
                 for i, score in one_per_section(ranked, self.chunks, k, per_section)]
 
+    def resolve(self, method: str) -> str:
+        """The method ``auto`` stands for here (any other method: itself)."""
+        if method != AUTO:
+            return method
+        return RERANKED if self.reranker is not None else "fused"
+
     def ranked(self, text: str, method: str, depth: int) -> list[tuple[int, float]]:
         """The ``depth`` best (chunk row, score) pairs by ``method``, no per-section limit."""
+        method = self.resolve(method)
         if method == "bm25":
             ranked = self.bm25.search(text, depth)
         elif method == "dense":

@@ -6,11 +6,12 @@ One item per line::
      "question": "...", "answer": "...", "key_facts": ["..."], "checker": {...},
      "tolerance": {"rel": 0.02}, "unit": "Hz"}
 
-``choices`` (four strings, answer is their letter) for ``mcq``; ``tolerance`` ({"rel": r} and/or
-{"abs": a}) and ``unit`` for ``numeric``; ``checker`` holds ``top`` and ``testbench`` for
-``verilog`` and ``analysis`` (analysis + ``.meas`` lines), ``limits`` ({name: [low, high]}) and an
-optional ``harness`` (sources and loads around the candidate's netlist) for ``spice``; it is ``{}``
-for the other types.
+``choices`` (four strings, answer is their letter) and ``order`` (the shuffle that put the
+correct choice at that letter, see ``choice_order.py``) for ``mcq``; ``tolerance``
+({"rel": r} and/or {"abs": a}) and ``unit`` for ``numeric``; ``checker`` holds ``top`` and
+``testbench`` for ``verilog`` and ``analysis`` (analysis + ``.meas`` lines), ``limits``
+({name: [low, high]}) and an optional ``harness`` (sources and loads around the candidate's
+netlist) for ``spice``; it is ``{}`` for the other types.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ EXECUTABLE = ("verilog", "spice")
 LETTERS = "ABCD"
 VERILOG_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 REQUIRED = ("id", "domain", "level", "type", "question", "answer", "key_facts", "checker")
-OPTIONAL = ("choices", "tolerance", "unit")
+OPTIONAL = ("choices", "order", "tolerance", "unit")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class Item:
     key_facts: list[str]
     checker: dict[str, Any]
     choices: list[str] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
     tolerance: dict[str, float] = field(default_factory=dict)
     unit: str = ""
 
@@ -98,8 +100,16 @@ def _check_fields(rec: dict[str, Any], where: str) -> None:
             raise _problem(where, "choices", "has duplicates; make the four choices distinct")
         if rec["answer"] not in LETTERS:
             raise _problem(where, "answer", f"is {rec['answer']!r}; an mcq answer is one of A-D")
-    elif "choices" in rec:
-        raise _problem(where, "choices", f"belongs to mcq items only, not {kind}")
+        order = rec.get("order")
+        if order is not None and not (isinstance(order, list)
+                                      and all(type(i) is int for i in order)
+                                      and sorted(order) == [0, 1, 2, 3]
+                                      and LETTERS[order.index(0)] == rec["answer"]):
+            raise _problem(where, "order", "must be a permutation of 0-3 with 0 (the correct "
+                           "choice) at the answer's letter")
+    elif "choices" in rec or "order" in rec:
+        raise _problem(where, "choices" if "choices" in rec else "order",
+                       f"belongs to mcq items only, not {kind}")
     if kind == "numeric":
         tol = rec.get("tolerance")
         if not (isinstance(tol, dict) and tol and set(tol) <= {"rel", "abs"}
