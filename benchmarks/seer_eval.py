@@ -56,8 +56,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
-from leanstack.microservices.result import environment, write_json_atomic
+from leanstack.microservices.result import environment
 from leanstack.seer.campaign import Dataset, collect
 from leanstack.seer.ceiling import anticipation_ceiling, healthy_range
 from leanstack.seer.evaluate import (
@@ -236,7 +237,7 @@ def main() -> None:
         for part in args.merge:
             cmd = cmd.replace(str(part.parent), "PARTS_DIR")
         result["merge_command"] = cmd.replace(str(dd), "DATA_DIR") if dd else cmd
-    write_json_atomic(result, args.out)
+    write_json(args.out, result)
     print_tables(result)
     print(f"results: {args.out}")
 

@@ -44,7 +44,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from leanstack.atomic import write_json
 from leanstack.errors import LeanstackError
 from leanstack.microservices.observation import percentiles_ms, sla_violated
 from leanstack.schema import Count, FileModel, Finite, NonNegative, PercentileKey, Positive, check
@@ -232,10 +231,6 @@ def _alloc_total(entry: dict[str, Any]) -> float:
 def _used_total(entry: dict[str, Any]) -> float:
     return sum(t.get("cpu_used", 0.0) for t in entry["tiers"].values())
 
-
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    """Write ``data`` as JSON to a temporary file beside ``path``, then rename it into place."""
-    return write_json(path, data)
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

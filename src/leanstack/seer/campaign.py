@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from leanstack.atomic import write_npz
+from leanstack.atomic import write_json, write_npz
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
 from leanstack.microservices.controllers import HPAController, StaticController
@@ -158,7 +158,6 @@ def run_episode(app: AppSpec, plan: EpisodePlan, backend: str = "sim", interval_
                 out_json: str | Path | None = None) -> dict[str, Any]:
     """Run one episode through the experiment runner; return its ExperimentResult with the
     fault's ground truth under ``"faults"`` (also written to ``out_json`` when given)."""
-    from leanstack.microservices.result import write_json_atomic
     from leanstack.microservices.runner import make_backend, run_experiment
 
     opts = {"seed": plan.seed} if backend == "sim" else {}
@@ -173,7 +172,7 @@ def run_episode(app: AppSpec, plan: EpisodePlan, backend: str = "sim", interval_
         result["decoys"] = [plan.decoy.to_dict()] if plan.decoy else []
         result["episode"] = plan.to_dict()
         if out_json:
-            write_json_atomic(result, out_json)
+            write_json(out_json, result)
     return result
 
 
