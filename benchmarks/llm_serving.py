@@ -401,35 +401,31 @@ def plot_online(rows: list[dict[str, Any]], path: Path) -> list[Path]:
 
     formats = list(dict.fromkeys(label(r) for r in rows))
     first_rate, first_budget = rows[0]["rate_rps"], rows[0]["budget_mb"]
-    written = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kv in formats:
-        pts = sorted((r["budget_mb"], r["output_tokens_per_s"], r["peak_running"])
-                     for r in rows if label(r) == kv and r["rate_rps"] == first_rate)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kv)
-        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=kv)
-    axes[0].set(xlabel="KV budget (MiB)", ylabel="output tokens/s", title="throughput vs budget")
-    axes[1].set(xlabel="KV budget (MiB)", ylabel="peak concurrent sequences",
-                title="concurrency vs budget")
-    axes[0].legend()
-    fig.tight_layout()
-    written.append(path.with_name(path.stem + "_budget.png"))
-    fig.savefig(written[-1], dpi=110)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for kv in formats:
-        pts = sorted((r["rate_rps"], r["ttft_p99_s"], r["tpot_p99_s"]) for r in rows
-                     if label(r) == kv and r["budget_mb"] == first_budget)
-        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=kv)
-        axes[1].plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=kv)
-    axes[0].set(xlabel="offered load (requests/s)", ylabel="TTFT p99 (s)",
-                title="latency vs load: TTFT")
-    axes[1].set(xlabel="offered load (requests/s)", ylabel="TPOT p99 (s)",
-                title="latency vs load: TPOT")
-    axes[0].legend()
-    fig.tight_layout()
-    written.append(path.with_name(path.stem + "_load.png"))
-    fig.savefig(written[-1], dpi=110)
-    return written
+    def two_panels(x: str, ys: tuple[str, str], keep: Any, xlabel: str, ylabels: tuple[str, str],
+                   titles: tuple[str, str], suffix: str) -> Path:
+        """One figure: ``ys[0]`` and ``ys[1]`` against ``x``, a line per format."""
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for kv in formats:
+            pts = sorted((r[x], r[ys[0]], r[ys[1]]) for r in rows if label(r) == kv and keep(r))
+            for i, ax in enumerate(axes):
+                ax.plot([p[0] for p in pts], [p[i + 1] for p in pts], "o-", label=kv)
+                ax.set(xlabel=xlabel, ylabel=ylabels[i], title=titles[i])
+        axes[0].legend()
+        fig.tight_layout()
+        out = path.with_name(path.stem + suffix)
+        fig.savefig(out, dpi=110)
+        return out
+
+    return [
+        two_panels("budget_mb", ("output_tokens_per_s", "peak_running"),
+                   lambda r: r["rate_rps"] == first_rate, "KV budget (MiB)",
+                   ("output tokens/s", "peak concurrent sequences"),
+                   ("throughput vs budget", "concurrency vs budget"), "_budget.png"),
+        two_panels("rate_rps", ("ttft_p99_s", "tpot_p99_s"),
+                   lambda r: r["budget_mb"] == first_budget, "offered load (requests/s)",
+                   ("TTFT p99 (s)", "TPOT p99 (s)"),
+                   ("latency vs load: TTFT", "latency vs load: TPOT"), "_load.png"),
+    ]
 
 
 def plot(data: dict[str, Any], path: Path) -> None:
