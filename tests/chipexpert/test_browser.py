@@ -4,8 +4,6 @@ the real server on a free port, a question typed, Ask clicked, the answer and a 
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from leanstack.chipexpert.assistant import Assistant
 from leanstack.chipexpert.retrieval import Retriever
 from leanstack.chipexpert.server import create_app
 
+from .conftest import served
 from .test_assistant import QUESTION, ScriptedGenerator
 
 CHROMIUM = "/usr/bin/chromium"
@@ -24,21 +23,9 @@ REPLY = "Run opt_clean after synthesis [1]."
 
 @pytest.fixture(scope="module")
 def base_url(small_kb: Path, embedding_model) -> Iterator[str]:
-    import uvicorn
-
     retriever = Retriever.load(small_kb, model=embedding_model)
-    app = create_app(Assistant(ScriptedGenerator(REPLY), retriever, k=3))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(Assistant(ScriptedGenerator(REPLY), retriever, k=3))) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from leanstack.chipexpert.retrieval import Retriever
 from leanstack.chipexpert.server import create_app
 from leanstack.errors import LeanstackError
 
+from .conftest import served
 from .test_assistant import QUESTION, ScriptedGenerator
 
 runner = CliRunner()
@@ -39,20 +39,9 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def server_url(small_kb: Path) -> Iterator[str]:
-    import uvicorn
-
-    app = create_app(Assistant(ScriptedGenerator(REPLY), Retriever.load(small_kb), k=3,
-                               mode="generative"))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with served(create_app(Assistant(ScriptedGenerator(REPLY), Retriever.load(small_kb), k=3,
+                                     mode="generative"))) as url:
+        yield url
 
 
 def test_search_and_ask_use_the_given_server(server_url: str, small_kb: Path) -> None:

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -161,6 +162,8 @@ def test_calibrate_writes_a_preset_that_eval_loads(tiny_model_dir, tmp_path):
                                          "--target-kl", "1e9", *common])
     assert result.exit_code == 0, result.output
     assert "calibration half" in result.output and "meets the targets" in result.output
+    # the bar completes though the later rungs are never run
+    assert re.search(r"^calibrate\b.* 100% ", result.output, re.MULTILINE)
     # loose targets: the first, most compressed rung is taken
     assert LeanKVConfig.load(str(easy)) == rung_config(LADDER[0][1])
     assert "met_targets = true" in easy.read_text()

@@ -92,6 +92,22 @@ def test_receiver_keeps_json_spans_and_refuses_the_rest():
         assert "\n" not in str(e.value)
 
 
+def test_receiver_reads_old_and_new_spans_once_each_in_end_order_and_drops_the_earliest():
+    spans = [_span("a", i) for i in range(8)]  # end time grows with i
+    with OtlpReceiver("127.0.0.1", 0, max_spans=6) as rx:
+        rx.add([spans[4], spans[2], spans[5]])
+        assert rx.spans() == [spans[2], spans[4], spans[5]]
+        rx.add([spans[6], spans[3]])  # one later, one arriving late between those kept
+        assert rx.spans() == spans[2:7]  # old and new, no duplicates, by end time
+        assert rx.spans() == spans[2:7]  # reading again changes nothing
+        assert rx.spans(since_ns=spans[4].end_ns) == spans[4:7]
+        assert rx.spans(since_ns=spans[6].end_ns + 1) == []
+        late_twin = _span("b", 5)  # the same end time as spans[5], arriving after it
+        rx.add([spans[7], late_twin, spans[1]])  # 8 spans now: the 2 earliest-ended go
+        assert rx.spans() == [spans[3], spans[4], spans[5], late_twin, spans[6], spans[7]]
+        assert rx.received == 8
+
+
 def test_export_sets_the_endpoint_and_stops_span_files_in_pods():
     app = load_app("social-network")
     url = "http://leanstack-control.leanstack.svc:4318/v1/traces"

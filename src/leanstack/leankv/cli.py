@@ -227,8 +227,8 @@ def kv_calibrate(
     print(f"calibrating on the calibration half of the corpus ({n_docs} documents), targets: "
           f"ppl +{target_ppl}%, KL {target_kl}")
     with Progress() as bar:
-        task = bar.add_task("calibrate", total=settings.steps_per_document() * n_docs
-                            * len(LADDER))
+        total = settings.steps_per_document() * n_docs * len(LADDER)
+        task = bar.add_task("calibrate", total=total)
 
         def report(rung: Any) -> None:
             m = rung.mean
@@ -241,6 +241,7 @@ def kv_calibrate(
 
         rungs = calibrate(loaded, target_ppl, target_kl, settings,
                           lambda n: bar.advance(task, n), report, min_retrieval)
+        bar.update(task, completed=total)  # what was left: rungs stopped early or not needed
     chosen = rungs[-1]
     write_bytes(out, preset_toml(chosen, model, target_ppl, target_kl, min_retrieval,
                                  "leanstack " + " ".join(sys.argv[1:])).encode())

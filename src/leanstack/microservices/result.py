@@ -40,12 +40,12 @@ import statistics
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.observation import percentiles_ms, sla_violated
+from leanstack.provenance import runtime_environment
 from leanstack.schema import Count, FileModel, Finite, NonNegative, PercentileKey, Positive, check
 
 
@@ -275,19 +275,11 @@ PACKAGES = ("leanstack", "numpy", "scipy", "aiohttp", "hdrhistogram", "matplotli
 
 def environment(wall_s: float, command: list[str] | None = None) -> dict[str, Any]:
     """Where and how a result was produced: versions, core count, the exact command, time."""
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
     argv = sys.argv if command is None else command
     return {
         "wall_s": round(wall_s, 3),
-        "python": platform.python_version(),
+        **runtime_environment(PACKAGES),
         "platform": platform.platform(),
-        "packages": versions,
-        "cpu_count": os.cpu_count(),
         "command": _command_line(argv),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }

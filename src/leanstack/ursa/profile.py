@@ -330,14 +330,11 @@ class _Explorer:
         stopped, last, good = "floor", base, None
         expected = cfg.rps * self.visits[name]
         for _ in range(cfg.max_steps):
-            obs = yield cpu
-            point, tail = self._point(name, cpu, obs)
-            if point is None:
+            step = yield from self._measure_at(name, cpu, points, tails)
+            if step is None:
                 stopped = "idle"
                 break
-            points.append(point)
-            tails.append(tail)
-            last = obs
+            point, last = step
             if point[1] > bound:
                 stopped = "bound"
                 break
@@ -351,12 +348,10 @@ class _Explorer:
             bad = cpu
             for _ in range(cfg.refine_steps):
                 mid = (good * bad) ** 0.5
-                point, tail = self._point(name, mid, (yield mid))
-                if point is None:
+                step = yield from self._measure_at(name, mid, points, tails)
+                if step is None:
                     break
-                points.append(point)
-                tails.append(tail)
-                good, bad = (mid, bad) if point[1] <= bound else (good, mid)
+                good, bad = (mid, bad) if step[0][1] <= bound else (good, mid)
         self._watch_callers(name, base, last)
         order = sorted(range(len(points)), key=lambda i: points[i])
         self.tiers[name] = TierProfile(name, [points[i] for i in order] or [(0.0, 0.0)], bound,
@@ -381,15 +376,12 @@ class _Explorer:
         points, tails = [first], [first_tail]
         stopped, last = "floor", base
         for _ in range(cfg.shape_steps):
-            obs = yield cpu
-            point, tail = self._point(name, cpu, obs)
-            if point is None:
+            step = yield from self._measure_at(name, cpu, points, tails)
+            if step is None:
                 stopped = "idle"
                 break
+            point, last = step
             measured.append(point)
-            points.append(point)
-            tails.append(tail)
-            last = obs
             out = point[1] > bound
             if out:
                 stopped = "bound"
@@ -429,6 +421,20 @@ class _Explorer:
             prof.slowed_by = sorted(self.slowed[name])
             prof.backpressure_free = not prof.slowed_by
         return self.tiers
+
+    def _measure_at(self, name: str, cpu: float, points: list[tuple[float, float]],
+                    tails: list[dict[str, float]]) -> Generator[
+            float, list[Observation], tuple[tuple[float, float], list[Observation]] | None]:
+        """Ask for ``cpu`` cores for ``name``, add the point measured there to ``points`` and its
+        tail to ``tails``, and return the point with the step's observations; ``None`` when the
+        tier served nothing in that step."""
+        obs = yield cpu
+        point, tail = self._point(name, cpu, obs)
+        if point is None:
+            return None
+        points.append(point)
+        tails.append(tail)
+        return point, obs
 
     def _point(self, name: str, cpu: float, obs: list[Observation]) -> tuple[
             tuple[float, float] | None, dict[str, float]]:

@@ -1,0 +1,39 @@
+"""Where a result was produced: the Python version, the core count, installed package versions,
+and for a benchmark also the command as typed and the time."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str | None]:
+    """The installed version of each distribution in ``names``; ``None`` for one not installed."""
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def runtime_environment(packages: Iterable[str]) -> dict[str, Any]:
+    """``{"python", "cpu_count", "packages": {name: version}}`` for the running interpreter."""
+    return {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "packages": package_versions(packages)}
+
+
+def benchmark_record(packages: Iterable[str], **conditions: Any) -> dict[str, Any]:
+    """A benchmark result's ``environment`` (``runtime_environment`` plus ``conditions``, such as
+    a thread count), ``command`` (the interpreter's name, no install path, then the arguments)
+    and ``timestamp`` (UTC) entries."""
+    return {"environment": {**runtime_environment(packages), **conditions},
+            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}

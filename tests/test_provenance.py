@@ -1,0 +1,29 @@
+"""The environment, command and time a result records."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from importlib import metadata
+
+from leanstack.provenance import benchmark_record, package_versions, runtime_environment
+
+
+def test_versions_of_installed_packages_and_none_for_a_missing_one():
+    versions = package_versions(["numpy", "no-such-distribution-x"])
+    assert versions == {"numpy": metadata.version("numpy"), "no-such-distribution-x": None}
+
+
+def test_runtime_environment_has_python_cores_and_the_named_packages_only():
+    env = runtime_environment(("numpy",))
+    assert env["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}")
+    assert env["cpu_count"] >= 1 and list(env["packages"]) == ["numpy"]
+
+
+def test_benchmark_record_adds_conditions_command_without_install_path_and_time(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/x.py", "--quick"])
+    record = benchmark_record(("numpy",), threads=2)
+    assert record["environment"]["threads"] == 2 and "numpy" in record["environment"]["packages"]
+    interpreter, *rest = record["command"].split(" ")
+    assert "/" not in interpreter and rest == ["benchmarks/x.py", "--quick"]
+    assert datetime.fromisoformat(record["timestamp"]).tzinfo is not None
