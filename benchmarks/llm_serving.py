@@ -207,10 +207,12 @@ def run_decode_profile(formats: list[str], batch: int, context: int, steps: int,
     """Decode steps of ``batch`` sequences with ``context``-token text prompts, per format,
     each in a fresh process (so resident memory is that format's alone): the median step, the
     time in the KV path — for page formats ``KVManager.read`` (gather and decode every context
-    record, every layer) + ``write``; for tiered LeanKV the format's ``write_batch`` (encode and
-    store the step's new tokens of all sequences, one call per layer), the sequences' ``attend``
-    (attention over the de-quantized working set, attention math included) and ``end_step``
-    (re-tier) — and the process's resident memory."""
+    record, every layer) + ``write``, and the decode attention that ``read`` is part of
+    (``decode_attention``, attention math included); for tiered LeanKV the format's
+    ``write_batch`` (encode and store the step's new tokens of all sequences, one call per
+    layer), its ``attend_batch`` (attention of all sequences over their de-quantized working
+    sets, one call per layer, conversion and attention math included) and the sequences'
+    ``end_step`` (re-tier) — and the process's resident memory."""
     out: dict[str, Any] = {"batch": batch, "context": context, "steps": steps, "formats": {}}
     for fmt in formats:
         cmd = [sys.executable, __file__, "--profile-worker", fmt, "--profile-batch", str(batch),
@@ -260,14 +262,24 @@ def profile_one(fmt: str, batch: int, context: int, steps: int) -> dict[str, Any
     timers = {"read": _Clock(), "write": _Clock()}
     engine.kv.read = _wrap(engine.kv.read, timers["read"])
     engine.kv.write = _wrap(engine.kv.write, timers["write"])
+    # page formats: the batched decode attention, its KVManager.read included
+    timers["decode_attention"] = _Clock()
+    engine.runner._decode_attention = _wrap(engine.runner._decode_attention,
+                                            timers["decode_attention"])
     kv_format = engine.kv.format(fmt)[0]
     batched = hasattr(kv_format, "write_batch")  # (older engines wrote sequence by sequence)
     if batched:
         kv_format.write_batch = _wrap(kv_format.write_batch,
                                       timers.setdefault("tiered_write", _Clock()))
+    per_sequence = ["end_step"] if batched else ["write", "end_step"]
+    if hasattr(kv_format, "attend_batch"):  # all sequences' attention, one call per layer
+        kv_format.attend_batch = _wrap(kv_format.attend_batch,
+                                       timers.setdefault("tiered_attend", _Clock()))
+    else:  # (older engines attended sequence by sequence)
+        per_sequence.append("attend")
     for s in seqs:
         if s.kv_store is not None:
-            for name in ("attend", "end_step") if batched else ("write", "attend", "end_step"):
+            for name in per_sequence:
                 clock = timers.setdefault(f"tiered_{name}", _Clock())
                 setattr(s.kv_store, name, _wrap(getattr(s.kv_store, name), clock))
     running = len(engine.scheduler.running)
@@ -281,6 +293,9 @@ def profile_one(fmt: str, batch: int, context: int, steps: int) -> dict[str, Any
                            "step_ms": [round(1000 * t, 1) for t in times]}
     row.update({f"{k}_ms_per_step": round(1000 * v.seconds / steps, 1)
                 for k, v in timers.items()})
+    # attention with its fp16 -> fp32 conversion (page formats: the gather too), share of the step
+    attention = timers.get("tiered_attend", timers["decode_attention"]).seconds
+    row["attention_share_of_step"] = round(attention / sum(times), 3)
     stats = engine.stats()
     row["working_set_bytes"] = stats["kv_working_set_bytes"]
     row["kv_bytes_used"] = stats["kv_bytes_used"]

@@ -154,6 +154,25 @@ def test_balanced_tracks_the_fp16_greedy_continuation(loaded, long_prompt):
     _assert_no_leak(engine)
 
 
+def test_batched_leankv_decode_attention_keeps_greedy_outputs(loaded, prompts, monkeypatch):
+    from leanstack.leankv.engine_format import LeanKVFormat
+
+    params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
+    batched = [s.output_ids for s in _engine(loaded, "balanced").generate(prompts, params)]
+    calls = []
+
+    def one_by_one(self, layer, stores, q, q_pos, scaling):  # the reference: no batching
+        calls.append(len(stores))
+        return torch.cat([s.attend(layer, q[i:i + 1], q_pos[i:i + 1], scaling)
+                          for i, s in enumerate(stores)])
+
+    monkeypatch.setattr(LeanKVFormat, "_attend_decodes", one_by_one)
+    engine = _engine(loaded, "balanced")
+    assert [s.output_ids for s in engine.generate(prompts, params)] == batched
+    assert max(calls) == len(prompts)  # the batched path did batch all four decodes
+    _assert_no_leak(engine)
+
+
 def test_tiered_sequences_survive_preemption(loaded, prompts):
     engine = _engine(loaded, "balanced", budget_mb=1.5)  # 4 pages: requests preempt each other
     seqs = engine.generate(prompts, SamplingParams(max_tokens=30, ignore_eos=True))

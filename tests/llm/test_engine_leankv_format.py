@@ -74,3 +74,32 @@ def test_working_set_is_fp16_unless_a_tier_stores_32_bits():
     out = seq16.kv_store.attend(0, q, torch.tensor([1]), SHAPE.head_dim ** -0.5)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert seq16.kv_store.working_set_bytes() < seq32.kv_store.working_set_bytes()
+
+
+def test_batched_attention_equals_attention_sequence_by_sequence():
+    # three decoding sequences of different widths (one with a pruned hole) and a prompt chunk
+    lengths, chunk = [5, 1, 3], 4
+    data = _tokens([*lengths, chunk])
+    kvs = [KVManager(SHAPE, 16 * PAGE, PAGE) for _ in range(2)]
+    fmt = kvs[0].format("balanced")[0]
+    batched, single = (_sequences(kv, "balanced", [*lengths, chunk]) for kv in kvs)
+    for seqs in (batched, single):
+        for layer in range(SHAPE.num_layers):
+            for seq, (p, k, v) in zip(seqs, data, strict=True):
+                seq.kv_store.write(layer, p, k[layer], v[layer])
+        seqs[0].kv_store.pos[:, 1, 2] = -1  # a pruned token: a masked hole
+    q = torch.randn(len(lengths) + chunk, 4, SHAPE.head_dim, generator=torch.Generator()
+                    .manual_seed(1))
+    q_pos = torch.tensor([n - 1 for n in lengths] + list(range(chunk)))
+    sizes = [1] * len(lengths) + [chunk]
+    scaling = SHAPE.head_dim ** -0.5
+    for layer in range(SHAPE.num_layers):
+        out = fmt.attend_batch(layer, [s.kv_store for s in batched], sizes, q, q_pos, scaling)
+        want = torch.cat([s.kv_store.attend(layer, q[i:i + n], q_pos[i:i + n], scaling)
+                          for s, i, n in zip(single, [0, 1, 2, 3], sizes, strict=True)])
+        assert torch.allclose(out, want, atol=1e-5)
+    for a, b in zip(batched, single, strict=True):
+        assert a.kv_store.score.abs().sum() > 0
+        assert torch.allclose(a.kv_store.score, b.kv_store.score, atol=1e-6)
+    # the hole got no attention: its slot saw no query
+    assert batched[0].kv_store.score[:, 1, 2].eq(0).all()

@@ -34,7 +34,7 @@ def padded_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     b_size, hq, q_len, dim = query.shape
     n_groups, width = kpos.shape
     rep = hq // num_kv_heads
-    qh = query.float().reshape(n_groups, rep, q_len, dim)
+    qh = (query.float() * scaling).reshape(n_groups, rep, q_len, dim)  # scaled once, not logits
     out = torch.empty(n_groups, rep, q_len, dim, dtype=torch.float32, device=query.device)
     mass = torch.zeros(n_groups, width, dtype=torch.float32, device=query.device)
     m = None
@@ -45,13 +45,14 @@ def padded_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     for s in range(0, q_len, QUERY_CHUNK):
         e = min(q_len, s + QUERY_CHUNK)
         c = e - s
-        logits = torch.bmm(qh[:, :, s:e].reshape(n_groups, rep * c, dim), keys_t) * scaling
-        qp = q_pos[s:e].repeat(rep).view(1, -1, 1)  # row r = head_in_group * c + q
-        allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= qp)
+        logits = torch.bmm(qh[:, :, s:e].reshape(n_groups, rep * c, dim), keys_t)
+        # which slots each query sees, [G, c, W], shared by the query heads of a group
+        # (logits row r = head_in_group * c + q)
+        allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= q_pos[s:e].view(1, -1, 1))
         if m is not None:
             idx = kpos.clamp_min(0).unsqueeze(1).expand(-1, c, -1)
-            allowed &= torch.gather(m[:, s:e], 2, idx).repeat(1, rep, 1)
-        logits.masked_fill_(~allowed, float("-inf"))
+            allowed = allowed & torch.gather(m[:, s:e], 2, idx)
+        logits.view(n_groups, rep, -1, width).masked_fill_(~allowed.unsqueeze(1), float("-inf"))
         probs = torch.softmax(logits, -1).nan_to_num_(0.0)  # nothing visible: zeros
         out[:, :, s:e] = torch.bmm(probs, values).view(n_groups, rep, c, dim)
         if query_weight is not None:

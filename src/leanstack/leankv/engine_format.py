@@ -18,10 +18,11 @@ tokens leave masked holes that are squeezed out once they pile up. It is a compu
 outside the KV budget (reported by :meth:`TieredSequenceKV.working_set_bytes`). Its keys and
 values are held in fp16 whenever no tier stores more than 16 bits (every stored value is then
 exact in fp16 or within fp16 rounding of its dequantized value), in fp32 otherwise (the
-``exact`` preset), and cast to fp32 one layer at a time for attention.
+``exact`` preset), and read as fp32 one layer at a time for attention.
 
 The new tokens of all sequences of a step are stored with one encode per layer
-(:meth:`LeanKVFormat.write_batch`), not one per sequence.
+(:meth:`LeanKVFormat.write_batch`), not one per sequence, and the single queries of all
+decoding sequences attend in one batched op per layer (:meth:`LeanKVFormat.attend_batch`).
 
 Importing this module registers the ``leankv`` format: ``leankv:PRESET`` or ``leankv:FILE.toml``
 (a TOML table of ``LeanKVConfig`` settings, optionally ``preset = "NAME"`` as the base).
@@ -86,6 +87,60 @@ class LeanKVFormat:
             start += n
         if stores:
             stores[0].source.data.view(-1)[torch.cat(addresses)] = records
+
+    def attend_batch(self, layer: int, stores: list[TieredSequenceKV], sizes: list[int],
+                     q: torch.Tensor, q_pos: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Attention of the step's queries of several sequences of this format: ``stores[i]``
+        owns ``sizes[i]`` consecutive rows of ``q`` [n, q_heads, dim] at ``q_pos`` [n]. The
+        single queries of decoding sequences attend together in one batched op
+        (:meth:`_attend_decodes`); a longer chunk (a piece of a prompt) attends on its own.
+        Returns [n, q_heads, dim]."""
+        out = torch.empty_like(q)
+        decoders, decode_rows, start = [], [], 0
+        for store, n in zip(stores, sizes, strict=True):
+            if n == 1:
+                decoders.append(store)
+                decode_rows.append(start)
+            else:
+                rows = slice(start, start + n)
+                out[rows] = store.attend(layer, q[rows], q_pos[rows], scaling)
+            start += n
+        if decoders:
+            rows = torch.tensor(decode_rows)
+            out[rows] = self._attend_decodes(layer, decoders, q[rows], q_pos[rows], scaling)
+        return out
+
+    def _attend_decodes(self, layer: int, stores: list[TieredSequenceKV], q: torch.Tensor,
+                        q_pos: torch.Tensor, scaling: float) -> torch.Tensor:
+        """One query per sequence (``q`` [b, q_heads, dim]) over each of its KV heads' kept
+        tokens (all of them precede the query), as :meth:`TieredSequenceKV.attend` would for
+        each sequence, mass added to its scores included. The matmuls run sequence by
+        sequence, each right after converting that sequence's fp16 keys or values of
+        ``layer`` to fp32 (a slice that stays in cache); the masking, softmax and mass of all
+        sequences run as one batch over their logits, padded to the widest. Returns
+        [b, q_heads, dim]."""
+        b, h, dim = len(stores), self.shape.num_kv_heads, self.shape.head_dim
+        rep = q.shape[1] // h
+        widths = [max(int(s.count[layer].max()), 1) for s in stores]
+        width = max(widths)
+        queries = (q.float() * scaling).view(b, h, rep, dim)
+        logits = torch.full((b, h, rep, width), float("-inf"))
+        kpos = torch.full((b, h, 1, width), EMPTY, dtype=torch.int64)
+        for i, (store, w) in enumerate(zip(stores, widths, strict=True)):
+            keys = store.keys[layer, :, :w].float()
+            logits[i, :, :, :w] = torch.bmm(queries[i], keys.transpose(1, 2))
+            kpos[i, :, 0, :w] = store.pos[layer, :, :w]
+        logits.masked_fill_(kpos < 0, float("-inf"))  # pruned holes, unused slots
+        probs = torch.softmax(logits, -1).nan_to_num_(0.0)  # nothing visible: zeros
+        mass = probs.sum(2)  # [b, h, width], over the query heads of each KV head
+        out = torch.empty(b, h, rep, dim)
+        decay = self.config.score_decay
+        for i, (store, w) in enumerate(zip(stores, widths, strict=True)):
+            torch.bmm(probs[i, :, :, :w], store.values[layer, :, :w].float(), out=out[i])
+            if decay < 1.0:
+                store.score[layer].mul_(decay)
+            store.score[layer, :, :w] += mass[i, :, :w]
+        return out.view(b, h * rep, dim)
 
 
 class TieredSequenceKV:

@@ -10,7 +10,7 @@ A *tiered* format (one with ``new_sequence``, e.g. LeanKV) instead keeps each se
 its own object (:class:`SequenceKV`) that takes and gives back whole pages through a
 :class:`PageSource`, so it can lay out per-head records, demote and prune them, and return the
 bytes it frees to the pool (:class:`TieredFormat`: it stores the new tokens of all its sequences
-of a step in one ``write_batch`` call per layer).
+of a step in one ``write_batch`` call per layer, and they attend in one ``attend_batch`` call).
 
 Formats are looked up by name: ``fp16`` / ``fp32`` (raw paged KV, the vLLM-style baseline) are
 built in; further formats register a factory with :func:`register_kv_format` from their own
@@ -110,6 +110,12 @@ class TieredFormat(Protocol):
                     k: torch.Tensor, v: torch.Tensor) -> None:
         """Store ``sizes[i]`` consecutive new tokens of ``pos`` [n], ``k, v`` [n, heads, dim]
         in ``stores[i]`` (sequences of this format), all in one go."""
+        ...
+
+    def attend_batch(self, layer: int, stores: list, sizes: list[int], q: torch.Tensor,
+                     q_pos: torch.Tensor, scaling: float) -> torch.Tensor:
+        """Causal attention of ``sizes[i]`` consecutive queries of ``q`` [n, q_heads, head_dim]
+        at ``q_pos`` [n] over ``stores[i]``'s KV, for every i; returns [n, q_heads, head_dim]."""
         ...
 
 

@@ -6,8 +6,9 @@ The decoder layers are the transformers Llama modules (embedding, RMSNorm, rotar
 q/k/v/o projections, MLP); only attention is ours: new keys and values go to the paged KV store
 through each sequence's format, then each prefill chunk attends to its own context, and all
 decode tokens attend together in one batched call over their (gathered) contexts. A sequence of
-a tiered format (LeanKV) attends through its own ``SequenceKV`` instead; the new tokens of all
-sequences of one tiered format are stored with one ``write_batch`` call per layer.
+a tiered format (LeanKV) keeps its KV in its own ``SequenceKV`` instead; the new tokens of all
+sequences of one tiered format are stored with one ``write_batch`` call per layer and attend
+with one ``attend_batch`` call per layer (which batches their decodes).
 """
 
 from __future__ import annotations
@@ -93,10 +94,10 @@ class ModelRunner:
                 out[rows] = self._prefill_attention(layer_idx, q[rows], ctx, start)
             for rows, ctx, mask in decodes:
                 out[rows] = self._decode_attention(layer_idx, q[rows], ctx, mask)
-            for fmt, rows, stores, sizes, store_rows in tiered:
+            for fmt, rows, stores, sizes in tiered:
                 fmt.write_batch(layer_idx, stores, sizes, positions[rows], k[rows], v[rows])
-                for store, r in zip(stores, store_rows, strict=True):
-                    out[r] = store.attend(layer_idx, q[r], positions[r], self.scaling)
+                out[rows] = fmt.attend_batch(layer_idx, stores, sizes, q[rows], positions[rows],
+                                             self.scaling)
             hidden = residual + attn.o_proj(out.reshape(t, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         for c in chunks:
@@ -116,7 +117,7 @@ class ModelRunner:
     def _plan(self, chunks: list[ScheduledChunk]) -> tuple[list, list, list, list]:
         """Index tensors shared by all layers: where to write new tokens (grouped by format),
         each prefill chunk's context, the padded contexts of the decodes of each format, and
-        per tiered format: all its rows, its sequences' KV, their token counts and rows."""
+        per tiered format: all its rows, its sequences' KV and their token counts."""
         by_fmt: dict[str, tuple[list, list, list]] = {}
         prefills, decode_groups = [], {}
         by_tiered: dict[str, tuple[list, list, list]] = {}
@@ -154,7 +155,7 @@ class ModelRunner:
                 mask[i, :p.numel()] = True
             rows = torch.tensor([r for r, _, _ in items])
             decodes.append((rows, _Context(fmt, pages.view(-1), slots.view(-1)), mask))
-        tiered = [(self.kv.format(fmt)[0], torch.cat(r), stores, sizes, r)
+        tiered = [(self.kv.format(fmt)[0], torch.cat(r), stores, sizes)
                   for fmt, (r, stores, sizes) in by_tiered.items()]
         return writes, prefills, decodes, tiered
 
