@@ -163,7 +163,7 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue from the saved results")
     p.add_argument("--redo-types", default="", help="with --resume: run the saved items of "
                    "these types again (comma-separated)")
-    p.add_argument("--mcq-scoring", default="pmi", choices=MCQ_SCORING,
+    p.add_argument("--mcq-scoring", default="per-token", choices=MCQ_SCORING,
                    help="how an MCQ choice is picked from log-likelihoods")
     p.add_argument("--combine", action="store_true", help="only merge the saved results")
     p.add_argument("--model", default=None, help="local model (default: bundled SmolLM2)")

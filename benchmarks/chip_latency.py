@@ -10,18 +10,22 @@ Measured, alternating the commands in each round so that load changes hit them a
   previous cold path of a fused search (torch and transformers imported, the encoder loaded);
 * ``search`` and ``ask --mode generative`` with ``--server URL`` of a ``chip serve`` this script
   starts on a free port (model and index warm);
-* first token: in this process with the bundled model loaded, retrieval plus generating one token
-  of the RAG prompt (the prompt's prefill dominates), and the whole generative answer;
-* with ``--corpus-build``: ``chip corpus build`` into an empty directory (cold: every source read
-  and every chunk embedded) and again into the same directory (everything cached).
+* first token: in this process with the bundled model loaded, a generative answer streamed
+  through ``Assistant.ask(..., on_text=...)``, the path ``chip ask`` prints from: seconds from
+  the question to the model's first word (retrieval, the prompt's prefill, the first tokens), to
+  the first text shown (held back until the post-check is sure to keep it), and to the whole
+  answer (at most 64 new tokens);
+* with ``--corpus-build``: ``chip corpus build`` into an empty directory (every source read;
+  embeddings from the package's prebuilt cache where the text matches), the same with
+  ``--no-prebuilt`` (every chunk embedded), and again into the same directory (all cached).
 
 The 1-minute load average is recorded before and after each part: on a busy machine every wall
 time is inflated, so compare numbers only at similar load. Medians over the rounds.
 
 Run (quiet machine): ``nice -n 0 .venv/bin/python benchmarks/chip_latency.py --rounds 5
---corpus-build``; ``--quick`` for a smoke run (1 round, no corpus build). Writes
-``benchmarks/results/chip_latency.json`` and prints a Markdown table. Needs the knowledge base
-(``leanstack chip corpus build``).
+--corpus-build``; ``--quick`` for a smoke run (1 round, no corpus build); ``--parts`` to run only
+some parts. Writes ``benchmarks/results/chip_latency.json`` and prints a Markdown table. Needs
+the knowledge base (``leanstack chip corpus build``).
 """
 
 from __future__ import annotations
@@ -162,44 +166,74 @@ def cli_part(rounds: int, env: dict[str, str]) -> dict:
     return {"no_server": no_server, "with_server": with_server}
 
 
+class _FirstWord:
+    """Wraps the local generator to note when the model hands on its first piece of text."""
+
+    def __init__(self, gen: object) -> None:
+        self.gen, self.name, self.small, self.streams = gen, "timed", True, True
+        self.first_at: float | None = None
+
+    def generate(self, messages, max_new_tokens=256, *, prose=False, on_text=None):  # noqa: ANN001, ANN201
+        def raw(piece: str) -> None:
+            if self.first_at is None:
+                self.first_at = time.perf_counter()
+            if on_text:
+                on_text(piece)
+        return self.gen.generate(messages, max_new_tokens, prose=prose, on_text=raw)
+
+
 def first_token_part(rounds: int) -> dict:
-    """In-process, with the bundled model loaded: retrieval + one generated token, and the whole
-    generative answer (at most 64 new tokens)."""
+    """In-process, with the bundled model loaded: a streamed generative answer (at most 64 new
+    tokens) through ``Assistant.ask(on_text=...)``, timed to the model's first word, to the
+    first text shown and to its end."""
     from leanstack.chipexpert.assistant import Assistant, load_retriever
     from leanstack.chipexpert.generators import LocalGenerator
 
     before = load()
     t0 = time.perf_counter()
-    gen = LocalGenerator()
+    gen = _FirstWord(LocalGenerator())
     retriever = load_retriever()
     retriever.search("warm-up", k=3)
     load_s = time.perf_counter() - t0
-    assistant = Assistant(gen, retriever, 3, mode="generative")
+    assistant = Assistant(gen, retriever, 3, mode="generative")  # type: ignore[arg-type]
     assistant.ask("What does yosys stat print?", 4)  # first forward passes are slower
-    first, whole = [], []
+    word, shown, whole, prompt_tokens = [], [], [], []
+    first_shown: list[float] = []
     for r in range(rounds):
         q = QUESTIONS[r % len(QUESTIONS)]
+        first_shown.clear()
+        gen.first_at = None
         t1 = time.perf_counter()
-        messages, _ = assistant.context_messages(q)
-        gen.generate(messages, 1)
-        first.append(time.perf_counter() - t1)
-        whole.append(assistant.ask(q, 64).latency_s)
+        answer = assistant.ask(q, 64, on_text=lambda _: first_shown.append(time.perf_counter()))
+        whole.append(time.perf_counter() - t1)
+        word.append((gen.first_at or time.perf_counter()) - t1)
+        shown.append(first_shown[0] - t1)
+        messages = assistant.messages_for(q, answer.citations)
+        prompt_tokens.append(len(gen.gen.prompt_ids(messages)))
     return {"load_before": before, "load_after": load(), "model_and_index_load_s":
-            round(load_s, 2), "first_token": summary(first), "answer_64_tokens": summary(whole)}
+            round(load_s, 2), "prompt_tokens": prompt_tokens,
+            "first_generated_word": summary(word), "first_shown_text": summary(shown),
+            "answer_64_tokens": summary(whole)}
 
 
 def corpus_part(env: dict[str, str]) -> dict:
-    """``chip corpus build`` cold into an empty directory, then again (cached)."""
-    out = Path(tempfile.mkdtemp(prefix="chip-latency-kb-"))
+    """``chip corpus build`` into an empty directory with the package's prebuilt embeddings and
+    without them (every chunk embedded), then again into the second directory (all cached)."""
+    with_prebuilt = Path(tempfile.mkdtemp(prefix="chip-latency-kb-"))
+    without = Path(tempfile.mkdtemp(prefix="chip-latency-kb-"))
     try:
         before = load()
-        cold = timed(["chip", "corpus", "build", "--out", str(out)], env)
+        cold = timed(["chip", "corpus", "build", "--out", str(with_prebuilt)], env)
+        embed_all = timed(["chip", "corpus", "build", "--out", str(without), "--no-prebuilt"],
+                          env)
         mid = load()
-        cached = timed(["chip", "corpus", "build", "--out", str(out)], env)
+        cached = timed(["chip", "corpus", "build", "--out", str(without)], env)
         return {"load_before": before, "load_between": mid, "load_after": load(),
-                "cold_s": round(cold, 1), "cached_s": round(cached, 1)}
+                "cold_prebuilt_s": round(cold, 1), "cold_no_prebuilt_s": round(embed_all, 1),
+                "cached_s": round(cached, 1)}
     finally:
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(with_prebuilt, ignore_errors=True)
+        shutil.rmtree(without, ignore_errors=True)
 
 
 def main() -> None:
@@ -207,6 +241,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="calls per command")
     p.add_argument("--quick", action="store_true", help="1 round, no corpus build")
     p.add_argument("--corpus-build", action="store_true", help="also time 'chip corpus build'")
+    p.add_argument("--parts", default="cli,first-token",
+                   help="comma-separated parts to run: cli, first-token")
     p.add_argument("--out", type=Path, default=RESULTS, help="result JSON")
     args = p.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -215,8 +251,13 @@ def main() -> None:
     env = {**os.environ, "LEANSTACK_CHIP_SERVER": "off"}
     result: dict = {"benchmark": "chip_latency", "quick": args.quick, "rounds": rounds,
                     "questions": QUESTIONS}
-    result["cli"] = cli_part(rounds, env)
-    result["first_token"] = first_token_part(rounds)
+    parts = set(args.parts.split(","))
+    if unknown := parts - {"cli", "first-token"}:
+        sys.exit(f"unknown part(s) {', '.join(sorted(unknown))}; use cli, first-token")
+    if "cli" in parts:
+        result["cli"] = cli_part(rounds, env)
+    if "first-token" in parts:
+        result["first_token"] = first_token_part(rounds)
     if args.corpus_build and not args.quick:
         result["corpus_build"] = corpus_part(env)
     result |= {
@@ -228,20 +269,25 @@ def main() -> None:
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     write_json(args.out, result)
-    cli = result["cli"]
-    print(f"{rounds} round(s), {os.cpu_count()} CPUs; load average "
-          f"{cli['no_server']['load_before']}-{result['first_token']['load_after']}\n")
+    loads = [part["load_before"] for part in (result.get("cli", {}).get("no_server"),
+                                              result.get("first_token")) if part]
+    print(f"{rounds} round(s), {os.cpu_count()} CPUs; load average at the start of each part "
+          f"{loads}\n")
     print("| what | median (s) | min (s) | max (s) |\n|---|---|---|---|")
-    for part, rows in (("", cli["no_server"]), ("with chip serve: ", cli["with_server"]),
-                       ("in process: ", result["first_token"])):
+    tables = [("", result.get("cli", {}).get("no_server", {})),
+              ("with chip serve: ", result.get("cli", {}).get("with_server", {})),
+              ("in process: ", result.get("first_token", {}))]
+    for part, rows in tables:
         for name, row in rows.items():
             if isinstance(row, dict):
                 print(f"| {part}{name} | {row['median_s']:.2f} | {row['min_s']:.2f} | "
                       f"{row['max_s']:.2f} |")
     if "corpus_build" in result:
         cb = result["corpus_build"]
-        print(f"| corpus build, cold | {cb['cold_s']:.0f} | | |\n"
-              f"| corpus build, cached | {cb['cached_s']:.0f} | | |")
+        print(f"| corpus build, empty directory (prebuilt embeddings) | {cb['cold_prebuilt_s']:.0f}"
+              f" | | |\n| corpus build, empty directory, --no-prebuilt | "
+              f"{cb['cold_no_prebuilt_s']:.0f} | | |\n"
+              f"| corpus build again (cached) | {cb['cached_s']:.0f} | | |")
 
 
 if __name__ == "__main__":

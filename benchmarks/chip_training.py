@@ -201,7 +201,7 @@ def main() -> None:
             "bench_by_type": {t: sum(r["type"] == t for r in asked)
                               for t in cfg.eval.bench_types},
             "selection": "per domain and type the first items by id; MCQs only from the test "
-                         "half of their split (the pmi rule was chosen on the tuning half)",
+                         "half of their split (the per-token rule was chosen on the tuning half)",
             "mcq_scoring": MCQ_SCORING,
             "heldout_questions": len(subset["heldout_questions"]),
             "heldout_selection": "test half of chunk_questions.jsonl, evenly spread by id; "

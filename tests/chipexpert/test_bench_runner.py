@@ -60,6 +60,9 @@ class ScriptedGenerator:
         target = key if self.right else (key + 1) % 4
         return [-0.5 * len(c) if i == target else -1.0 * len(c) for i, c in enumerate(choices)]
 
+    def count_tokens(self, text: str) -> int:
+        return len(text)  # one token per character: per-token scoring acts as per-char
+
 
 @dataclass
 class Cite:
@@ -119,6 +122,26 @@ def test_mcq_choice_per_character_log_likelihood() -> None:
     runner = BenchRunner(FakeAssistant(LengthBiased()), SAME, mcq_scoring="per-char")
     result = runner.run_item(item)
     assert result.response == "B" and result.passed
+
+
+def test_mcq_choice_per_token_log_likelihood_is_the_default() -> None:
+    item = Item("t-1", "eda", "foundational", "mcq", "Pick one.", "C", [], {},
+                choices=["no", "a much longer but likelier answer", "maybe", "yes"])
+    tokens = {"A. no": 5, "B. a much longer but likelier answer": 4, "C. maybe": 9, "D. yes": 5}
+
+    class FewTokens(ScriptedGenerator):
+        def item_for(self, messages):
+            return item
+
+        def score_choices(self, messages, choices):
+            return [-6.0, -10.0, -9.0, -7.5]  # per character B wins; per token C (-1.0)
+
+        def count_tokens(self, text):
+            return tokens[text]
+
+    assert BenchRunner(FakeAssistant(FewTokens()), SAME).run_item(item).response == "C"
+    by_char = BenchRunner(FakeAssistant(FewTokens()), SAME, mcq_scoring="per-char")
+    assert by_char.run_item(item).response == "B"
 
 
 class SurfaceBiased(ScriptedGenerator):

@@ -180,7 +180,7 @@ def test_mcq_stats_put_accuracy_next_to_always_longest() -> None:
             {"id": "o", "type": "open", "score": 0.7}]
     stats = mcq_stats(rows, items)
     assert stats["n"] == 2 and stats["accuracy"] == 0.5 and stats["always_longest"] == 0.5
-    assert stats["chance"] == 0.25 and stats["scoring"] == "pmi"
+    assert stats["chance"] == 0.25 and stats["scoring"] == "per-token"
     assert mcq_stats([rows[2]], items) == {}
 
 
@@ -188,7 +188,7 @@ def test_card_shows_types_mcq_baseline_and_heldout_grades() -> None:
     summary = {"overall": {"mean": 0.4, "n": 4}, "by_level": {},
                "by_type": {"open": {"mean": 0.3, "n": 2}, "mcq": {"mean": 0.5, "n": 2}}}
     ev = {"bench": {"rag": {"summary": summary, "format": {},
-                            "mcq": {"n": 2, "scoring": "pmi", "split": "test half",
+                            "mcq": {"n": 2, "scoring": "per-token", "split": "test half",
                                     "accuracy": 0.5, "always_longest": 0.75, "chance": 0.25}}},
           "heldout_questions": {"rag": {"n": 12, "mean_grade": 0.125, "pass_rate": 0.25,
                                         "evidence_shown": 0.5}}}

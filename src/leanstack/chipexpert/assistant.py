@@ -6,18 +6,24 @@ prompt and lets the model answer briefly, citing them as [n]; its answer is cut 
 distinct sentences and citations of passages that were not shown are taken out
 (``grounding.py``). *auto* (the default) is extractive for a small local model, whose own
 answers are not reliable, and generative otherwise.
+
+``ask(..., on_text=print_piece)`` streams the answer: a generated one as the model writes it,
+but only text the post-check is sure to keep (``grounding.settled_answer``: whole words, no
+citation of a passage that was not shown, no sentence that could still be dropped); the
+pieces together are exactly the final answer.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from leanstack.chipexpert.extractive import Passage, extract_answer
 from leanstack.chipexpert.generators import BundledGenerator, Generator, make_generator
-from leanstack.chipexpert.grounding import cap_sentences, cited_numbers, drop_unshown_citations
+from leanstack.chipexpert.grounding import check_answer, cited_numbers, settled_answer
 from leanstack.errors import LeanstackError
 
 if TYPE_CHECKING:
@@ -130,9 +136,11 @@ class Assistant:
         citations = self.retrieve(question)
         return self.messages_for(question, citations), citations
 
-    def ask(self, question: str, max_new_tokens: int = 256, mode: str | None = None) -> Answer:
+    def ask(self, question: str, max_new_tokens: int = 256, mode: str | None = None,
+            on_text: Callable[[str], None] | None = None) -> Answer:
         """Retrieve, answer (quoting, or generating greedily and post-checking) and return the
-        answer with its citations and timings; ``mode`` overrides the assistant's."""
+        answer with its citations and timings; ``mode`` overrides the assistant's.
+        ``on_text(piece)`` receives the answer as it settles (see the module docstring)."""
         mode = self.resolve_mode(mode)
         t0 = time.perf_counter()
         citations = self.retrieve(question)
@@ -142,18 +150,44 @@ class Assistant:
             assert self.retriever is not None  # resolve_mode saw to it
             passages = [Passage(c.n, c.section, c.text) for c in citations]
             text = extract_answer(question, passages, self.retriever.embed) or NO_EXTRACT
+            if on_text:
+                on_text(text)
         else:
-            raw = self.generator.generate(self.messages_for(question, citations),
-                                          max_new_tokens, prose=True)
-            text, invalid = drop_unshown_citations(cap_sentences(raw),
-                                                   {c.n for c in citations})
-            text = text or NO_ANSWER
+            text, invalid = self._generate(self.messages_for(question, citations),
+                                           {c.n for c in citations}, max_new_tokens, on_text)
         t2 = time.perf_counter()
         used = cited_numbers(text)
         for c in citations:
             c.cited = c.n in used
         return Answer(text, citations, t2 - t0, retrieval_s=t1 - t0, generation_s=t2 - t1,
                       mode=mode, invalid_citations=invalid)
+
+    def _generate(self, messages: list[dict[str, str]], shown: set[int], max_new_tokens: int,
+                  on_text: Callable[[str], None] | None) -> tuple[str, list[int]]:
+        """The generated answer after its post-check and the invalid citations taken out;
+        ``on_text`` gets the settled pieces (all at the end if the generator cannot stream)."""
+        raw, sent = "", ""
+
+        def grow(piece: str) -> None:
+            nonlocal raw, sent
+            raw += piece
+            settled = settled_answer(raw, shown)
+            if len(settled) > len(sent) and settled.startswith(sent) and on_text:
+                on_text(settled[len(sent):])
+                sent = settled
+        if on_text and getattr(self.generator, "streams", False):
+            full = self.generator.generate(messages, max_new_tokens, prose=True, on_text=grow)
+        else:
+            full = self.generator.generate(messages, max_new_tokens, prose=True)
+        text, invalid = check_answer(full, shown)
+        text = text or NO_ANSWER
+        if on_text:
+            # settled_answer guarantees a start of the final text; should that ever fail, the
+            # whole checked answer follows on a new line rather than a wrong continuation
+            rest = text[len(sent):] if text.startswith(sent) else f"\n{text}"
+            if rest:
+                on_text(rest)
+        return text, invalid
 
 
 def load_retriever(directory: Path | None = None) -> Retriever:

@@ -34,10 +34,13 @@ def corpus_build(
                                    "name, e.g. man-iverilog); repeatable"),
     force: bool = typer.Option(False, "--force", help="re-read every source, ignoring the cache"),
     no_index: bool = typer.Option(False, "--no-index", help="build the corpus only, no index"),
+    no_prebuilt: bool = typer.Option(False, "--no-prebuilt", help="do not take embeddings from "
+                                     "the package's prebuilt cache (embed every chunk this "
+                                     "knowledge base's own cache lacks)"),
 ) -> None:
     """Ingest the sources, chunk and de-duplicate them, then (re)build the search index."""
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import Progress, TaskID
 
     from leanstack.chipexpert.corpus import SourceReport, build_corpus
     from leanstack.chipexpert.retrieval import build_index
@@ -73,11 +76,18 @@ def corpus_build(
                   f" in {out_dir}", highlight=False)
     if no_index:
         return
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("embedding chunks", total=None)
-        embedded = build_index(out_dir, on_progress=lambda d, t: bar.update(task, completed=d,
-                                                                            total=t))
-    console.print(f"index: {embedded} chunks embedded, the rest reused", highlight=False)
+    with Progress(console=console) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def embedding(source: str, done: int, total: int) -> None:
+            if source not in tasks:
+                tasks[source] = bar.add_task(f"embedding {source}", total=total)
+            bar.update(tasks[source], completed=done)
+
+        embedded = build_index(out_dir, on_source=embedding, prebuilt=not no_prebuilt,
+                               on_note=lambda note: console.print(note, highlight=False))
+    console.print(f"index: {embedded} chunks embedded, the rest found in the embedding caches",
+                  highlight=False)
 
 
 @chip_app.command("tune-retriever")
@@ -165,10 +175,16 @@ def ask(
     mode: str = typer.Option("auto", "--mode", help=_MODE_HELP),
     server: str | None = typer.Option(None, "--server", help=_SERVER_HELP),
 ) -> None:
-    """Answer a question from the top-k passages of the knowledge base, with numbered citations."""
+    """Answer a question from the top-k passages of the knowledge base, with numbered citations
+    (the answer is printed as it is written, except with --json)."""
     import sys
 
-    from leanstack.chipexpert.client import find_server, remote_ask, server_setting
+    from leanstack.chipexpert.client import (
+        find_server,
+        remote_ask,
+        remote_ask_stream,
+        server_setting,
+    )
 
     if max_new_tokens < 1:
         raise LeanstackError(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
@@ -178,9 +194,16 @@ def ask(
         raise LeanstackError("a server answers with its own model and knowledge base; drop "
                              "--model/--endpoint/--dir or pass --server off")
     url = None if local_only else find_server(setting)
+
+    def show(piece: str) -> None:
+        print(piece, end="", flush=True)
+
+    on_text = None if as_json else show
     if url:
-        answer = remote_ask(url, question, k, not no_rag, max_new_tokens, mode)
         print(f"(answered by the ChipExpert server at {url})", file=sys.stderr)
+        answer = remote_ask_stream(url, question, k, not no_rag, max_new_tokens, mode,
+                                   on_text) if on_text else \
+            remote_ask(url, question, k, not no_rag, max_new_tokens, mode)
     else:
         from leanstack.chipexpert.assistant import make_assistant
         from leanstack.chipexpert.generators import BundledGenerator
@@ -192,11 +215,11 @@ def ask(
             print("(no ChipExpert server running: loading the model in this process; "
                   "'leanstack chip serve' keeps it loaded for the next questions)",
                   file=sys.stderr)
-        answer = assistant.ask(question, max_new_tokens).to_dict()
+        answer = assistant.ask(question, max_new_tokens, on_text=on_text).to_dict()
     if as_json:
         print(json.dumps(answer, indent=1, ensure_ascii=False))
         return
-    print(answer["answer"])
+    print()  # the answer itself was printed as it came
     if answer["citations"]:
         print()
     for c in answer["citations"]:
@@ -258,9 +281,10 @@ def bench(
                                              "(0-1) that replaces the automatic open scores"),
     k: int = typer.Option(3, "--k", help="passages per question with --rag"),
     directory: Path | None = typer.Option(None, "--dir", help=_DIR_HELP),
-    mcq_scoring: str = typer.Option("pmi", "--mcq-scoring", help="how a scoring model picks an "
-                                    "MCQ choice: pmi (log-likelihood minus that after a "
-                                    "content-free prompt) or per-char"),
+    mcq_scoring: str = typer.Option("per-token", "--mcq-scoring",
+                                    help="how a scoring model picks an MCQ choice: per-token "
+                                    "(log-likelihood per token of the choice), pmi (minus that "
+                                    "after a content-free prompt) or per-char"),
 ) -> None:
     """Run ChipICD-Bench: ask the model every item, score it, print per-domain/level tables."""
     from leanstack.chipexpert.bench.commands import run_bench_command

@@ -14,6 +14,7 @@ import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from leanstack.errors import LeanstackError
@@ -58,11 +59,21 @@ def _get(url: str, timeout: float) -> Any:
     return _request(urllib.request.Request(url), timeout)
 
 
-def _request(req: urllib.request.Request, timeout: float) -> Any:
+def _request(req: urllib.request.Request, timeout: float,
+             on_line: Callable[[Any], None] | None = None) -> Any:
+    """The JSON answer of ``req``; with ``on_line``, an NDJSON stream: each line's JSON is
+    passed to it and the last one returned."""
     base = req.full_url.split("/api/")[0]
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 -- user's URL
-            return json.loads(resp.read())
+            if on_line is None:
+                return json.loads(resp.read())
+            last = None
+            for line in resp:
+                if line.strip():
+                    last = json.loads(line)
+                    on_line(last)
+            return last
     except urllib.error.HTTPError as e:
         try:
             detail = json.loads(e.read()).get("detail", "")
@@ -93,3 +104,25 @@ def remote_ask(url: str, question: str, k: int, rag: bool, max_new_tokens: int,
     req = urllib.request.Request(f"{url}/api/ask", data=body,
                                  headers={"Content-Type": "application/json"})
     return _request(req, ANSWER_TIMEOUT_S)
+
+
+def remote_ask_stream(url: str, question: str, k: int, rag: bool, max_new_tokens: int,
+                      mode: str, on_text: Callable[[str], None]) -> dict[str, Any]:
+    """``POST /api/ask/stream``: ``on_text`` gets each settled piece of the answer as it comes;
+    returns the answer as ``Answer.to_dict`` writes it."""
+    body = json.dumps({"question": question, "k": k, "rag": rag,
+                       "max_new_tokens": max_new_tokens, "mode": mode}).encode()
+    req = urllib.request.Request(f"{url}/api/ask/stream", data=body,
+                                 headers={"Content-Type": "application/json"})
+
+    def line(record: Any) -> None:
+        if isinstance(record, dict) and isinstance(record.get("text"), str):
+            on_text(record["text"])
+
+    last = _request(req, ANSWER_TIMEOUT_S, line)
+    if isinstance(last, dict) and "error" in last:
+        raise LeanstackError(f"the ChipExpert server at {url} failed: {last['error']}")
+    if not (isinstance(last, dict) and isinstance(last.get("answer"), dict)):
+        raise LeanstackError(f"the ChipExpert server at {url} ended the answer stream without "
+                             "an answer; see the server's log")
+    return last["answer"]

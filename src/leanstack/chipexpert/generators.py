@@ -15,6 +15,7 @@ import re
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from leanstack.chipexpert.grounding import (
@@ -50,9 +51,16 @@ class Generator(Protocol):
         """Log-likelihood of each choice as the start of the reply to ``messages``."""
         ...
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is for this model's tokenizer."""
+        ...
+
 
 class LocalGenerator:
-    """A causal LM loaded in this process by ``leanstack.llm.load_model``."""
+    """A causal LM loaded in this process by ``leanstack.llm.load_model``; ``generate`` can
+    stream (``streams``: it takes ``on_text``)."""
+
+    streams = True
 
     def __init__(self, source: str | None = None) -> None:
         import transformers
@@ -73,11 +81,17 @@ class LocalGenerator:
         tok = self.loaded.tokenizer
         return tok(chat_prompt(tok, messages), add_special_tokens=False)["input_ids"]
 
+    def count_tokens(self, text: str) -> int:
+        """How many tokens ``text`` is (no special tokens added)."""
+        return len(self.loaded.tokenizer(text, add_special_tokens=False)["input_ids"])
+
     def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
-                 prose: bool = False) -> str:
+                 prose: bool = False, on_text: Callable[[str], None] | None = None) -> str:
         """Greedy-decode the reply to ``messages``; returns the new text only. With ``prose``,
         no 8-token run repeats and decoding stops after ``MAX_ANSWER_SENTENCES`` sentences or
-        ``MAX_ANSWER_WORDS`` words."""
+        ``MAX_ANSWER_WORDS`` words. ``on_text(piece)`` is called as the reply grows (pieces
+        end at a space; together they are the reply before its surrounding spaces are
+        stripped)."""
         import torch
 
         if max_new_tokens < 1:
@@ -89,6 +103,8 @@ class LocalGenerator:
             extra = {"no_repeat_ngram_size": PROSE_NO_REPEAT_NGRAM,
                      "stopping_criteria": [_SentenceStop(tok, ids.shape[1],
                                                          MAX_ANSWER_SENTENCES, MAX_ANSWER_WORDS)]}
+        if on_text is not None:
+            extra["streamer"] = _TextPieces(tok, on_text)
         with self._lock, torch.no_grad():
             out = self.loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                              max_new_tokens=max_new_tokens, do_sample=False,
@@ -120,6 +136,34 @@ class LocalGenerator:
                 scores.append(float(logp[torch.arange(len(cont)), torch.tensor(cont)].sum()))
                 cache.crop(-len(cont))  # back to the prompt for the next choice
         return scores
+
+
+class _TextPieces:
+    """A ``generate`` streamer that hands on the reply's new text, up to its last space (a word
+    or a multi-byte character may still be incomplete after it), and the rest at the end."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.ids: list[int] = []
+        self.prompt_seen = False
+        self.sent = 0  # characters of the decoded reply handed on so far
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate first passes the prompt
+            self.prompt_seen = True
+            return
+        self.ids.extend(int(t) for t in value.reshape(-1).tolist())
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        upto = max(text.rfind(" "), text.rfind("\n")) + 1
+        if upto > self.sent:
+            self.on_text(text[self.sent:upto])
+            self.sent = upto
+
+    def end(self) -> None:
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if len(text) > self.sent:
+            self.on_text(text[self.sent:])
+            self.sent = len(text)
 
 
 class _SentenceStop:
@@ -154,7 +198,10 @@ def chat_completions_url(endpoint: str) -> str:
 
 
 class EndpointGenerator:
-    """A model behind an OpenAI-compatible HTTP server (vLLM, llama.cpp server, Ollama, ...)."""
+    """A model behind an OpenAI-compatible HTTP server (vLLM, llama.cpp server, Ollama, ...);
+    with ``on_text`` the reply is streamed (``stream: true``, server-sent events)."""
+
+    streams = True
 
     def __init__(self, endpoint: str, model: str | None = None,
                  timeout_s: float = ENDPOINT_TIMEOUT_S) -> None:
@@ -163,12 +210,15 @@ class EndpointGenerator:
         self.name = f"{self.model}@{self.url}"
         self.timeout_s = timeout_s
 
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, body: dict[str, Any],
+              on_event: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        """The JSON answer to ``body``; with ``on_event``, each server-sent event's JSON is
+        passed to it as it arrives (a server that answers one JSON object is read as such)."""
         req = urllib.request.Request(self.url, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                payload = resp.read()
+                payload = resp.read() if on_event is None else self._events(resp, on_event)
         except urllib.error.HTTPError as e:
             detail = e.read(300).decode(errors="replace").replace("\n", " ")
             raise UpstreamError(f"the model endpoint {self.url} answered HTTP {e.code} "
@@ -177,18 +227,63 @@ class EndpointGenerator:
             reason = getattr(e, "reason", e)
             raise UpstreamError(f"cannot reach the model endpoint {self.url} ({reason}); "
                                  "check the URL and that the server is running") from e
+        if on_event is not None and not payload:  # the events were the answer
+            return {}
         try:
             return json.loads(payload)
         except json.JSONDecodeError as e:
             raise UpstreamError(f"the model endpoint {self.url} did not answer JSON; "
                                  "is it an OpenAI-compatible server?") from e
 
+    def _events(self, resp: Any, on_event: Callable[[dict[str, Any]], None]) -> bytes:
+        """Read ``data:`` lines until ``[DONE]``, passing each one's JSON on; returns the body
+        if it was not an event stream (empty otherwise)."""
+        other = b""
+        for raw in resp:
+            line = raw.strip()
+            if other or (line and not line.startswith((b"data:", b":"))):
+                other += raw  # not an event stream: one JSON answer
+            elif line.startswith(b"data:"):
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    break
+                try:
+                    on_event(json.loads(data))
+                except json.JSONDecodeError as e:
+                    raise UpstreamError(f"the model endpoint {self.url} sent an event that is "
+                                         "not JSON; is it an OpenAI-compatible server?") from e
+        return other
+
     def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
-                 prose: bool = False) -> str:
+                 prose: bool = False, on_text: Callable[[str], None] | None = None) -> str:
         """POST the messages with temperature 0 and return the first choice's content
-        (``prose`` changes nothing here: the assistant's post-check caps the answer)."""
-        data = self._post({"model": self.model, "messages": messages,
-                           "max_tokens": max_new_tokens, "temperature": 0})
+        (``prose`` changes nothing here: the assistant's post-check caps the answer); with
+        ``on_text``, ask for a stream and pass each piece of the reply on as it arrives."""
+        body = {"model": self.model, "messages": messages, "max_tokens": max_new_tokens,
+                "temperature": 0}
+        if on_text is None:
+            return self._content(self._post(body))
+        pieces: list[str] = []
+
+        def event(data: dict[str, Any]) -> None:
+            choices = data.get("choices") if isinstance(data, dict) else None
+            if not isinstance(choices, list):
+                raise UpstreamError(f"the model endpoint {self.url} streamed an event without "
+                                     "choices; is it OpenAI-compatible?")
+            delta = choices[0].get("delta") if choices and isinstance(choices[0], dict) else None
+            if isinstance(delta, dict) and isinstance(delta.get("content"), str) and \
+                    delta["content"]:
+                pieces.append(delta["content"])
+                on_text(delta["content"])
+
+        whole = self._post({**body, "stream": True}, event)
+        if whole:  # the server ignored "stream" and answered at once
+            text = self._content(whole)
+            on_text(text)
+            return text
+        return "".join(pieces).strip()
+
+    def _content(self, data: dict[str, Any]) -> str:
         try:
             return str(data["choices"][0]["message"]["content"]).strip()
         except (KeyError, IndexError, TypeError) as e:
@@ -200,6 +295,11 @@ class EndpointGenerator:
         raise LeanstackError("score_choices is not supported by endpoints (chat completions "
                              "cannot score given text); use a local --model for MCQ scoring")
 
+    def count_tokens(self, text: str) -> int:
+        """Not available: the endpoint's tokenizer is not reachable."""
+        raise LeanstackError("count_tokens is not supported by endpoints; use a local --model "
+                             "for per-token MCQ scoring")
+
 
 class BundledGenerator:
     """The bundled SmolLM2-135M-Instruct, loaded on first use: an extractive answer (the
@@ -207,6 +307,7 @@ class BundledGenerator:
 
     name = "SmolLM2-135M-Instruct"
     small = True  # 135M parameters, under SMALL_MODEL_PARAMS
+    streams = True
 
     def __init__(self) -> None:
         self._local: LocalGenerator | None = None
@@ -220,13 +321,17 @@ class BundledGenerator:
             return self._local
 
     def generate(self, messages: list[dict[str, str]], max_new_tokens: int = 256, *,
-                 prose: bool = False) -> str:
+                 prose: bool = False, on_text: Callable[[str], None] | None = None) -> str:
         """As ``LocalGenerator.generate``."""
-        return self.load().generate(messages, max_new_tokens, prose=prose)
+        return self.load().generate(messages, max_new_tokens, prose=prose, on_text=on_text)
 
     def score_choices(self, messages: list[dict[str, str]], choices: list[str]) -> list[float]:
         """As ``LocalGenerator.score_choices``."""
         return self.load().score_choices(messages, choices)
+
+    def count_tokens(self, text: str) -> int:
+        """As ``LocalGenerator.count_tokens``."""
+        return self.load().count_tokens(text)
 
 
 def make_generator(model: str | None = None, endpoint: str | None = None) -> Generator:

@@ -51,29 +51,87 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b)
 
 
-def cap_sentences(text: str, limit: int = MAX_ANSWER_SENTENCES) -> str:
-    """The first ``limit`` distinct sentences of a generated answer, at most
-    ``MAX_ANSWER_WORDS`` words; a loop of a few words is cut where it starts (see
-    ``loop_start``), a sentence that (nearly) repeats an earlier one is dropped, and so is an
-    unfinished last sentence when a finished one comes before it."""
+def _kept(sentences: list[str], limit: int) -> tuple[list[str], bool]:
+    """The sentences ``cap_sentences`` keeps of ``sentences``, and whether a loop or the
+    ``limit`` ended the answer (no later sentence can be kept)."""
     kept: list[str] = []
     seen: list[set[str]] = []
-    for sentence in split_sentences(text):
+    for sentence in sentences:
         if (cut := loop_start(sentence)) is not None:  # the rest of the answer is the loop
             if sentence[:cut].strip():
                 kept.append(sentence[:cut].strip())
-            break
+            return kept, True
         words = set(_key(sentence).split())
         if not words or any(_jaccard(words, other) >= NEAR_REPEAT for other in seen):
             continue
         seen.append(words)
         kept.append(sentence)
         if len(kept) == limit:
-            break
-    if len(kept) > 1 and not re.search(r"[.!?][\])\"']*$", kept[-1]):
-        kept.pop()
+            return kept, True
+    return kept, False
+
+
+def _finished(sentence: str) -> bool:
+    return bool(re.search(r"[.!?][\])\"']*$", sentence))
+
+
+def _join_capped(kept: list[str], ellipsis: bool = True) -> str:
     words = " ".join(kept).split()
-    return " ".join(words[:MAX_ANSWER_WORDS]) + (" …" if len(words) > MAX_ANSWER_WORDS else "")
+    more = ellipsis and len(words) > MAX_ANSWER_WORDS
+    return " ".join(words[:MAX_ANSWER_WORDS]) + (" …" if more else "")
+
+
+def cap_sentences(text: str, limit: int = MAX_ANSWER_SENTENCES) -> str:
+    """The first ``limit`` distinct sentences of a generated answer, at most
+    ``MAX_ANSWER_WORDS`` words; a loop of a few words is cut where it starts (see
+    ``loop_start``), a sentence that (nearly) repeats an earlier one is dropped, and so is an
+    unfinished last sentence when a finished one comes before it."""
+    kept, _ = _kept(split_sentences(text), limit)
+    if len(kept) > 1 and not _finished(kept[-1]):
+        kept.pop()
+    return _join_capped(kept)
+
+
+def check_answer(text: str, shown: set[int]) -> tuple[str, list[int]]:
+    """The post-check of a generated answer: ``cap_sentences``, then
+    ``drop_unshown_citations``; returns the answer and the numbers taken out."""
+    return drop_unshown_citations(cap_sentences(text), shown)
+
+
+def settled_answer(text: str, shown: set[int], limit: int = MAX_ANSWER_SENTENCES) -> str:
+    """The start of ``check_answer(text + more, shown)`` for any ``more`` the model may still
+    generate: what can be shown while the answer streams, never to be taken back.
+
+    Only whole words count (the last one may still grow, e.g. ``[1`` into ``[12]``), and a
+    sentence only once the next one has begun. Such finished sentences are checked as the
+    whole answer will be, except that the last one kept waits while it lacks its full stop
+    (it is dropped if the answer ends there). The first sentence to be kept streams word by
+    word (it cannot repeat an earlier one, nor be dropped as unfinished), holding back its
+    last words while they could still start a loop (at most ``LOOP_DISTINCT`` different
+    words)."""
+    sentences = split_sentences(re.sub(r"\s*\S*$", "", text))  # whole words only
+    growing = sentences.pop() if sentences else ""
+    kept, ended = _kept(sentences, limit)
+    if len(kept) > 1 and not _finished(kept[-1]):
+        kept.pop()  # kept if another sentence follows, dropped if the answer ends here
+    elif not kept and not ended and growing:
+        cut = loop_start(growing)
+        first = growing[:cut].strip() if cut is not None else _loop_safe_start(growing)
+        kept = [first] if _key(first) else []  # a sentence of no words is not kept
+    return drop_unshown_citations(_join_capped(kept, ellipsis=False), shown)[0]
+
+
+def _loop_safe_start(sentence: str) -> str:
+    """The words of a growing sentence that no loop found later can cut: those before the
+    last run of words (citations aside) with at most ``LOOP_DISTINCT`` different ones."""
+    words = [(m.start(), m.group(0).lower()) for m in re.finditer(r"\S+", sentence)
+             if not re.fullmatch(r"\[\d+\][.,;:]?", m.group(0))]
+    start = len(sentence)
+    for i in range(len(words) - 1, -1, -1):
+        if len({w for _, w in words[i:]}) > LOOP_DISTINCT:
+            break
+        start = words[i][0]
+    return sentence[:start].strip()
 
 
 def drop_unshown_citations(text: str, shown: set[int]) -> tuple[str, list[int]]:

@@ -15,6 +15,9 @@ Index layout (in ``<corpus dir>/index``)::
     meta.json      format version, corpus hash, chunk ids, hashes of the embedded texts, model
     dense.npy      one unit embedding per chunk, in corpus order
     bm25/          the bm25s index files
+
+Embeddings come from the caches of ``embedding_cache.py`` where the same text was embedded
+before (``<corpus dir>/embedding-cache.npz``, the package's prebuilt one).
 """
 
 from __future__ import annotations
@@ -108,46 +111,73 @@ def query_encoder(corpus_dir: Path) -> tuple[str, Path | None, str]:
 
 
 def build_index(corpus_dir: Path, model: dense.Encoder | None = None,
-                on_progress: Callable[[int, int], None] | None = None) -> int:
+                on_progress: Callable[[int, int], None] | None = None, *,
+                on_source: Callable[[str, int, int], None] | None = None,
+                on_note: Callable[[str], None] | None = None, prebuilt: bool = True) -> int:
     """Embed and BM25-index the corpus in ``corpus_dir``; returns how many chunks were embedded.
     Chunks are embedded by the base model (a fine-tuned query encoder is trained against these
-    embeddings). Embeddings of texts already in the previous index are reused."""
+    embeddings), one source after another; a chunk whose text is in an embedding cache
+    (``embedding_cache.py``: the knowledge base's own, then with ``prebuilt`` the package's) is
+    not embedded again. ``on_progress(done, total)`` and ``on_source(source, done, total)``
+    follow the embedding; ``on_note`` gets one line per cache that could not be used."""
+    from leanstack.chipexpert import embedding_cache as ec
+
     chunks = load_corpus(corpus_dir)
     paths = heading_paths(chunks)
     texts = [index_text(c, paths[(c.source, c.section)]) for c in chunks]
-    keys = [_text_key(t) for t in texts]
-    index_dir = corpus_dir / INDEX_DIR
-    old = _old_vectors(index_dir)
-    todo = [i for i, key in enumerate(keys) if key not in old]
-    fresh = np.zeros((0, 0), dtype=np.float32)
+    keys = [ec.text_key(t) for t in texts]
+    model_id = ec.model_id()
+    caches = ec.lookup_caches(corpus_dir, model_id, prebuilt)
+    for note in (c.note for c in caches if c.note):
+        if on_note:
+            on_note(note)
+    found: dict[str, np.ndarray] = {}
+    for key in dict.fromkeys(keys):
+        if (vec := next((v for c in caches if (v := c.get(key)) is not None), None)) is not None:
+            found[key] = vec
+    todo = [i for i, key in enumerate(keys) if key not in found]
     if todo:
         model = model or dense.load_model()
-        done = [0]
+        by_source: dict[str, list[int]] = {}
+        for i in todo:
+            by_source.setdefault(chunks[i].source, []).append(i)
+        done = 0
+        for source, rows in by_source.items():
+            source_done = 0
+            if on_source:
+                on_source(source, 0, len(rows))
 
-        def step(n: int) -> None:
-            done[0] += n
-            if on_progress:
-                on_progress(done[0], len(todo))
+            def step(n: int, source: str = source, rows: list[int] = rows) -> None:
+                nonlocal done, source_done
+                done, source_done = done + n, source_done + n
+                if on_progress:
+                    on_progress(done, len(todo))
+                if on_source:
+                    on_source(source, source_done, len(rows))
 
-        fresh = dense.embed(model, [texts[i] for i in todo], step)
-    dim = fresh.shape[1] if todo else len(next(iter(old.values())))
+            fresh = ec.as_stored(dense.embed(model, [texts[i] for i in rows], step))
+            found.update((keys[i], vec) for i, vec in zip(rows, fresh, strict=True))
+    dim = len(next(iter(found.values()))) if found else 0
     vectors = np.zeros((len(chunks), dim), dtype=np.float32)
     for i, key in enumerate(keys):
-        if key in old:
-            vectors[i] = old[key]
-    if todo:
-        vectors[todo] = fresh
+        vectors[i] = found[key]
     tmp = Path(tempfile.mkdtemp(dir=corpus_dir, prefix=".index."))
     try:
         np.save(tmp / "dense.npy", vectors)
         BM25Index.build([bm25_text(c) for c in chunks]).save(tmp / "bm25")
         write_json(tmp / "meta.json", {
             "version": INDEX_VERSION, "corpus_sha256": _corpus_hash(corpus_dir),
-            "model": MODEL_NAME, "ids": [c.id for c in chunks], "text_keys": keys})
-        _swap_in(tmp, index_dir)
+            "model": MODEL_NAME, "ids": [c.id for c in chunks],
+            "text_keys": [_text_key(t) for t in texts]})
+        _swap_in(tmp, corpus_dir / INDEX_DIR)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    local = caches[0]
+    if local.note or any(k not in local.vectors for k in found) or \
+            not (corpus_dir / ec.CACHE_FILE).exists():
+        local.vectors.update(found)
+        local.save(corpus_dir / ec.CACHE_FILE, first=keys)
     return len(todo)
 
 
@@ -168,18 +198,6 @@ def _swap_in(new: Path, index_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _old_vectors(index_dir: Path) -> dict[str, np.ndarray]:
-    """The previous index's embeddings by the hash of the text they embed (none from an index
-    of another format or model)."""
-    try:
-        meta = json.loads((index_dir / "meta.json").read_text())
-        keys = meta["text_keys"] if meta["model"] == MODEL_NAME else []
-        vectors = np.load(index_dir / "dense.npy")
-    except (OSError, ValueError, KeyError):
-        return {}
-    return dict(zip(keys, vectors, strict=False)) if len(keys) == len(vectors) else {}
 
 
 def one_per_section(ranked: list[tuple[int, float]], chunks: list[Chunk],

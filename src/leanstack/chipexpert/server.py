@@ -1,6 +1,8 @@
 """HTTP API and web page of the assistant (FastAPI).
 
     POST /api/ask     {question, k?, rag?, max_new_tokens?, mode?} -> the Answer JSON
+    POST /api/ask/stream  (the same body)  -> NDJSON lines as the answer settles:
+                      {"text": piece} ..., then {"answer": the Answer JSON} or {"error": msg}
     GET  /api/search  ?q=...&k=3       -> [{n, source, section, text, score}]
     GET  /api/info                     -> {model, rag_available, k, mode}
     GET  /                             -> the self-contained page (web/index.html, no CDN)
@@ -13,14 +15,16 @@ Limits: a request body over ``MAX_BODY_BYTES`` is refused with 413, a question o
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
+from queue import SimpleQueue
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from leanstack.chipexpert.assistant import MODES, Assistant
@@ -159,15 +163,44 @@ def create_app(assistant: Assistant, workers: int = WORKERS, queue: int = QUEUE,
         return {"model": assistant.generator.name, "rag_available": assistant.retriever is not None,
                 "k": assistant.k, "mode": assistant.mode}
 
-    @app.post("/api/ask")
-    def ask(req: AskRequest) -> dict:
+    def one_for(req: AskRequest) -> Assistant:
         if req.rag and assistant.retriever is None:
             raise LeanstackError("this server has no knowledge base; ask with rag=false or "
                                  "restart it after 'leanstack chip corpus build'")
-        one = Assistant(assistant.generator, assistant.retriever if req.rag else None,
-                        req.k or assistant.k, req.mode or assistant.mode)
+        return Assistant(assistant.generator, assistant.retriever if req.rag else None,
+                         req.k or assistant.k, req.mode or assistant.mode)
+
+    @app.post("/api/ask")
+    def ask(req: AskRequest) -> dict:
+        one = one_for(req)
         with gate.admit():
             return one.ask(req.question, max_new_tokens=req.max_new_tokens).to_dict()
+
+    @app.post("/api/ask/stream")
+    def ask_stream(req: AskRequest) -> StreamingResponse:
+        one = one_for(req)
+        admitted = gate.admit()
+        admitted.__enter__()  # a full queue is 429 here, before the stream starts
+        lines: SimpleQueue[str | None] = SimpleQueue()
+
+        def work() -> None:
+            try:
+                answer = one.ask(req.question, max_new_tokens=req.max_new_tokens,
+                                 on_text=lambda piece: lines.put(json.dumps({"text": piece})))
+                lines.put(json.dumps({"answer": answer.to_dict()}))
+            except LeanstackError as e:  # the status is sent already: the error is a line
+                lines.put(json.dumps({"error": str(e)}))
+            finally:
+                admitted.__exit__(None, None, None)
+                lines.put(None)
+
+        threading.Thread(target=work, daemon=True).start()
+
+        def body() -> Iterator[str]:
+            while (line := lines.get()) is not None:
+                yield line + "\n"
+
+        return StreamingResponse(body(), media_type="application/x-ndjson")
 
     @app.get("/api/search")
     def search(q: str = Query(min_length=1, max_length=MAX_QUESTION_CHARS),

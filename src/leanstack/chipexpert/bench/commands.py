@@ -53,7 +53,7 @@ def select_items(domains: list[str], types: list[str], limit: int | None) -> lis
 def run_bench_command(model: str | None, endpoint: str | None, rag: bool, domains: list[str],
                       types: list[str], limit: int | None, out: Path | None, chart: Path | None,
                       human_scores: Path | None, k: int, directory: Path | None,
-                      mcq_scoring: str = "pmi") -> None:
+                      mcq_scoring: str = "per-token") -> None:
     """Run the selected items through the assistant, print the tables, write JSON/PNG."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn

