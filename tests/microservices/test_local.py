@@ -243,7 +243,9 @@ def test_dead_tier_is_reported_and_close_leaves_nothing(tiny_file, tmp_path):
 
 
 RUNNER = textwrap.dedent("""
-    import json, sys, time
+    import json, signal, sys, time
+    # a shell starts background jobs with SIGINT ignored; a user's runner gets Ctrl-C
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from leanstack.microservices.app import APPS_DIR, load_app, parse_app
     from leanstack.microservices.local import LocalBackend
     from leanstack.microservices.observation import Allocation
