@@ -1,15 +1,9 @@
-"""Shared fixtures: a small real corpus (two man pages and a dozen yosys commands) and its index;
-an app served by a real uvicorn on a free port."""
+"""Shared fixtures: a small real corpus (two man pages and a dozen yosys commands) and its index."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests._require import require
@@ -25,26 +19,6 @@ def require_docs() -> None:
     missing = [str(p) for p in (sources.MAN1 / "iverilog.1.gz", sources.MAN1 / "vvp.1.gz")
                if not p.exists()] + (["yosys"] if shutil.which("yosys") is None else [])
     require(missing, "run scripts/system-deps.sh")
-
-
-@contextlib.contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` served by a real uvicorn server on a free local port, in a thread; yields its base
-    URL and stops the server on exit."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def small_sources() -> list[sources.Source]:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 from tests._require import require
+from tests._serve import served
 
 from leanstack.chipexpert.assistant import Assistant
 from leanstack.chipexpert.retrieval import Retriever
 from leanstack.chipexpert.server import create_app
 
-from .conftest import served
 from .test_assistant import QUESTION, ScriptedGenerator
 
 CHROMIUM = "/usr/bin/chromium"

