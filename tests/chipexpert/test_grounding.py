@@ -15,6 +15,7 @@ from leanstack.chipexpert.extractive import (
 from leanstack.chipexpert.grounding import (
     MAX_ANSWER_WORDS,
     cap_sentences,
+    check_answer,
     cited_numbers,
     drop_unshown_citations,
     loop_start,
@@ -53,6 +54,15 @@ def test_citations_of_passages_not_shown_are_taken_out() -> None:
     assert text == "See [1] and[2], also." and invalid == [4, 37]
     assert drop_unshown_citations("opt_clean [1].", set()) == ("opt_clean.", [1])
     assert cited_numbers(text) <= {1, 2, 3}
+
+
+def test_the_check_reports_invented_citations_that_the_cap_removed() -> None:
+    # a lone leading "[4]" is a sentence of no words, and a loop is cut away: neither is in
+    # the answer, yet both are numbers the model invented
+    text, invalid = check_answer("[4] Use opt_clean [1]. It removes wires. "
+                                 + " ".join(f"-top [{i}]" for i in range(5, 20)), {1, 2, 3})
+    assert text == "Use opt_clean [1]. It removes wires." and invalid == list(range(4, 20))
+    assert check_answer("Use opt_clean [2].", {1, 2, 3}) == ("Use opt_clean [2].", [])
 
 
 def test_paragraph_in_lower_case_continues_the_example_before_it() -> None:

@@ -64,8 +64,8 @@ class Answer:
 
     def to_dict(self) -> dict:
         """JSON-ready: {answer, mode, citations: [{n, source, section, text, score, cited}],
-        invalid_citations (numbers the model cited that were not shown; taken out of the
-        answer), latency_s, retrieval_s, generation_s}."""
+        invalid_citations (numbers the model cited that were not shown, anywhere in its
+        output; none of them is in the answer), latency_s, retrieval_s, generation_s}."""
         return {"answer": self.answer, "mode": self.mode,
                 "citations": [asdict(c) for c in self.citations],
                 "invalid_citations": list(self.invalid_citations),

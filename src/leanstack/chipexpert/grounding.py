@@ -94,8 +94,10 @@ def cap_sentences(text: str, limit: int = MAX_ANSWER_SENTENCES) -> str:
 
 def check_answer(text: str, shown: set[int]) -> tuple[str, list[int]]:
     """The post-check of a generated answer: ``cap_sentences``, then
-    ``drop_unshown_citations``; returns the answer and the numbers taken out."""
-    return drop_unshown_citations(cap_sentences(text), shown)
+    ``drop_unshown_citations``; returns the answer and every number the model cited that was
+    not shown, also those in text the cap removed (a lone leading "[4]", a loop)."""
+    answer, _ = drop_unshown_citations(cap_sentences(text), shown)
+    return answer, sorted(cited_numbers(text) - shown)
 
 
 def settled_answer(text: str, shown: set[int], limit: int = MAX_ANSWER_SENTENCES) -> str:
