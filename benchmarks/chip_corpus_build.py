@@ -20,14 +20,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -135,16 +131,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
     from leanstack.chipexpert.store import write_json
+    from leanstack.provenance import benchmark_record
 
     load_before = round(os.getloadavg()[0], 2)
     result = {"benchmark": "chip_corpus_build", "profile": profile(args.chunks),
               "float16": float16(args.dir), "load_before": load_before,
               "load_after": round(os.getloadavg()[0], 2),
-              "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                              "packages": {n: version(n) for n in ("leanstack", "torch",
-                                                                   "transformers", "numpy")}},
-              "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+              **benchmark_record(("leanstack", "torch", "transformers", "numpy"))}
     write_json(args.out, result)
     prof = result["profile"]
     print(f"load {load_before}-{result['load_after']} on {os.cpu_count()} CPUs")

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -42,8 +41,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "chip_latency.json"
@@ -247,6 +244,7 @@ def main() -> None:
     args = p.parse_args()
     rounds = 1 if args.quick else args.rounds
     from leanstack.chipexpert.store import write_json
+    from leanstack.provenance import benchmark_record
 
     env = {**os.environ, "LEANSTACK_CHIP_SERVER": "off"}
     result: dict = {"benchmark": "chip_latency", "quick": args.quick, "rounds": rounds,
@@ -261,12 +259,8 @@ def main() -> None:
     if args.corpus_build and not args.quick:
         result["corpus_build"] = corpus_part(env)
     result |= {
-        "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                        "packages": {n: version(n) for n in ("leanstack", "torch",
-                                                             "transformers", "numpy",
-                                                             "tokenizers", "bm25s")}},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "torch", "transformers", "numpy", "tokenizers",
+                            "bm25s")),
     }
     write_json(args.out, result)
     loads = [part["load_before"] for part in (result.get("cli", {}).get("no_server"),

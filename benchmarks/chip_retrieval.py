@@ -12,7 +12,8 @@ the other methods on the same held-out half.
 
 Run: ``.venv/bin/python benchmarks/chip_retrieval.py [--quick] [--dir DIR]`` (``--quick`` builds
 only the yosys help and man pages and asks only their questions); writes
-``benchmarks/results/chip_retrieval.json`` and prints a Markdown table.
+``benchmarks/results/chip_retrieval.json`` (``--quick``: ``chip_retrieval_quick.json``, so a smoke
+run never overwrites the full result) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def main() -> None:
                            median_ms_per_query=statistics.median(r["ms_per_query"]
                                                                  for r in rows)),
     }
-    write_json(RESULTS, result)
+    write_json(RESULTS.with_name(f"{RESULTS.stem}_quick.json") if args.quick else RESULTS,
+               result)
     print(f"{len(items)} questions, {report.chunks} chunks ({report.duplicates} near-duplicates "
           f"dropped), {os.cpu_count()} CPUs\n")
     print("| method | recall@1 | recall@3 | recall@10 | MRR@10 | ms/query |")

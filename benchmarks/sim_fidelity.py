@@ -27,12 +27,8 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.atomic import write_json
@@ -41,6 +37,7 @@ from leanstack.microservices.calibrate import calibrate
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Observation, Span, TierAllocation
 from leanstack.microservices.sim import SimBackend
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "sim_fidelity.json"
 APP = "social-network"
@@ -218,11 +215,7 @@ def main() -> None:
             "total_cpu_local": {n: sum(local[n]["tiers"].values()) for n, _ in levels},
             "total_cpu_sim": {n: sum(sim[n]["tiers"].values()) for n, _ in levels},
         },
-        "environment": {"python": platform.python_version(), "numpy": version("numpy"),
-                        "scipy": version("scipy"), "leanstack": version("leanstack"),
-                        "cpu_count": os.cpu_count()},
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "numpy", "scipy")),
     }
     write_json(RESULTS, result)
 

@@ -14,13 +14,9 @@ instead of an hour); writes ``benchmarks/results/sim_speed.json`` and prints a M
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
-import sys
 import time
-from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 
 from leanstack.atomic import write_json
@@ -28,6 +24,7 @@ from leanstack.microservices.app import app_names, load_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation
 from leanstack.microservices.sim import SimBackend
+from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results" / "sim_speed.json"
 GOAL_RPS = 10_000
@@ -83,13 +80,7 @@ def main() -> None:
         "social_network_with_host_model_requests_per_s": host_row["requests_per_s"],
         "host_cores": HOST_CORES,
         "rows": rows,
-        "environment": {
-            "python": platform.python_version(), "numpy": version("numpy"),
-            "leanstack": version("leanstack"), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-        },
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        **benchmark_record(("leanstack", "numpy"), machine=platform.machine()),
     }
     write_json(RESULTS, result)
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +12,7 @@ import typer
 
 from leanstack.atomic import write_bytes, write_json
 from leanstack.errors import LeanstackError
+from leanstack.provenance import benchmark_record
 
 kv_app = typer.Typer(help="LeanKV: KV-cache compression (evaluate, chat).", no_args_is_help=True)
 
@@ -51,16 +50,6 @@ def build_config(preset: str, hi_bits: str | None = None, lo_bits: str | None = 
         "significance": significance, "key_channel_norm": key_norm, "score_decay": score_decay,
         "reprune": reprune, "retier_every": retier_every}.items() if v is not None}
     return replace(LeanKVConfig.load(preset), **overrides)
-
-
-def _environment() -> dict[str, Any]:
-    import torch
-    import transformers
-
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu_count": os.cpu_count(),
-            "command": " ".join(sys.argv), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                      time.gmtime())}
 
 
 def _lengths(text: str) -> tuple[int, ...]:
@@ -181,7 +170,7 @@ def kv_eval(
         "ppl_increase_pct": mean["ppl_increase_pct"], "kl": mean["kl"],
         "top1_agreement": mean["top1_agreement"], "retrieval_acc_fp16": mean["retrieval_dense"],
         "retrieval_acc": mean["retrieval"], "passkey_trials": passkey_trials, **report,
-        "environment": _environment(),
+        **benchmark_record(("leanstack", "torch", "transformers")),
     }
     write_json(out, result, indent=2)
     print(markdown_rows(result))

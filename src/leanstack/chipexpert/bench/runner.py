@@ -13,21 +13,17 @@ Otherwise the letter in a generated answer decides.
 from __future__ import annotations
 
 import csv
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
 
 from leanstack.chipexpert.bench.checkers import Check, OpenScorer, check_answer
 from leanstack.chipexpert.bench.items import DOMAINS, LETTERS, LEVELS, Item
 from leanstack.errors import LeanstackError
+from leanstack.provenance import benchmark_record
 
 # Reply budgets per item type (tokens); code needs room, a number or letter does not.
 MAX_NEW_TOKENS = {"open": 64, "numeric": 48, "mcq": 8, "verilog": 160, "spice": 160}
@@ -189,17 +185,6 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of the packages that shape the numbers (those installed)."""
-    out = {}
-    for name in VERSIONED:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
-
-
 def bench_record(results: list[ItemResult], model: str, rag: bool,
                  settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON document of one run: per-item results, summary, model, rag flag, versions."""
@@ -207,11 +192,7 @@ def bench_record(results: list[ItemResult], model: str, rag: bool,
     return {
         "benchmark": "chipicd-bench", "model": model, "rag": rag,
         "settings": {"max_new_tokens": MAX_NEW_TOKENS, **(settings or {})},
-        "summary": summarize(rows), "items": rows,
-        "environment": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                        "packages": package_versions()},
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "summary": summarize(rows), "items": rows, **benchmark_record(VERSIONED),
     }
 
 

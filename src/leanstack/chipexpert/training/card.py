@@ -109,7 +109,7 @@ def render_card(folder: Path) -> str:
                 ("loss first → last logged", f"{rec['loss_first']} → {rec['loss_last']}"),
                 *[(k, v) for k, v in hp.items() if k != "lora" or rec["method"] == "lora"],
                 ("seed", rec["seed"]),
-                ("versions", ", ".join(f"{k} {v}" for k, v in rec["versions"].items()))]),
+                ("versions", ", ".join(f"{k} {v}" for k, v in rec["versions"].items() if v))]),
         "",
     ]
     ev_file = folder / EVALUATION_FILE

@@ -17,7 +17,6 @@ Deterministic for a seed: the same inputs give byte-identical files.
 
 from __future__ import annotations
 
-import importlib.metadata
 import platform
 import random
 import shutil
@@ -45,6 +44,7 @@ from leanstack.chipexpert.training import (
 from leanstack.chipexpert.training.schema import validate_dpo, validate_sft
 from leanstack.chipexpert.training.verilog_runs import SimCache
 from leanstack.errors import LeanstackError
+from leanstack.provenance import package_versions
 
 # Sized so SmolLM2-135M runs CPT (the trainer subsamples the corpus), SFT and DPO in about an
 # hour on two CPU cores.
@@ -180,15 +180,8 @@ def _shuffled_cap(records: list[dict], limit: int | None, rng: random.Random) ->
     return out[:limit] if limit is not None else out
 
 
-def _versions() -> dict[str, str]:
-    def dist(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "not installed"
-
-    out = {"python": platform.python_version(), "leanstack": dist("leanstack"),
-           "datasketch": dist("datasketch")}
+def _versions() -> dict[str, str | None]:
+    out = {"python": platform.python_version(), **package_versions(("leanstack", "datasketch"))}
     if shutil.which("iverilog"):
         v = subprocess.run(["iverilog", "-V"], capture_output=True, text=True, timeout=30)
         out["iverilog"] = (v.stdout.splitlines() or ["?"])[0].strip()

@@ -25,6 +25,9 @@ from leanstack.atomic import write_json
 from leanstack.chipexpert.training.card import write_card
 from leanstack.chipexpert.training.config import STAGES, StageSection, TrainConfig
 from leanstack.errors import LeanstackError
+from leanstack.provenance import package_versions
+
+TRAINING_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets")
 
 PREVIOUS = {"cpt": None, "sft": "cpt", "dpo": "sft"}
 DATA_FILES = {"cpt": "cpt.jsonl", "sft": "sft.jsonl", "dpo": "dpo.jsonl"}
@@ -271,7 +274,7 @@ def run_stage(cfg: TrainConfig, stage: str, out: Path | None = None, resume: boo
         "loss_first": round(losses[0][1], 4), "loss_last": round(losses[-1][1], 4),
         "loss_history": [[s, round(v, 4)] for s, v in losses],
         "weights_changed": _weight_fingerprint(merged) != before,
-        "versions": _versions(), "threads": torch.get_num_threads(),
+        "versions": package_versions(TRAINING_PACKAGES), "threads": torch.get_num_threads(),
     }
     if main:
         write_json(target / "training.json", record)
@@ -300,15 +303,3 @@ def decontamination_summary(folder: Path) -> dict[str, Any]:
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return {}
     return {"rule": data.get("rule", ""), "removed": removed, "dedup": data.get("dedup", {})}
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
