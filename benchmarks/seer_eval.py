@@ -49,7 +49,6 @@ import argparse
 import json
 import time
 from dataclasses import asdict
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +58,7 @@ import torch
 from leanstack.atomic import write_json
 from leanstack.microservices.app import load_app
 from leanstack.microservices.result import environment
+from leanstack.provenance import package_versions
 from leanstack.seer.campaign import Dataset, collect
 from leanstack.seer.ceiling import anticipation_ceiling, healthy_range
 from leanstack.seer.evaluate import (
@@ -74,6 +74,7 @@ from leanstack.seer.model import MODELS_DIR, VARIANTS, SeerModel
 from leanstack.seer.train import TrainConfig, score, split_episodes, start_window, steps, train
 
 RESULTS = Path(__file__).parent / "results"
+MODEL_PACKAGES = ("torch", "xgboost", "fse-baro", "RCAEval")
 APPS = ("social-network", "hotel-reservation", "media-service")
 SEEN = APPS[:2]
 SEED, KIND_SEED, HPA_SEED, EDGE_SEED, ONLINE_SEED, ONLINE_VAL_SEED = 11, 21, 31, 41, 1000, 2000
@@ -121,16 +122,6 @@ def cached_model(name: str, data_dir: Path | None, fit: Any) -> SeerModel:
 
 def kind_of(ds: Dataset) -> list[str]:
     return [e["fault"]["kind"] if e["fault"] else "none" for e in ds.meta["episodes"]]
-
-
-def versions() -> dict[str, str | None]:
-    out = {}
-    for pkg in ("torch", "xgboost", "fse-baro", "RCAEval"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 def main() -> None:
@@ -229,7 +220,8 @@ def main() -> None:
             env["command"] = env["command"].replace(str(dd), "DATA_DIR")
         if args.out.parent.resolve() != RESULTS.resolve():
             env["command"] = env["command"].replace(str(args.out.parent), "PARTS_DIR")
-        result.setdefault("commands", {})[sec] = {**env, "packages_more": versions()}
+        result.setdefault("commands", {})[sec] = {**env,
+                                                  "packages_more": package_versions(MODEL_PACKAGES)}
         print(f"{sec} done in {time.monotonic() - t0:.0f} s")
     result["sections"] = [s for s in SECTIONS if s in result.get("commands", {})]
     if args.merge:
