@@ -63,18 +63,36 @@ def test_ask_in_the_browser_shows_answer_and_citation(page, base_url: str) -> No
     assert page.locator("#passage-1 pre").is_visible()
     assert "highlight" in page.get_attribute("#passage-1", "class")
     assert all(u.startswith(base_url) for u in requests), requests  # no CDN, no other host
+    assert base_url + "/api/ask/stream" in requests  # the answer is read as it settles
 
 
-def test_error_from_the_api_is_shown(page, base_url: str) -> None:
-    page.route("**/api/ask", lambda route: route.fulfill(
-        status=400, content_type="application/json",
-        body='{"detail": "the question is empty; ask something"}'))
+def _ask_with_reply(page, base_url: str, status: int, content_type: str, body: str) -> str:
+    """Ask on the page while the stream endpoint answers with ``body``; the status line shown
+    once the page reports an error (the Ask button is enabled again by then)."""
+    page.route("**/api/ask/stream", lambda route: route.fulfill(
+        status=status, content_type=content_type, body=body))
     try:
         page.goto(base_url + "/")
         page.fill("#question", "x")
         page.click("#ask")
         page.wait_for_selector("#status.error")
-        assert page.inner_text("#status") == "error: the question is empty; ask something"
         assert page.is_enabled("#ask")
+        return page.inner_text("#status")
     finally:
-        page.unroute("**/api/ask")
+        page.unroute("**/api/ask/stream")
+
+
+def test_error_from_the_api_is_shown(page, base_url: str) -> None:
+    shown = _ask_with_reply(page, base_url, 400, "application/json",
+                            '{"detail": "the question is empty; ask something"}')
+    assert shown == "error: the question is empty; ask something"
+
+
+def test_streamed_text_is_shown_and_an_error_in_the_stream_ends_it(page, base_url: str) -> None:
+    # the server began answering, then the model endpoint failed: the text already shown stays
+    # and the error is reported
+    shown = _ask_with_reply(page, base_url, 200, "application/x-ndjson",
+                            '{"text": "Run opt_clean"}\n'
+                            '{"error": "model endpoint failed: timed out"}\n')
+    assert shown == "error: model endpoint failed: timed out"
+    assert page.inner_text("#answer") == "Run opt_clean"
