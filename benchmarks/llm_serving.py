@@ -19,6 +19,9 @@ Four parts, one JSON (default benchmarks/results/llm_serving.json) and plots nex
    process's resident memory.
 4. ``prefill_sweep`` (``--prefill-sweep``): the engine's prefill budget tried on a small
    synthetic workload, and the cap a fixed rule picks (how the default was chosen).
+5. ``prefill_profile`` (``--prefill-profile``): per format, in a fresh process, the prefill of
+   ``--prefill-context``-token text prompts alone, and its share spent in attention and
+   re-tiering.
 
 LeanKV formats are named presets (``lossless``, ``balanced``, ...: whatever
 ``leanstack/leankv/presets`` ships when the run starts) or ``.toml`` files; the JSON records the
@@ -201,6 +204,22 @@ class _Clock:
     seconds = 0.0
 
 
+def _profile_workers(kind: str, formats: list[str], args: list[str],
+                     threads: int | None) -> dict[str, Any]:
+    """Run one profile worker per format, each in a fresh process; their JSON rows by format."""
+    rows: dict[str, Any] = {}
+    for fmt in formats:
+        cmd = [sys.executable, __file__, "--profile-worker", fmt, "--profile-kind", kind, *args]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{kind} profile of {fmt} failed: {done.stderr[-800:]}")
+        rows[fmt] = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"  {kind} profile {fmt}: {rows[fmt]}", flush=True)
+    return rows
+
+
 def run_decode_profile(formats: list[str], batch: int, context: int, steps: int,
                        threads: int | None) -> dict[str, Any]:
     """Decode steps of ``batch`` sequences with ``context``-token text prompts, per format,
@@ -212,19 +231,61 @@ def run_decode_profile(formats: list[str], batch: int, context: int, steps: int,
     layer), its ``attend_batch`` (attention of all sequences over their de-quantized working
     sets, one call per layer, conversion and attention math included) and the sequences'
     ``end_step`` (re-tier) — and the process's resident memory."""
-    out: dict[str, Any] = {"batch": batch, "context": context, "steps": steps, "formats": {}}
-    for fmt in formats:
-        cmd = [sys.executable, __file__, "--profile-worker", fmt, "--profile-batch", str(batch),
-               "--profile-context", str(context), "--profile-steps", str(steps)]
-        if threads:
-            cmd += ["--threads", str(threads)]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"decode profile of {fmt} failed: {done.stderr[-800:]}")
-        row = json.loads(done.stdout.strip().splitlines()[-1])
-        out["formats"][fmt] = row
-        print(f"  decode profile {fmt}: {row}", flush=True)
-    return out
+    rows = _profile_workers("decode", formats, ["--profile-batch", str(batch),
+                                                "--profile-context", str(context),
+                                                "--profile-steps", str(steps)], threads)
+    return {"batch": batch, "context": context, "steps": steps, "formats": rows}
+
+
+def run_prefill_profile(formats: list[str], context: int, prompts: int,
+                        threads: int | None) -> dict[str, Any]:
+    """Per format, in a fresh process: ``prompts`` text prompts of ``context`` tokens, each
+    prefilled alone in 512-token chunks up to its first token; the prefill's wall time and the
+    part of it spent in attention (page formats: ``_prefill_attention``, the page read
+    included; tiered LeanKV: ``attend_batch``, with or without the attention-mass bookkeeping
+    its policy needs) and in re-tiering (``end_step``)."""
+    rows = _profile_workers("prefill", formats, ["--profile-context", str(context),
+                                                 "--profile-steps", str(prompts)], threads)
+    return {"context": context, "prompts": prompts, "chunk_tokens": 512, "formats": rows}
+
+
+def prefill_one(fmt: str, context: int, prompts: int) -> dict[str, Any]:
+    """One format of :func:`run_prefill_profile`, in this process."""
+    from leanstack.leankv.engine_format import TieredSequenceKV
+    from leanstack.llm import load_model
+    from leanstack.llm.engine import Engine, EngineConfig, SamplingParams
+
+    reqs = text_request_set(prompts + 1, 11, context, context, 1)  # the first one warms up
+    config = EngineConfig(kv_budget_bytes=2 * (context + 16) * FP16_BYTES_PER_TOKEN,
+                          kv_format=fmt, max_num_seqs=1, max_batched_tokens=512)
+    config.max_prefill_tokens = None
+    engine = Engine(load_model(), config)
+    kv_format = engine.kv.format(fmt)[0]
+    attention, retier = _Clock(), _Clock()
+    walls = []
+    for i, (prompt, _) in enumerate(reqs):
+        if i == 1:  # timed from the second prompt on
+            if hasattr(kv_format, "attend_batch"):
+                kv_format.attend_batch = _wrap(kv_format.attend_batch, attention)
+                TieredSequenceKV.end_step = _wrap(TieredSequenceKV.end_step, retier)
+            else:
+                engine.runner._prefill_attention = _wrap(engine.runner._prefill_attention,
+                                                         attention)
+        seq = engine.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+        t = time.perf_counter()
+        while not seq.output_ids:
+            engine.step()
+        if i >= 1:
+            walls.append(time.perf_counter() - t)
+        while engine.has_work():
+            engine.step()
+    config_of = getattr(kv_format, "config", None)
+    return {"prefill_s_median": round(statistics.median(walls), 3),
+            "prefill_s": [round(w, 3) for w in walls],
+            "attention_s_per_prompt": round(attention.seconds / len(walls), 3),
+            "attention_share": round(attention.seconds / sum(walls), 3),
+            "retier_s_per_prompt": round(retier.seconds / len(walls), 3),
+            "ranks_tokens": None if config_of is None else config_of.ranks_tokens}
 
 
 def _rss_bytes() -> int:
@@ -498,7 +559,14 @@ def main() -> None:
     ap.add_argument("--sweep-requests", type=int, default=12)
     ap.add_argument("--sweep-rate", type=float, default=0.5)
     ap.add_argument("--sweep-budget-mb", type=float, default=64.0)
+    ap.add_argument("--prefill-profile", default="",
+                    help="formats whose prefill to time, e.g. fp16,balanced (comma-separated)")
+    ap.add_argument("--prefill-context", type=int, default=2048,
+                    help="prompt tokens of the prefill profile")
+    ap.add_argument("--prefill-prompts", type=int, default=3,
+                    help="timed prompts per format in the prefill profile")
     ap.add_argument("--profile-worker", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--profile-kind", default="decode", help=argparse.SUPPRESS)
     ap.add_argument("--skip-online", action="store_true",
                     help="keep the online part of the --out file (if it exists), run no "
                          "server")
@@ -508,6 +576,10 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.profile_worker and args.profile_kind == "prefill":  # one format, a fresh process
+        print(json.dumps(prefill_one(args.profile_worker, args.profile_context,
+                                     args.profile_steps)))
+        return
     if args.profile_worker:  # one format of the decode profile, in a fresh process
         print(json.dumps(profile_one(args.profile_worker, args.profile_batch,
                                      args.profile_context, args.profile_steps)))
@@ -548,6 +620,10 @@ def main() -> None:
     if args.decode_profile:
         profile = run_decode_profile(args.decode_profile.split(","), args.profile_batch,
                                      args.profile_context, args.profile_steps, args.threads)
+    prefill = None
+    if args.prefill_profile:
+        prefill = run_prefill_profile(args.prefill_profile.split(","), args.prefill_context,
+                                      args.prefill_prompts, args.threads)
     sweep = None
     if args.prefill_sweep:
         sweep_caps = sorted({0, *(int(c) for c in args.prefill_sweep.split(","))})
@@ -563,6 +639,7 @@ def main() -> None:
                      "fits_fp16": fits_list, "rates_rps": rates},
         "kv_formats": kv_settings(args.formats.split(",")),
         "online": online, "offline": offline, "decode_profile": profile,
+        "prefill_profile": prefill,
         "prefill_sweep": sweep,
         "online_environment": online_env,
         **benchmark_record(("leanstack", "torch", "transformers"), torch_threads=args.threads,

@@ -1,6 +1,7 @@
 import torch
 
-from leanstack.leankv.attention import sparse_attention
+from leanstack.leankv.attention import fused_attention, padded_attention, sparse_attention
+from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.significance import normalized_significance
 
 
@@ -55,3 +56,33 @@ def test_decayed_normalisation():
     score, pos = torch.tensor([1.0]), torch.tensor([0])
     assert normalized_significance(score, pos, 4).item() == 0.25
     assert abs(normalized_significance(score, pos, 2, decay=0.5).item() - 1 / 1.5) < 1e-6
+
+
+def test_fused_attention_matches_the_mass_keeping_path():
+    # slots out of order with holes (-1), a padding mask that hides one request's first token,
+    # and a fully padded query: the fused op must give padded_attention's output (zeros where
+    # nothing is visible)
+    g = torch.Generator().manual_seed(2)
+    b, heads, rep, width, q_len, d = 2, 2, 3, 9, 4, 8
+    query = torch.randn(b, heads * rep, q_len, d, generator=g)
+    keys, values = torch.randn(b * heads, width, d, generator=g), torch.randn(b * heads, width, d,
+                                                                              generator=g)
+    kpos = torch.stack([torch.randperm(width, generator=g) for _ in range(b * heads)])
+    kpos[kpos == 5] = -1  # a pruned hole in every group
+    q_pos = torch.arange(width - q_len, width)
+    mask = torch.ones(b, 1, q_len, width, dtype=torch.bool)
+    mask[1, :, :, 0] = False
+    mask[1, :, 0, :] = False  # request 1's first query sees nothing
+    for m in (None, mask):
+        ref, _ = padded_attention(query, keys, values, kpos, heads, q_pos, m, d ** -0.5)
+        out = fused_attention(query, keys, values, kpos, heads, q_pos, m, d ** -0.5)
+        assert out.shape == ref.shape and (out - ref).abs().max() < 1e-5
+    assert torch.equal(out[1, 0], torch.zeros_like(out[1, 0]))
+
+
+def test_only_policies_that_prune_or_split_precision_rank_tokens():
+    assert not LeanKVConfig.preset("exact").ranks_tokens
+    assert not LeanKVConfig(hi_bits=(8, 4), lo_bits=(8, 4), hi_mass=0.9, keep_mass=1.0).ranks_tokens
+    assert LeanKVConfig(hi_bits=(8, 4), lo_bits=(4, 2), hi_mass=0.9, keep_mass=1.0).ranks_tokens
+    assert LeanKVConfig(hi_mass=1.0, keep_mass=1.0, budget=64).ranks_tokens
+    assert LeanKVConfig(hi_bits=(4, 4), lo_bits=(4, 4), hi_mass=0.99, keep_mass=0.99).ranks_tokens

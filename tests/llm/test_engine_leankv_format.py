@@ -1,5 +1,6 @@
 """The LeanKV engine format without a model: batched writes and the working set's precision."""
 
+import pytest
 import torch
 
 from leanstack.llm.engine import KVManager, ModelShape, SamplingParams, Sequence
@@ -76,13 +77,15 @@ def test_working_set_is_fp16_unless_a_tier_stores_32_bits():
     assert seq16.kv_store.working_set_bytes() < seq32.kv_store.working_set_bytes()
 
 
-def test_batched_attention_equals_attention_sequence_by_sequence():
-    # three decoding sequences of different widths (one with a pruned hole) and a prompt chunk
+@pytest.mark.parametrize("preset", ["leankv:balanced-window", "balanced"])
+def test_batched_attention_equals_attention_sequence_by_sequence(preset):
+    # three decoding sequences of different widths (one with a pruned hole) and a prompt chunk;
+    # balanced-window ranks tokens (prunes), the shipped balanced does not (fused attention)
     lengths, chunk = [5, 1, 3], 4
     data = _tokens([*lengths, chunk])
     kvs = [KVManager(SHAPE, 16 * PAGE, PAGE) for _ in range(2)]
-    fmt = kvs[0].format("balanced")[0]
-    batched, single = (_sequences(kv, "balanced", [*lengths, chunk]) for kv in kvs)
+    fmt = kvs[0].format(preset)[0]
+    batched, single = (_sequences(kv, preset, [*lengths, chunk]) for kv in kvs)
     for seqs in (batched, single):
         for layer in range(SHAPE.num_layers):
             for seq, (p, k, v) in zip(seqs, data, strict=True):
@@ -98,6 +101,9 @@ def test_batched_attention_equals_attention_sequence_by_sequence():
         want = torch.cat([s.kv_store.attend(layer, q[i:i + n], q_pos[i:i + n], scaling)
                           for s, i, n in zip(single, [0, 1, 2, 3], sizes, strict=True)])
         assert torch.allclose(out, want, atol=1e-5)
+    if not fmt.config.ranks_tokens:  # nothing to rank by: no mass is kept
+        assert all(s.kv_store.score.eq(0).all() for s in batched + single)
+        return
     for a, b in zip(batched, single, strict=True):
         assert a.kv_store.score.abs().sum() > 0
         assert torch.allclose(a.kv_store.score, b.kv_store.score, atol=1e-6)

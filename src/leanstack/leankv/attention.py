@@ -37,21 +37,14 @@ def padded_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
     qh = (query.float() * scaling).reshape(n_groups, rep, q_len, dim)  # scaled once, not logits
     out = torch.empty(n_groups, rep, q_len, dim, dtype=torch.float32, device=query.device)
     mass = torch.zeros(n_groups, width, dtype=torch.float32, device=query.device)
-    m = None
-    if mask is not None:
-        m = mask[:, 0]
-        m = (m if m.dtype == torch.bool else m == 0).repeat_interleave(num_kv_heads, 0)
+    m = _group_mask(mask, num_kv_heads)
     keys_t = keys.transpose(1, 2)
     for s in range(0, q_len, QUERY_CHUNK):
         e = min(q_len, s + QUERY_CHUNK)
         c = e - s
         logits = torch.bmm(qh[:, :, s:e].reshape(n_groups, rep * c, dim), keys_t)
-        # which slots each query sees, [G, c, W], shared by the query heads of a group
         # (logits row r = head_in_group * c + q)
-        allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= q_pos[s:e].view(1, -1, 1))
-        if m is not None:
-            idx = kpos.clamp_min(0).unsqueeze(1).expand(-1, c, -1)
-            allowed = allowed & torch.gather(m[:, s:e], 2, idx)
+        allowed = _visible(kpos, q_pos[s:e], m, s)
         logits.view(n_groups, rep, -1, width).masked_fill_(~allowed.unsqueeze(1), float("-inf"))
         probs = torch.softmax(logits, -1).nan_to_num_(0.0)  # nothing visible: zeros
         out[:, :, s:e] = torch.bmm(probs, values).view(n_groups, rep, c, dim)
@@ -60,6 +53,49 @@ def padded_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tens
         mass += probs.sum(1)
     out = out.view(b_size, hq, q_len, dim).transpose(1, 2)
     return out.to(query.dtype), mass
+
+
+def _group_mask(mask: torch.Tensor | None, num_kv_heads: int) -> torch.Tensor | None:
+    """transformers' 4D mask [B, 1, Q, total] as a bool mask per KV group [G, Q, total]."""
+    if mask is None:
+        return None
+    m = mask[:, 0]
+    return (m if m.dtype == torch.bool else m == 0).repeat_interleave(num_kv_heads, 0)
+
+
+def _visible(kpos: torch.Tensor, q_pos: torch.Tensor, group_mask: torch.Tensor | None,
+             first_query: int) -> torch.Tensor:
+    """Which slots each query sees, [G, Q, W], shared by the query heads of a group: filled
+    slots at or before the query's position and, with a mask, those it allows (queries from
+    ``first_query`` on)."""
+    allowed = (kpos.unsqueeze(1) >= 0) & (kpos.unsqueeze(1) <= q_pos.view(1, -1, 1))
+    if group_mask is not None:
+        idx = kpos.clamp_min(0).unsqueeze(1).expand(-1, q_pos.numel(), -1)
+        allowed = allowed & torch.gather(
+            group_mask[:, first_query:first_query + q_pos.numel()], 2, idx)
+    return allowed
+
+
+def fused_attention(query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                    kpos: torch.Tensor, num_kv_heads: int, q_pos: torch.Tensor,
+                    mask: torch.Tensor | None, scaling: float) -> torch.Tensor:
+    """The output of :func:`padded_attention` (same arguments and layout) without the attention
+    mass, in one fused ``scaled_dot_product_attention`` per block of queries: for policies that
+    never rank tokens by significance. Returns [B, Q, Hq, D]."""
+    b_size, hq, q_len, dim = query.shape
+    n_groups, width = kpos.shape
+    rep = hq // num_kv_heads
+    qh = query.float().reshape(n_groups, rep, q_len, dim)
+    k, v = keys.unsqueeze(1), values.unsqueeze(1)  # [G, 1, W, D]: one KV head per group
+    m = _group_mask(mask, num_kv_heads)
+    out = torch.empty(n_groups, rep, q_len, dim, dtype=torch.float32, device=query.device)
+    for s in range(0, q_len, QUERY_CHUNK):
+        e = min(q_len, s + QUERY_CHUNK)
+        allowed = _visible(kpos, q_pos[s:e], m, s).unsqueeze(1)
+        out[:, :, s:e] = torch.nn.functional.scaled_dot_product_attention(
+            qh[:, :, s:e], k, v, attn_mask=allowed, scale=scaling, enable_gqa=True)
+    out = out.nan_to_num_(0.0)  # a query that sees nothing (padding) gets zeros
+    return out.view(b_size, hq, q_len, dim).transpose(1, 2).to(query.dtype)
 
 
 def sparse_attention(query: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,

@@ -16,6 +16,7 @@ from leanstack.errors import LeanstackError
 from leanstack.leankv.attention import (
     ACTIVE_CACHE,
     ATTENTION_NAME,
+    fused_attention,
     padded_attention,
     register_attention,
 )
@@ -113,26 +114,39 @@ class LeanKVLayer(CacheLayerMixin):
         # this step attends to its own tokens at full precision; later steps read them decoded
         working.append(key.reshape(shape), value.reshape(shape), q_pos,
                        torch.zeros(shape[:2], device=dev), TIER_FULL)
-        decay = self.cache.config.score_decay
-        weight = None
-        if decay < 1.0 and q_len > 1:  # older queries of this chunk count less
-            weight = decay ** torch.arange(q_len - 1, -1, -1, device=dev, dtype=torch.float32)
-        out, mass = padded_attention(query, working.keys, working.values, working.pos, heads,
-                                     q_pos, mask, scaling, weight)
         cfg = self.cache.config
-        if q_len > 1 and cfg.snap_window > 0:
-            self._pin_observed(query, mask, scaling, q_pos, heads)
+        if cfg.ranks_tokens:
+            out = self._attend_ranking(query, mask, scaling, q_pos, heads)
+        else:  # significance cannot change what is stored: no mass to keep
+            out = fused_attention(query, working.keys, working.values, working.pos, heads,
+                                  q_pos, mask, scaling)
         k_new, v_new, _, _ = layout.decode(records)  # decoded once, when stored
         working.overwrite_newest(k_new.view(shape), v_new.view(shape))
         if self.committed == 0:
             self.cache.note_first_valid(mask, q_len)
-        if decay < 1.0:
-            working.score.mul_(decay ** q_len)
-        working.score.add_(mass)
         self.committed += q_len
         self.since_retier += q_len
         if self.since_retier >= self.cache.config.retier_every or q_len > 1:
             self.retier()
+        return out
+
+    def _attend_ranking(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+                        q_pos: torch.Tensor, heads: int) -> torch.Tensor:
+        """Attention that adds each token's (decayed) attention mass to its score, and pins
+        observed prompt tokens after a chunk when the policy asks for it."""
+        working, cfg = self.working, self.cache.config
+        q_len = q_pos.numel()
+        weight = None
+        if cfg.score_decay < 1.0 and q_len > 1:  # older queries of this chunk count less
+            weight = cfg.score_decay ** torch.arange(q_len - 1, -1, -1, device=q_pos.device,
+                                                     dtype=torch.float32)
+        out, mass = padded_attention(query, working.keys, working.values, working.pos, heads,
+                                     q_pos, mask, scaling, weight)
+        if q_len > 1 and cfg.snap_window > 0:
+            self._pin_observed(query, mask, scaling, q_pos, heads)
+        if cfg.score_decay < 1.0:
+            working.score.mul_(cfg.score_decay ** q_len)
+        working.score.add_(mass)
         return out
 
     def _pin_observed(self, query: torch.Tensor, mask: torch.Tensor | None, scaling: float,

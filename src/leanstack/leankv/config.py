@@ -93,6 +93,14 @@ class LeanKVConfig:
             if getattr(self, name) <= 0:
                 raise LeanstackError(f"{name} must be > 0, got {getattr(self, name)}")
 
+    @property
+    def ranks_tokens(self) -> bool:
+        """Whether significance can change what is stored: pruning (``keep_mass`` < 1 or a
+        ``budget``) or a high/low split with different precisions. When it cannot, attention
+        skips the attention-mass bookkeeping and runs fused."""
+        return (self.budget > 0 or self.keep_mass < 1.0
+                or (self.hi_mass < 1.0 and self.hi_bits != self.lo_bits))
+
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> LeanKVConfig:
         """A named preset (``lossless``, ``balanced``, ``balanced-window``, ``aggressive``,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import torch
 
 from leanstack.errors import LeanstackError
-from leanstack.leankv.attention import padded_attention
+from leanstack.leankv.attention import fused_attention, padded_attention
 from leanstack.leankv.config import LeanKVConfig
 from leanstack.leankv.quant import QUANT_BITS
 from leanstack.leankv.records import RecordLayout
@@ -116,8 +116,9 @@ class LeanKVFormat:
         tokens (all of them precede the query), as :meth:`TieredSequenceKV.attend` would for
         each sequence, mass added to its scores included. The matmuls run sequence by
         sequence, each right after converting that sequence's fp16 keys or values of
-        ``layer`` to fp32 (a slice that stays in cache); the masking, softmax and mass of all
-        sequences run as one batch over their logits, padded to the widest. Returns
+        ``layer`` to fp32 (a slice that stays in cache); the masking, softmax and mass (when
+        the policy ranks tokens) of all sequences run as one batch over their logits, padded to
+        the widest. Returns
         [b, q_heads, dim]."""
         b, h, dim = len(stores), self.shape.num_kv_heads, self.shape.head_dim
         rep = q.shape[1] // h
@@ -132,14 +133,16 @@ class LeanKVFormat:
             kpos[i, :, 0, :w] = store.pos[layer, :, :w]
         logits.masked_fill_(kpos < 0, float("-inf"))  # pruned holes, unused slots
         probs = torch.softmax(logits, -1).nan_to_num_(0.0)  # nothing visible: zeros
-        mass = probs.sum(2)  # [b, h, width], over the query heads of each KV head
         out = torch.empty(b, h, rep, dim)
-        decay = self.config.score_decay
         for i, (store, w) in enumerate(zip(stores, widths, strict=True)):
             torch.bmm(probs[i, :, :, :w], store.values[layer, :, :w].float(), out=out[i])
-            if decay < 1.0:
-                store.score[layer].mul_(decay)
-            store.score[layer, :, :w] += mass[i, :, :w]
+        if self.config.ranks_tokens:
+            mass = probs.sum(2)  # [b, h, width], over the query heads of each KV head
+            decay = self.config.score_decay
+            for i, (store, w) in enumerate(zip(stores, widths, strict=True)):
+                if decay < 1.0:
+                    store.score[layer].mul_(decay)
+                store.score[layer, :, :w] += mass[i, :, :w]
         return out.view(b, h * rep, dim)
 
 
@@ -286,8 +289,15 @@ class TieredSequenceKV:
     def attend(self, layer: int, q: torch.Tensor, q_pos: torch.Tensor,
                scaling: float) -> torch.Tensor:
         """Queries ``q`` [n, q_heads, dim] at ``q_pos`` over each head's kept tokens; accumulates
-        their attention mass as significance. Returns [n, q_heads, dim]."""
+        their attention mass as significance when the policy ranks tokens. Returns [n, q_heads,
+        dim]."""
         width = max(int(self.count[layer].max()), 1)
+        if not self.config.ranks_tokens:  # no mass to keep: one fused op
+            return fused_attention(q.transpose(0, 1).unsqueeze(0),
+                                   self.keys[layer, :, :width].float(),
+                                   self.values[layer, :, :width].float(),
+                                   self.pos[layer, :, :width], self.heads, q_pos, None,
+                                   scaling)[0]
         decay, n = self.config.score_decay, q_pos.numel()
         weight = None
         if decay < 1.0 and n > 1:  # older queries of a chunk count less
