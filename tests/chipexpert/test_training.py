@@ -61,7 +61,8 @@ def tiny_config(run: Path, **dpo: object) -> object:
     return parse_config({
         "name": "tiny", "out": str(run), "threads": 1,
         "cpt": {**stage, "method": "full", "save_steps": 100, "max_seq_len": 32},
-        "sft": {**stage, "method": "lora", "save_steps": 1, "lora": {"r": 4, "alpha": 8}},
+        "sft": {**stage, "method": "lora", "save_steps": 1, "lora": {"r": 4, "alpha": 8},
+                "group_by_length": True},
         "dpo": {**stage, "method": "lora", "save_steps": 1, "lora": {"r": 4, "alpha": 8},
                 **dpo},
         "eval": {"bench_per_domain": 0, "verilog_items": 0, "perplexity_tokens": 64}})
@@ -80,6 +81,7 @@ def test_shipped_configs_validate() -> None:
     ('name = "x"\n[cpt]\nmethod = "qlora"\n', ["cpt.method", "'full' or 'lora'"]),
     ('name = "x"\n[sft]\nlearning_rate = -1\n', ["sft.learning_rate", "greater than 0"]),
     ('name = "x"\n[dpo]\nbeta2 = 0.1\n', ["unknown key", "dpo.beta2"]),
+    ('name = "x"\n[dpo]\ngroup_by_length = true\n', ["dpo.group_by_length", "sft only"]),
     ('model = "smollm2"\n', ["'name' is missing"]),
     ('name = "x"\n[cpt\n', ["not valid TOML"]),
 ])

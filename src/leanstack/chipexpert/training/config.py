@@ -57,6 +57,9 @@ class StageSection(_Strict):
     logging_steps: int = Field(5, ge=1)
     bf16: bool = False
     gradient_checkpointing: bool = False
+    # batches of examples of similar length (less padding, so fewer tokens computed per step);
+    # CPT packs its windows and needs none
+    group_by_length: bool = False
     lora: LoraSection = LoraSection()
 
 
@@ -64,6 +67,13 @@ class DpoSection(StageSection):
     """DPO adds ``beta``, how far the policy may move from the reference model."""
 
     beta: float = Field(0.1, gt=0.0)
+
+    @field_validator("group_by_length")
+    @classmethod
+    def _no_lengths(cls, on: bool) -> bool:
+        if on:
+            raise ValueError("a DPO pair has no single length to group by; set it for sft only")
+        return on
 
 
 class DataSection(_Strict):

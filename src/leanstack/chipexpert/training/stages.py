@@ -154,6 +154,7 @@ def _common_args(stage: str, section: StageSection, ckpt: Path, seed: int) -> di
         "disable_tqdm": True, "seed": seed, "data_seed": seed,
         "include_num_input_tokens_seen": "non_padding", "max_length": section.max_seq_len,
         "dataset_num_proc": None, "run_name": stage,
+        "train_sampling_strategy": "group_by_length" if section.group_by_length else "random",
     }
 
 
