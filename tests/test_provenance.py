@@ -6,7 +6,12 @@ import sys
 from datetime import datetime
 from importlib import metadata
 
-from leanstack.provenance import benchmark_record, package_versions, runtime_environment
+from leanstack.provenance import (
+    benchmark_record,
+    command_line,
+    package_versions,
+    runtime_environment,
+)
 
 
 def test_versions_of_installed_packages_and_none_for_a_missing_one():
@@ -27,3 +32,10 @@ def test_benchmark_record_adds_conditions_command_without_install_path_and_time(
     interpreter, *rest = record["command"].split(" ")
     assert "/" not in interpreter and rest == ["benchmarks/x.py", "--quick"]
     assert datetime.fromisoformat(record["timestamp"]).tzinfo is not None
+
+
+def test_a_console_script_is_recorded_by_name_and_arguments_are_quoted():
+    assert command_line(["/opt/env/bin/leanstack", "chip", "bench", "--question", "a b"]) == \
+        "leanstack chip bench --question 'a b'"
+    assert command_line(["benchmarks/x.py"]) == "python benchmarks/x.py"
+    assert command_line([]) == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shlex
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -30,10 +31,21 @@ def runtime_environment(packages: Iterable[str]) -> dict[str, Any]:
             "packages": package_versions(packages)}
 
 
+def command_line(argv: list[str] | None = None) -> str:
+    """The command as typed (default: ``sys.argv``), without this machine's install path for
+    the program itself: ``python benchmarks/x.py --quick`` for a script, ``leanstack kv eval
+    ...`` for the console script."""
+    argv = sys.argv if argv is None else argv
+    if not argv:
+        return ""
+    prog = Path(argv[0]).name if os.path.isabs(argv[0]) else argv[0]
+    prefix = ["python"] if prog.endswith(".py") else []
+    return shlex.join([*prefix, prog, *argv[1:]])
+
+
 def benchmark_record(packages: Iterable[str], **conditions: Any) -> dict[str, Any]:
     """A benchmark result's ``environment`` (``runtime_environment`` plus ``conditions``, such as
-    a thread count), ``command`` (the interpreter's name, no install path, then the arguments)
-    and ``timestamp`` (UTC) entries."""
+    a thread count), ``command`` (``command_line``) and ``timestamp`` (UTC) entries."""
     return {"environment": {**runtime_environment(packages), **conditions},
-            "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "command": command_line(),
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}

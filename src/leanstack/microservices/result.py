@@ -33,11 +33,8 @@ Definitions used by the summary:
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shlex
 import statistics
-import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +42,7 @@ from typing import Any
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.observation import percentiles_ms, sla_violated
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 from leanstack.schema import Count, FileModel, Finite, NonNegative, PercentileKey, Positive, check
 
 
@@ -275,20 +272,10 @@ PACKAGES = ("leanstack", "numpy", "scipy", "aiohttp", "hdrhistogram", "matplotli
 
 def environment(wall_s: float, command: list[str] | None = None) -> dict[str, Any]:
     """Where and how a result was produced: versions, core count, the exact command, time."""
-    argv = sys.argv if command is None else command
     return {
         "wall_s": round(wall_s, 3),
         **runtime_environment(PACKAGES),
         "platform": platform.platform(),
-        "command": _command_line(argv),
+        "command": command_line(command),
         "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-
-
-def _command_line(argv: list[str]) -> str:
-    """The command as typed, without this machine's install path for the program itself."""
-    if not argv:
-        return ""
-    prog = Path(argv[0]).name if os.path.isabs(argv[0]) else argv[0]
-    prefix = ["python"] if prog.endswith(".py") else []
-    return shlex.join([*prefix, prog, *argv[1:]])
