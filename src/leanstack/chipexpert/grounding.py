@@ -32,12 +32,17 @@ def _key(sentence: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", _CITE.sub("", sentence).lower()))
 
 
+def _words(text: str) -> list[tuple[int, str]]:
+    """The words of ``text`` with their offsets, lower-cased, citations ``[n]`` left out."""
+    return [(m.start(), m.group(0).lower()) for m in re.finditer(r"\S+", text)
+            if not re.fullmatch(r"\[\d+\][.,;:]?", m.group(0))]
+
+
 def loop_start(text: str) -> int | None:
     """The character offset where ``text`` starts looping ("-top [4] -top
     [5] -top ..."): the first window of ``LOOP_WINDOW`` words, citations aside, with at most
     ``LOOP_DISTINCT`` different words; None when there is none."""
-    words = [(m.start(), m.group(0).lower()) for m in re.finditer(r"\S+", text)
-             if not re.fullmatch(r"\[\d+\][.,;:]?", m.group(0))]
+    words = _words(text)
     for i in range(len(words) - LOOP_WINDOW + 1):
         window = [w for _, w in words[i:i + LOOP_WINDOW]]
         if len(set(window)) <= LOOP_DISTINCT:
@@ -126,8 +131,7 @@ def settled_answer(text: str, shown: set[int], limit: int = MAX_ANSWER_SENTENCES
 def _loop_safe_start(sentence: str) -> str:
     """The words of a growing sentence that no loop found later can cut: those before the
     last run of words (citations aside) with at most ``LOOP_DISTINCT`` different ones."""
-    words = [(m.start(), m.group(0).lower()) for m in re.finditer(r"\S+", sentence)
-             if not re.fullmatch(r"\[\d+\][.,;:]?", m.group(0))]
+    words = _words(sentence)
     start = len(sentence)
     for i in range(len(words) - 1, -1, -1):
         if len({w for _, w in words[i:]}) > LOOP_DISTINCT:
