@@ -91,10 +91,6 @@ def bm25_text(chunk: Chunk) -> str:
            f"{chunk.text}"
 
 
-def _text_key(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def _corpus_hash(corpus_dir: Path) -> str:
     return hashlib.sha256((corpus_dir / CORPUS_FILE).read_bytes()).hexdigest()
 
@@ -168,7 +164,7 @@ def build_index(corpus_dir: Path, model: dense.Encoder | None = None,
         write_json(tmp / "meta.json", {
             "version": INDEX_VERSION, "corpus_sha256": _corpus_hash(corpus_dir),
             "model": MODEL_NAME, "ids": [c.id for c in chunks],
-            "text_keys": [_text_key(t) for t in texts]})
+            "text_keys": keys})
         _swap_in(tmp, corpus_dir / INDEX_DIR)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
