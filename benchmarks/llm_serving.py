@@ -244,8 +244,8 @@ def run_prefill_profile(formats: list[str], context: int, prompts: int,
     part of it spent in attention (page formats: ``_prefill_attention``, the page read
     included; tiered LeanKV: ``attend_batch``, with or without the attention-mass bookkeeping
     its policy needs) and in re-tiering (``end_step``)."""
-    rows = _profile_workers("prefill", formats, ["--profile-context", str(context),
-                                                 "--profile-steps", str(prompts)], threads)
+    rows = _profile_workers("prefill", formats, ["--prefill-context", str(context),
+                                                 "--prefill-prompts", str(prompts)], threads)
     return {"context": context, "prompts": prompts, "chunk_tokens": 512, "formats": rows}
 
 
@@ -577,8 +577,8 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.profile_worker and args.profile_kind == "prefill":  # one format, a fresh process
-        print(json.dumps(prefill_one(args.profile_worker, args.profile_context,
-                                     args.profile_steps)))
+        print(json.dumps(prefill_one(args.profile_worker, args.prefill_context,
+                                     args.prefill_prompts)))
         return
     if args.profile_worker:  # one format of the decode profile, in a fresh process
         print(json.dumps(profile_one(args.profile_worker, args.profile_batch,
