@@ -34,6 +34,7 @@ from leanstack.chipexpert.bench.items import DOMAINS, Item, load_items
 from leanstack.chipexpert.bench.report import markdown_table, save_chart, type_table
 from leanstack.chipexpert.bench.runner import MCQ_SCORING, BenchRunner, ItemResult, bench_record
 from leanstack.chipexpert.store import write_json
+from leanstack.provenance import command_line
 
 RESULTS = Path(__file__).parent / "results"
 CONFIGS = ("norag", "rag")
@@ -138,7 +139,7 @@ def combine(quick: bool) -> None:
     result = {"benchmark": "chip_bench", "quick": quick, "items_compared": len(common),
               "items_total": total, "paired": paired(records[0]["items"], records[1]["items"]),
               "runs": records,
-              "command": " ".join([sys.executable.split("/")[-1], *sys.argv])}
+              "command": command_line()}
     stem = "chip_bench_quick" if quick else "chip_bench"
     write_json(RESULTS / f"{stem}.json", result)
     save_chart(records, RESULTS / f"{stem}.png")

@@ -38,7 +38,7 @@ from leanstack.leankv.evaluate import FidelityResult, decode_fidelity, default_t
 from leanstack.leankv.peers import uniform_config
 from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
 from leanstack.llm import load_model
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 from stats_format import print_suite_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -95,7 +95,7 @@ def main() -> None:
     suite = replace(QUICK if args.quick else SuiteSettings(), split="calibration")
     if args.docs:
         suite = replace(suite, max_documents=args.docs)
-    environment = {**runtime_environment(("torch", "transformers")), "command": " ".join(sys.argv),
+    environment = {**runtime_environment(("torch", "transformers")), "command": command_line(),
                    "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     calibration_rows = []
     dense_memo: dict = {}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -37,7 +36,7 @@ from leanstack.leankv.config import PRESET_DIR
 from leanstack.leankv.corpus import documents
 from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
 from leanstack.llm import load_model
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 from stats_format import print_suite_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -63,7 +62,7 @@ def main() -> None:
     started = time.time()
     torch.set_num_threads(1)
     settings = replace(QUICK if args.quick else SuiteSettings(), split="calibration")
-    command = " ".join(["benchmarks/leankv_calibrate_presets.py", *sys.argv[1:]])
+    command = command_line()
     memo: dict = {}
     if args.jobs > 1:
         with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:

@@ -24,7 +24,7 @@ import torch
 from leanstack.leankv import LeanKVConfig
 from leanstack.leankv.evaluate import decode_fidelity, default_text, passkey_accuracy
 from leanstack.llm import load_model
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 
 UNIFORM = dict(hi_mass=1.0, keep_mass=1.0, sink_tokens=0, recent_window=0)
 
@@ -87,7 +87,7 @@ def main() -> None:
         "prefix": prefix, "decode": decode, "offsets": offsets, "rows": rows,
         "mean_over_offsets": means,
         "environment": {**runtime_environment(("torch", "transformers")),
-                        "command": " ".join(sys.argv),
+                        "command": command_line(),
                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     out = Path(__file__).parent / "results" / "leankv_fidelity.json"

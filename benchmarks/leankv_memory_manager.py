@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 from leanstack.leankv.pages import PagePool
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 
 TOKENS_PER_PAGE = 16
 TIERS = 3
@@ -132,7 +131,7 @@ def main() -> None:
         "benchmark": "leankv_memory_manager", "rows": rows,
         "settings": {"layers": layers, "kv_heads": heads, "tiers": TIERS,
                      "tokens_per_page": TOKENS_PER_PAGE, "steps": steps},
-        "environment": {**runtime_environment(("torch",)), "command": " ".join(sys.argv),
+        "environment": {**runtime_environment(("torch",)), "command": command_line(),
                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     out = Path(__file__).parent / "results" / "leankv_memory_manager.json"

@@ -47,7 +47,7 @@ from leanstack.leankv.peers import (
 )
 from leanstack.leankv.suite import QUICK, SuiteSettings, evaluate_split
 from leanstack.llm import load_model
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 from stats_format import print_suite_table
 
 RESULTS = Path(__file__).parent / "results"
@@ -135,7 +135,7 @@ def save(out: Path, row: dict, fresh: bool, order: list[str], **settings: Any) -
             "rows": ordered,
             "environment": {**runtime_environment(("torch", "transformers", "optimum-quanto",
                                                    "kvpress")),
-                            "command": " ".join(sys.argv),
+                            "command": command_line(),
                             "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
         }
         tmp = out.with_suffix(".json.tmp")

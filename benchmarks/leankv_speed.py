@@ -27,7 +27,7 @@ from leanstack.atomic import write_json
 from leanstack.leankv import LeanKVCache, LeanKVConfig
 from leanstack.leankv.corpus import documents
 from leanstack.llm import load_model
-from leanstack.provenance import runtime_environment
+from leanstack.provenance import command_line, runtime_environment
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -93,7 +93,7 @@ def main() -> None:
         "environment": {**runtime_environment(("torch", "transformers")),
                         "threads": args.threads,
                         "load_average_at_start": os.getloadavg()[0],
-                        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                        "command": command_line(),
                         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
     for context in (int(c) for c in args.contexts.split(",")):

@@ -32,6 +32,7 @@ from typing import Any
 
 from leanstack.chipexpert.training.config import EvalSection
 from leanstack.errors import LeanstackError
+from leanstack.provenance import command_line
 
 HELDOUT = {"ic": "heldout_ic.txt", "general": "heldout_general.txt"}
 NO_CODE = "no Verilog module found"
@@ -224,7 +225,7 @@ def evaluate_model(source: str | Path | None, data: Path, ev: EvalSection, label
     record: dict[str, Any] = {"model": label, "source": str(source or "smollm2"),
                               "perplexity": {}, "bench": {}, "heldout_questions": {},
                               "verilog": {},
-                              "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+                              "command": command_line()}
     for name, file in HELDOUT.items():
         path = data / file
         if path.is_file():
