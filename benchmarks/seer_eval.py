@@ -74,7 +74,7 @@ from leanstack.seer.model import MODELS_DIR, VARIANTS, SeerModel
 from leanstack.seer.train import TrainConfig, score, split_episodes, start_window, steps, train
 
 RESULTS = Path(__file__).parent / "results"
-MODEL_PACKAGES = ("torch", "xgboost", "fse-baro", "RCAEval")
+MODEL_PACKAGES = ("torch", "xgboost-cpu", "fse-baro", "RCAEval")
 APPS = ("social-network", "hotel-reservation", "media-service")
 SEEN = APPS[:2]
 SEED, KIND_SEED, HPA_SEED, EDGE_SEED, ONLINE_SEED, ONLINE_VAL_SEED = 11, 21, 31, 41, 1000, 2000
