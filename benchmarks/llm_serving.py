@@ -478,13 +478,20 @@ def plot_online(rows: list[dict[str, Any]], path: Path) -> list[Path]:
     first_rate, first_budget = rows[0]["rate_rps"], rows[0]["budget_mb"]
     def two_panels(x: str, ys: tuple[str, str], keep: Any, xlabel: str, ylabels: tuple[str, str],
                    titles: tuple[str, str], suffix: str) -> Path:
-        """One figure: ``ys[0]`` and ``ys[1]`` against ``x``, a line per format."""
+        """One figure: ``ys[0]`` and ``ys[1]`` against ``x``, a line per format; a point
+        whose run refused requests (they did not fit the budget) says how many, as its
+        numbers cover only the requests served."""
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for kv in formats:
-            pts = sorted((r[x], r[ys[0]], r[ys[1]]) for r in rows if label(r) == kv and keep(r))
+            pts = sorted((r[x], r[ys[0]], r[ys[1]], r.get("errors", 0), r["requests"])
+                         for r in rows if label(r) == kv and keep(r))
             for i, ax in enumerate(axes):
                 ax.plot([p[0] for p in pts], [p[i + 1] for p in pts], "o-", label=kv)
                 ax.set(xlabel=xlabel, ylabel=ylabels[i], title=titles[i])
+                for p in pts:
+                    if p[3]:
+                        ax.annotate(f"{kv}: {p[3]} of {p[4]} refused", (p[0], p[i + 1]),
+                                    textcoords="offset points", xytext=(6, -12), fontsize=8)
         axes[0].legend()
         fig.tight_layout()
         out = path.with_name(path.stem + suffix)
