@@ -38,4 +38,6 @@ def test_a_console_script_is_recorded_by_name_and_arguments_are_quoted():
     assert command_line(["/opt/env/bin/leanstack", "chip", "bench", "--question", "a b"]) == \
         "leanstack chip bench --question 'a b'"
     assert command_line(["benchmarks/x.py"]) == "python benchmarks/x.py"
+    assert command_line([".venv/bin/leanstack", "kv", "eval"]) == "leanstack kv eval"
+    assert command_line(["/opt/repo/benchmarks/x.py", "-q"]) == "python x.py -q"
     assert command_line([]) == ""

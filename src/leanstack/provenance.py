@@ -33,12 +33,15 @@ def runtime_environment(packages: Iterable[str]) -> dict[str, Any]:
 
 def command_line(argv: list[str] | None = None) -> str:
     """The command as typed (default: ``sys.argv``), without this machine's install path for
-    the program itself: ``python benchmarks/x.py --quick`` for a script, ``leanstack kv eval
-    ...`` for the console script."""
+    the program itself: ``python benchmarks/x.py --quick`` for a script (its path as typed
+    when relative), ``leanstack kv eval ...`` for the console script (by name, also when it
+    was called as ``.venv/bin/leanstack``)."""
     argv = sys.argv if argv is None else argv
     if not argv:
         return ""
-    prog = Path(argv[0]).name if os.path.isabs(argv[0]) else argv[0]
+    prog = argv[0]
+    if os.path.isabs(prog) or not prog.endswith(".py"):
+        prog = Path(prog).name
     prefix = ["python"] if prog.endswith(".py") else []
     return shlex.join([*prefix, prog, *argv[1:]])
 
