@@ -1,54 +1,98 @@
-"""Sinan vs Kubernetes HPA on the local backend: the social network on real processes.
+"""Sinan vs Kubernetes HPA on the local backend: an app on real processes.
 
-Sinan runs with its shipped model (trained on the simulator); HPA with its time constants x0.1
-for the short run. Same diurnal arrivals, one after the other.
+The chosen controllers run on the same diurnal arrivals (mean ±50%, one compressed day per run),
+seed after seed; HPA's time constants are x0.1 for 5-minute runs. ``sinan`` uses the model in
+``--model`` (default: the one shipped with leanstack, trained on the simulator); ``sinan-sim``
+is always the shipped model, so one invocation compares both against the same HPA runs.
 
-    python benchmarks/sinan_local.py [--quick]
+Training Sinan on real processes first (per app; the same --backend-opt as the benchmark):
 
-Writes benchmarks/results/sinan_local.json and prints a Markdown table. Needs writable cgroups
-(root); run it alone, on a quiet machine.
+    leanstack sinan collect --app social-network --backend local --rps 100 --duration 120 \
+        --repeats 2 --out sn-local.npz
+    leanstack sinan train --data sn-local.npz --out sn-local-model
+    python benchmarks/sinan_local.py --app social-network --seeds 0,1,2 \
+        --model sn-local-model --controllers hpa,sinan,sinan-sim
+
+``collect`` runs the bandit explorer at 25, 50, 75, 100 and 125% of --rps and once diurnally
+around it (6 runs per repeat); each run of D seconds gives D - 8 samples.
+
+Writes benchmarks/results/sinan_local_<app>.json after every run (``--out`` overrides), with the
+model each Sinan controller used, and prints Markdown tables: one row per run with the load
+average before and after it, then the mean and per-seed values across seeds. Needs writable
+cgroups (root); run it alone, on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from leanstack.atomic import write_json
-from leanstack.microservices.app import load_app
-from leanstack.microservices.controllers import HPAController
-from leanstack.microservices.load import LoadSpec
-from leanstack.microservices.result import environment
+from leanstack.errors import LeanstackError
+from leanstack.microservices.app import AppSpec
+from leanstack.microservices.controllers import make_controller
 from leanstack.sinan.controller import SinanController
-from local_runs import print_table, require_local, run_local
+from leanstack.sinan.model import shipped_model_dir
+from local_runs import (
+    BASELINE,
+    add_arguments,
+    print_tables,
+    require_local,
+    run_benchmark,
+    settings_from,
+)
 
-RESULT = Path(__file__).parent / "results" / "sinan_local.json"
-APP = "social-network"
+CONTROLLERS = ("hpa", "sinan", "sinan-sim")
 
 
-def main() -> None:
+def model_record(app: AppSpec, model: Path | None) -> dict[str, Any]:
+    """Check the model can control ``app`` (one-line error otherwise) and describe it: where it
+    came from, what it was trained on, its held-out quality."""
+    SinanController(model).reset(app, 1.0)
+    meta = json.loads(((model or shipped_model_dir(app.name)) / "meta.json").read_text())
+    metrics = meta.get("metrics", {})
+    source = "shipped" if model is None else model.name if model.is_absolute() else str(model)
+    return {"model": source,
+            "trained_on": meta.get("collection_backend", "sim" if model is None else None),
+            "collection_wall_s": meta.get("collection_wall_s"),
+            "collection_load_s": meta.get("collection_sim_s"), "samples": meta.get("samples"),
+            "auc": metrics.get("auc"), "p99_rmse_qos": metrics.get("p99_rmse_qos")}
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="60 s runs")
-    ap.add_argument("--rps", type=float, default=100.0)
-    args = ap.parse_args()
-    require_local()
-    torch.set_num_threads(1)
-    t0 = time.monotonic()
-    app = load_app(APP)
-    duration = 60.0 if args.quick else 180.0
-    load = LoadSpec("diurnal", args.rps, duration, seed=0, amplitude=0.5)
-    runs = run_local(app, [HPAController(time_scale=0.1), SinanController()], load)
-    write_json(RESULT, {"benchmark": "sinan_local", "app": APP, "quick": args.quick,
-                       "load": {"pattern": "diurnal", "rps": args.rps, "duration_s": duration,
-                                "amplitude": 0.5},
-                       "hpa_time_scale": 0.1, "sinan_model": "shipped (trained on the simulator)",
-                       "runs": runs, "environment": environment(time.monotonic() - t0, sys.argv)})
-    print_table(runs)
+    add_arguments(ap, CONTROLLERS, default_controllers="hpa,sinan")
+    ap.add_argument("--model", type=Path, default=None,
+                    help="Sinan model directory from 'leanstack sinan train' for the 'sinan' "
+                         "controller (default: the shipped simulator-trained model)")
+    args = ap.parse_args(argv)
+    try:
+        settings = settings_from(args, "sinan_local", CONTROLLERS)
+        if args.model is None and {"sinan", "sinan-sim"} <= set(settings.controllers):
+            raise LeanstackError("without --model, sinan and sinan-sim are the same shipped "
+                                 "model — drop one or pass --model DIR")
+        import torch
+
+        torch.set_num_threads(1)
+        models = {name: model_record(settings.app, args.model if name == "sinan" else None)
+                  for name in settings.controllers if name != BASELINE}
+        require_local()
+        factories = {BASELINE: lambda: make_controller(BASELINE, **settings.hpa_options),
+                     "sinan": lambda: SinanController(args.model),
+                     "sinan-sim": lambda: SinanController(None)}
+        result = run_benchmark("sinan_local", settings, factories, {"sinan_models": models})
+    except LeanstackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted — runs finished so far, if any, are in {settings.out}", file=sys.stderr)
+        return 130
+    print_tables(result)
+    print(f"result: {settings.out}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

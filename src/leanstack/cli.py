@@ -94,7 +94,8 @@ def micro_run(
     if backend == "k8s":
         raise LeanstackError("the k8s backend sends no load — drive a cluster with 'leanstack "
                              "micro control --backend k8s'")
-    be = make_backend(backend, interval, **{**opts, **parse_options(backend_opt)})
+    backend_opts = parse_options(backend_opt, "--backend-opt", "cfs_period_ms=20")
+    be = make_backend(backend, interval, **{**opts, **backend_opts})
     det = None
     if detector is not None:
         from leanstack.microservices.detector import make_detector
@@ -265,14 +266,16 @@ def demo(
         raise LeanstackError(f"demo section(s) {', '.join(failed)} failed (see above)")
 
 
-def parse_options(pairs: list[str]) -> dict[str, str]:
+def parse_options(pairs: list[str], flag: str = "--opt",
+                  example: str = "headroom=0.1") -> dict[str, str]:
     """``["plan=p.json", "headroom=0.1"]`` -> ``{"plan": "p.json", "headroom": "0.1"}``; the
-    controller's declared types convert them (see ``make_controller``)."""
+    controller's declared types convert them (see ``make_controller``). ``flag`` and
+    ``example`` name the option in the error."""
     opts: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise LeanstackError(f"--opt '{pair}' is not KEY=VALUE — write e.g. --opt headroom=0.1")
+            raise LeanstackError(f"{flag} '{pair}' is not KEY=VALUE — write e.g. {flag} {example}")
         opts[key.replace("-", "_")] = value
     return opts
 

@@ -22,6 +22,7 @@ def test_collect_train_explain(tmp_path, tiny_dataset):
                                   "--epochs", "2", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "held-out runs" in r.output and (model / "explain.npz").is_file()
+    assert json.loads((model / "meta.json").read_text())["collection_backend"] == "sim"
     r = runner.invoke(sinan_app, ["explain", "--model", str(model), "--out",
                                   str(tmp_path / "e.png"), "--json", str(tmp_path / "e.json")])
     assert r.exit_code == 0, r.output
@@ -43,3 +44,18 @@ def test_bad_inputs_are_leanstack_errors(tmp_path):
     assert isinstance(r.exception, LeanstackError) and "unknown app" in str(r.exception)
     r = runner.invoke(sinan_app, ["explain", "--model", str(tmp_path)])
     assert isinstance(r.exception, LeanstackError) and "sinan train" in str(r.exception)
+
+
+def test_collect_refuses_runs_too_short_for_a_sample_and_bad_backend_options(tmp_path):
+    from leanstack.errors import LeanstackError
+
+    out = tmp_path / "d.npz"
+    for argv, words in ((["--duration", "8"], "gives no training sample"),
+                        (["--backend-opt", "cfs_period_ms"], "--backend-opt 'cfs_period_ms' is "
+                                                             "not KEY=VALUE"),
+                        (["--backend", "local", "--backend-opt", "period=20"],
+                         "has no option 'period'")):
+        r = runner.invoke(sinan_app, ["collect", "--app", "hotel-reservation", "--out", str(out),
+                                      "--quiet", *argv])
+        assert isinstance(r.exception, LeanstackError) and words in str(r.exception)
+        assert "\n" not in str(r.exception) and not out.exists()

@@ -112,10 +112,34 @@ def test_threshold_recovers_when_the_drift_clears(shop_profile):
     assert kinds == [True, False]  # one lowering, one recovery
 
 
+def test_throttle_guard_raises_a_throttled_tier_and_hands_back_after_clean_intervals(
+        shop_profile):
+    app = shop()
+    plan = make_plan(app, shop_profile)
+    ctrl = UrsaController(plan, window=2, throttle_guard=0.5, reprofile=False)
+    current = ctrl.reset(app, 1.0)
+    rps = 20.0
+    history = [_obs(0, app, rps, {})]
+    base = ctrl.decide(history, current).tiers
+    throttled = _obs(1, app, rps, {})
+    throttled.tiers["catalog"].throttled_s = 0.05
+    history.append(throttled)
+    raised = ctrl.decide(history, current).tiers
+    cap = app.services["catalog"].max_cpu
+    assert raised["catalog"].cpu == pytest.approx(min(base["catalog"].cpu * 1.5, cap), rel=0.01)
+    assert all(raised[t].cpu == base[t].cpu for t in app.services if t != "catalog")
+    for t in (2, 3):  # two clean intervals (= window) take one step back
+        history.append(_obs(t, app, rps, {}))
+        back = ctrl.decide(history, current).tiers
+    assert back["catalog"].cpu == pytest.approx(base["catalog"].cpu, rel=0.01)
+    assert ctrl.describe()["throttle_guard"] == 0.5
+
+
 def test_controller_options_are_range_checked(shop_profile):
     plan = make_plan(shop(), shop_profile)
     for bad, fragment in [({"window": 0}, "at least 1"), ({"warmup_intervals": -1}, "0 or more"),
-                          ({"capacity": 0.0}, "capacity"), ({"headroom": 6.0}, "headroom")]:
+                          ({"capacity": 0.0}, "capacity"), ({"headroom": 6.0}, "headroom"),
+                          ({"throttle_guard": -0.1}, "throttle_guard")]:
         with pytest.raises(LeanstackError, match=fragment):
             UrsaController(plan, **bad)
     with pytest.raises(LeanstackError, match="below the .* min_cpu"):

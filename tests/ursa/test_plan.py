@@ -234,3 +234,16 @@ def test_p999_counts_only_when_an_interval_saw_enough_requests():
         return make_plan(app, profile).classes["req"].planned_ms
 
     assert planned(1.0) < 32.0 < 60.0 < planned(1000.0)
+
+
+def test_a_tier_the_profile_saw_idle_is_planned_at_its_min_cpu_not_at_a_billion_cores(
+        shop_profile):
+    app = shop()
+    idle = "catalog"
+    tiers = dict(shop_profile.tiers)
+    tiers[idle] = TierProfile(idle, [(0.0, 0.0)], tiers[idle].bound_ms, "idle")
+    profile = AppProfile(**{**shop_profile.__dict__, "tiers": tiers})
+    plan = make_plan(app, profile)
+    expected = profile.rps * visits_per_request(app)[idle] / app.services[idle].min_cpu
+    assert plan.tiers[idle].threshold == pytest.approx(expected)
+    assert plan.cpu_per_rps < 10 * make_plan(app, shop_profile).cpu_per_rps

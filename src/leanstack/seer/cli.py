@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -152,13 +154,15 @@ def eval_cmd(
     torch.set_num_threads(1)
     spec = load_app(app_name)
     model = SeerModel.load(model_dir)
+    t0, load_before = time.monotonic(), os.getloadavg()
     bar, task = _bar(quiet, f"{spec.name}: episodes (x2: watch, act)", episodes)
     with bar:
         res = online_eval(spec, model, episodes, seed, backend, interval, _kinds(kinds), rps,
                           on_episode=lambda i, n: bar.update(task, completed=i))
     res["model"] = str(model_dir) if model_dir else "shipped"
     res["command"] = " ".join(["leanstack", *sys.argv[1:]])
-    res["environment"] = environment(0.0)
+    res["loadavg_before"], res["loadavg_after"] = list(load_before), list(os.getloadavg())
+    res["environment"] = environment(time.monotonic() - t0)
     write_json(out, res)
     print(f"{spec.name} on {backend}, {res['episodes']} episodes: anticipation "
           f"{_pct(res['anticipation'])} (>= {res['lead_s']:g} s ahead, median lead "

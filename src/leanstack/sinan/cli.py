@@ -26,17 +26,27 @@ def collect_cmd(
     seed: int = typer.Option(0, help="seed of the explorer, arrivals and simulator"),
     out: Path = typer.Option(Path("sinan-data.npz"), help="where to write the dataset"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    backend_opt: list[str] = typer.Option([], "--backend-opt", help="backend option KEY=VALUE "
+                                          "(repeatable), e.g. local: cfs_period_ms=20"),
 ) -> None:
     """Run the bandit explorer at several load levels and write a training dataset."""
+    from leanstack.cli import parse_options
     from leanstack.microservices.app import load_app
     from leanstack.sinan.dataset import collect, collection_loads
+    from leanstack.sinan.features import HORIZON, WINDOW
 
     if not 1 <= repeats <= MAX_REPEATS:
         raise LeanstackError(f"--repeats must be in [1, {MAX_REPEATS}], got {repeats}")
+    if duration < WINDOW + HORIZON:
+        raise LeanstackError(f"--duration {duration:g} s gives no training sample: a run of D "
+                             f"seconds gives D - {WINDOW + HORIZON - 1} — use at least "
+                             f"{WINDOW + HORIZON} s (120 s is a useful run)")
     spec = load_app(app_name)
     loads = [ld for r in range(repeats)
              for ld in collection_loads(rps, duration, seed=seed + 100 * r)]
-    data = collect(spec, loads, backend=backend, seed=seed, progress=not quiet)
+    data = collect(spec, loads, backend=backend, seed=seed, progress=not quiet,
+                   backend_options=parse_options(backend_opt, "--backend-opt",
+                                                 "cfs_period_ms=20"))
     data.save(out)
     m = data.meta
     print(f"{spec.name}: {len(data)} samples from {len(m['runs'])} runs "

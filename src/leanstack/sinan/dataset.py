@@ -124,14 +124,18 @@ def collection_loads(rps: float, duration_s: float, seed: int = 0,
 
 
 def collect(app: AppSpec, loads: list[LoadSpec], backend: str = "sim", seed: int = 0,
-            progress: bool = True) -> Dataset:
-    """Run the bandit explorer under each load on ``backend`` and build the dataset.
+            progress: bool = True, backend_options: dict[str, Any] | None = None) -> Dataset:
+    """Run the bandit explorer under each load on ``backend`` (built with ``backend_options``)
+    and build the dataset.
 
     One explorer is shared by all runs, so its arm statistics accumulate as in the paper's
     long collection. ``collection_wall_s`` is the wall time of the runs themselves.
     """
     if not loads:
         raise LeanstackError("no collection loads given — pass at least one load level")
+    backend_options = dict(backend_options or {})
+    if backend_options:  # a bad option: one line before the first run
+        make_backend(backend, 1.0, **backend_options)
     tiers = app.tiers
     explorer = BanditExplorer(seed=seed)
     parts: list[dict[str, np.ndarray]] = []
@@ -140,7 +144,7 @@ def collect(app: AppSpec, loads: list[LoadSpec], backend: str = "sim", seed: int
     with tempfile.TemporaryDirectory(prefix="sinan-collect-") as tmp:
         for i, load in enumerate(loads):
             opts = {"seed": seed + i} if backend == "sim" else {}
-            be = make_backend(backend, 1.0, **opts)
+            be = make_backend(backend, 1.0, **{**opts, **backend_options})
             t0 = time.monotonic()
             result = run_experiment(app, be, explorer, load, Path(tmp) / f"run{i}.json",
                                     progress=progress)
@@ -155,6 +159,7 @@ def collect(app: AppSpec, loads: list[LoadSpec], backend: str = "sim", seed: int
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in ARRAYS}
     meta = {"app": app.name, "tiers": tiers, "channels": list(CHANNELS),
             "percentiles": list(PCT_KEYS), "qos_ms": reference_qos_ms(app),
-            "backend": backend, "runs": runs, "collection_wall_s": round(wall, 3),
-            "collection_sim_s": sim_s, "explorer": explorer.describe()}
+            "backend": backend, "backend_options": backend_options, "runs": runs,
+            "collection_wall_s": round(wall, 3), "collection_sim_s": sim_s,
+            "explorer": explorer.describe()}
     return Dataset(arrays, meta)

@@ -81,6 +81,7 @@ def train(data: Dataset, cfg: TrainConfig = TrainConfig(),
                  "runs": {"test": sorted({int(r) for r in te.arrays["run"]}),
                           "early_stop": sorted({int(r) for r in st.arrays["run"]})},
                  "parameters": sum(p.numel() for p in cnn.parameters()),
+                 "collection_backend": data.meta.get("backend", "sim"),
                  "collection_wall_s": data.meta.get("collection_wall_s"),
                  "collection_sim_s": data.meta.get("collection_sim_s")})
     return model, metrics

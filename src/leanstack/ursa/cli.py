@@ -57,7 +57,8 @@ def profile(
     from leanstack.cli import parse_options
 
     opts = {"seed": seed} if backend == "sim" else {}
-    backend_obj = make_backend(backend, interval, **{**opts, **parse_options(backend_opt)})
+    backend_opts = parse_options(backend_opt, "--backend-opt", "cfs_period_ms=20")
+    backend_obj = make_backend(backend, interval, **{**opts, **backend_opts})
     prof = profile_app(spec, backend_obj, settings, seed=seed)
     prof.save(out_path)
     table = Table("tier", "points", "max load/core", "own latency there", "stopped",

@@ -17,6 +17,12 @@ way: when a re-profiled tier's own tail stays below 0.8x the scaled prediction f
 own curve) and its threshold rises again (never above the plan's). Each such event is listed in
 ``describe()``.
 
+Throttle guard (``throttle_guard`` > 0, off by default): on real processes a tier held at a
+small quota is throttled for the rest of a CFS period when a burst arrives, which its averaged
+load never shows. A tier throttled in an interval has its allocation multiplied by a further
+``1 + throttle_guard`` (compounding while it stays throttled, up to its ``max_cpu``); after
+``window`` intervals without throttling the factor falls back one step at a time.
+
 Priority under a capacity: with ``capacity`` (cores for the whole app) set, an interval whose
 tiers want more than that funds tiers by the priority of the most important class they serve:
 every tier first keeps its ``min_cpu``, then the tiers of priority-1 classes get all they want,
@@ -53,7 +59,8 @@ class UrsaController:
     def __init__(self, plan: str | Path | Plan | None = None,
                  headroom: float = DEFAULT_HEADROOM, window: int = 3,
                  drift_intervals: int = 5, reprofile: bool = True,
-                 warmup_intervals: int = 1, capacity: float | None = None) -> None:
+                 warmup_intervals: int = 1, capacity: float | None = None,
+                 throttle_guard: float = 0.0) -> None:
         if plan is None:
             raise LeanstackError("the ursa controller needs a plan — make one with 'leanstack "
                                  "ursa profile' and 'leanstack ursa plan', then pass "
@@ -69,6 +76,9 @@ class UrsaController:
         if capacity is not None and not (math.isfinite(capacity) and capacity > 0):
             raise LeanstackError(f"ursa capacity must be a number of cores above 0, got "
                                  f"{capacity}")
+        if not 0 <= throttle_guard <= 4:
+            raise LeanstackError(f"ursa throttle_guard must be in [0, 4] (0 = off), got "
+                                 f"{throttle_guard}")
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
         self.headroom = headroom
         self.window = window
@@ -76,11 +86,14 @@ class UrsaController:
         self.reprofile = bool(reprofile)
         self.warmup_intervals = warmup_intervals
         self.capacity = capacity
+        self.throttle_guard = throttle_guard
         self._app: AppSpec | None = None
         self._level: dict[str, int] = {}
         self._thresholds: dict[str, float] = {}
         self._scale: dict[str, float] = {}
         self._drift: dict[str, list[float]] = {}
+        self._guard: dict[str, float] = {}  # throttle-guard factor per tier
+        self._unthrottled: dict[str, int] = {}  # intervals since the tier was last throttled
         self.events: list[dict[str, Any]] = []
 
     def reset(self, app: AppSpec, interval_s: float) -> Allocation:
@@ -105,6 +118,8 @@ class UrsaController:
         self._thresholds = {t: p.threshold for t, p in self.plan.tiers.items()}
         self._scale = dict.fromkeys(app.services, 1.0)
         self._drift = {t: [] for t in app.services}
+        self._guard = dict.fromkeys(app.services, 1.0)
+        self._unthrottled = dict.fromkeys(app.services, 0)
         self.events = []
         top = Allocation.static_max(app)
         cpus = self._within_capacity({n: t.cpu for n, t in top.tiers.items()})
@@ -119,6 +134,8 @@ class UrsaController:
         recent = history[-self.window:]
         if self.reprofile:
             self._watch_drift(history[-1], current)
+        if self.throttle_guard:
+            self._watch_throttling(history[-1])
         want = {}
         for name, svc in self._app.services.items():
             load = statistics.fmean(max(o.tiers[name].rps, o.offered_rps * self._visits[name])
@@ -126,13 +143,28 @@ class UrsaController:
             cpu = load / self._thresholds[name]
             if self.plan.tiers[name].knee:  # headroom keeps a tier off its knee
                 cpu *= 1 + self.headroom
-            want[name] = min(max(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.min_cpu), svc.max_cpu)
+            cpu = max(cpu, svc.min_cpu) * self._guard[name]  # the guard lifts the floor too
+            want[name] = min(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.max_cpu)
         tiers = {}
         for name, cpu in self._within_capacity(want).items():
             svc = self._app.services[name]
             replicas = svc.replicas if svc.is_storage else max(svc.replicas, math.ceil(cpu))
             tiers[name] = TierAllocation(round(cpu, 4), replicas)
         return Allocation(tiers)
+
+    def _watch_throttling(self, obs: Observation) -> None:
+        """Raise the guard factor of every tier throttled in ``obs``; lower it one step after
+        ``window`` clean intervals."""
+        step = 1 + self.throttle_guard
+        for name, st in obs.tiers.items():
+            if st.throttled_s > 0:
+                self._guard[name] = min(self._guard[name] * step, 1e3)
+                self._unthrottled[name] = 0
+                continue
+            self._unthrottled[name] += 1
+            if self._unthrottled[name] >= self.window and self._guard[name] > 1.0:
+                self._guard[name] = max(self._guard[name] / step, 1.0)
+                self._unthrottled[name] = 0
 
     def _within_capacity(self, want: dict[str, float]) -> dict[str, float]:
         """``want`` cut to ``capacity`` by class priority (see the module docstring)."""
@@ -159,7 +191,7 @@ class UrsaController:
         """Settings, the plan's per-tier thresholds and every re-profiling event."""
         return {"name": self.name, "headroom": self.headroom, "window": self.window,
                 "drift_intervals": self.drift_intervals, "reprofile": self.reprofile,
-                "capacity": self.capacity,
+                "capacity": self.capacity, "throttle_guard": self.throttle_guard,
                 "plan_cpu_per_rps": self.plan.cpu_per_rps, "margin": self.plan.margin,
                 "thresholds": self.thresholds(), "reprofile_events": self.events}
 

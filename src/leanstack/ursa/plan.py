@@ -233,7 +233,10 @@ class _Model:
             xs, ys = profile.tiers[t].curve()
             tails = profile.tiers[t].tail_curve()
             keep = [j for j, x in enumerate(xs) if x > 0]
-            self.points[t] = [(float(xs[j]), float(ys[j])) for j in keep] or [(1e-9, 0.0)]
+            # a tier the profile saw no load on (a rare class's): planned as handling its
+            # expected share of the profiled load at its min_cpu, and scaled with load from there
+            idle_point = (max(profile.rps * self.visits[t] / app.services[t].min_cpu, 1e-9), 0.0)
+            self.points[t] = [(float(xs[j]), float(ys[j])) for j in keep] or [idle_point]
             # an interval's p99.9 says something only with ~1000 requests of the tier in it
             seen = profile.rps * self.visits[t] * profile.settings.get("interval_s", 1.0)
             top = 99.9 if seen >= TAIL_REQUESTS else 99.0
