@@ -277,3 +277,30 @@ def _spread(entry: dict[str, Any], fmt: str) -> str:
         return "–"
     per_seed = " / ".join("–" if v is None else fmt.format(v) for v in entry["per_seed"].values())
     return f"{fmt.format(entry['mean'])} ({per_seed})"
+
+
+Prepare = Callable[[LocalSettings], tuple[dict[str, Callable[[], Controller]], dict[str, Any]]]
+"""A benchmark's set-up: from the checked settings to its controller factories and the extra
+entries of its result."""
+
+
+def run_main(benchmark: str, args: argparse.Namespace, controllers: tuple[str, ...],
+             prepare: Prepare) -> int:
+    """Check the settings, set up (``prepare``), run every controller on every seed and print
+    the tables; a one-line error (exit 2) for bad input, and Ctrl-C keeps the finished runs
+    (exit 130)."""
+    settings = None
+    try:
+        settings = settings_from(args, benchmark, controllers)
+        factories, extra = prepare(settings)
+        result = run_benchmark(benchmark, settings, factories, extra)
+    except LeanstackError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        kept = f" are in {settings.out}" if settings else ""
+        print(f"interrupted — runs finished so far, if any{kept}", file=sys.stderr)
+        return 130
+    print_tables(result)
+    print(f"result: {settings.out}", file=sys.stderr)
+    return 0

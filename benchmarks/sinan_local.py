@@ -37,11 +37,10 @@ from leanstack.sinan.controller import SinanController
 from leanstack.sinan.model import shipped_model_dir
 from local_runs import (
     BASELINE,
+    LocalSettings,
     add_arguments,
-    print_tables,
     require_local,
-    run_benchmark,
-    settings_from,
+    run_main,
 )
 
 CONTROLLERS = ("hpa", "sinan", "sinan-sim")
@@ -68,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="Sinan model directory from 'leanstack sinan train' for the 'sinan' "
                          "controller (default: the shipped simulator-trained model)")
     args = ap.parse_args(argv)
-    try:
-        settings = settings_from(args, "sinan_local", CONTROLLERS)
+
+    def prepare(settings: LocalSettings) -> tuple[dict[str, Any], dict[str, Any]]:
         if args.model is None and {"sinan", "sinan-sim"} <= set(settings.controllers):
             raise LeanstackError("without --model, sinan and sinan-sim are the same shipped "
                                  "model — drop one or pass --model DIR")
@@ -82,17 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         factories = {BASELINE: lambda: make_controller(BASELINE, **settings.hpa_options),
                      "sinan": lambda: SinanController(args.model),
                      "sinan-sim": lambda: SinanController(None)}
-        result = run_benchmark("sinan_local", settings, factories, {"sinan_models": models})
-    except LeanstackError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted — runs finished so far, if any, are in {settings.out}", file=sys.stderr)
-        return 130
-    print_tables(result)
-    print(f"result: {settings.out}", file=sys.stderr)
-    return 0
+        return factories, {"sinan_models": models}
 
+    return run_main("sinan_local", args, CONTROLLERS, prepare)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -45,11 +45,10 @@ from leanstack.ursa.plan import Plan, make_plan
 from leanstack.ursa.profile import AppProfile, ProfileSettings, profile_app
 from local_runs import (
     BASELINE,
+    LocalSettings,
     add_arguments,
-    print_tables,
     require_local,
-    run_benchmark,
-    settings_from,
+    run_main,
 )
 
 CONTROLLERS = ("static", "hpa", "ursa")
@@ -145,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-steps", type=int, default=None,
                     help="intervals measured per profile step (default 2; 3 when fast)")
     args = ap.parse_args(argv)
-    try:
-        settings = settings_from(args, "ursa_local", CONTROLLERS)
+
+    def prepare(settings: LocalSettings) -> tuple[dict[str, Any], dict[str, Any]]:
         opts = ursa_options(args.opt)
         wanted = profile_settings(args.rps, args.fast_profile, args.profile_steps)
         path = args.profile or settings.out.with_name(f"{settings.out.stem}_profile.json")
@@ -160,17 +159,9 @@ def main(argv: list[str] | None = None) -> int:
             UrsaController(plan, **opts)  # range errors (e.g. headroom) before the first run
             factories["ursa"] = lambda: UrsaController(plan, **opts)
             extra.update(plan_cpu_per_rps=plan.cpu_per_rps, plan_note=plan.note)
-        result = run_benchmark("ursa_local", settings, factories, extra)
-    except LeanstackError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted — runs finished so far, if any, are in {settings.out}", file=sys.stderr)
-        return 130
-    print_tables(result)
-    print(f"result: {settings.out}", file=sys.stderr)
-    return 0
+        return factories, extra
 
+    return run_main("ursa_local", args, CONTROLLERS, prepare)
 
 if __name__ == "__main__":
     sys.exit(main())
