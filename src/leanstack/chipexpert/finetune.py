@@ -4,9 +4,12 @@ all-MiniLM-L6-v2 with sentence-transformers on (query, chunk) pairs from this co
 Training pairs (``training_pairs``):
 
 * the tuning half of the chunk-level question set (``chunk_eval``), never the test half;
-* synthetic queries made from the corpus itself, no model involved: a section's title (without
-  its number; for a yosys command, its one-line description) for the section's first chunk, and
-  an inverse-cloze query (one sentence of a chunk) for randomly chosen chunks.
+* synthetic queries (``synthetic_queries.py``): section titles, inverse-cloze sentences,
+  questions templated from the options of command help and man pages, and questions written by
+  the local model for a sample of chunks (cached in the knowledge base); how many of each kind
+  is set in ``TuneSettings``. The defaults are the mix that scored best on the tuning half:
+  titles and sentences only (the option and model-written queries lowered it; see
+  docs/chipexpert.md).
 
 Only the query side is trained (asymmetric dual encoder): the chunks keep the base model's
 embeddings, which are already in the index, so every other chunk of the corpus serves as a
@@ -23,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -36,6 +38,12 @@ from leanstack.chipexpert import dense
 from leanstack.chipexpert.chunk_eval import ChunkQuestion
 from leanstack.chipexpert.chunking import Chunk
 from leanstack.chipexpert.store import write_json
+from leanstack.chipexpert.synthetic_queries import (
+    CACHE_FILE,
+    QUESTION_MODEL,
+    WriteQuestions,
+    synthetic_queries,
+)
 from leanstack.errors import LeanstackError
 
 EMBEDDER_DIR = Path("models") / "embedder"
@@ -47,7 +55,10 @@ BASE_NAME = dense.BASE_MODEL_NAME
 class TuneSettings:
     """Training settings; the defaults finish in a few minutes on two busy CPU cores."""
 
-    synthetic_pairs: int = 1000
+    title_pairs: int = 500  # synthetic queries of each kind (see synthetic_queries.py)
+    cloze_pairs: int = 500
+    option_pairs: int = 0
+    model_pairs: int = 0  # chunks the local model writes a question for (~10 s each on 2 cores)
     epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 2e-5
@@ -66,50 +77,22 @@ class Pair:
     kind: str
 
 
-def _title_query(section: str) -> str:
-    """A section title as a query: numbering dropped; for ``cmd -- what it does`` the part
-    after the dashes."""
-    title = section.split(" -- ", 1)[1] if " -- " in section else section
-    return re.sub(r"^(Chapter\s+)?[\d.]+\s+", "", title).strip()
+def synthetic_counts(settings: TuneSettings) -> dict[str, int]:
+    """How many synthetic queries of each kind ``settings`` asks for."""
+    return {"title": settings.title_pairs, "cloze": settings.cloze_pairs,
+            "option": settings.option_pairs, "model": settings.model_pairs}
 
 
-def _sentences(text: str) -> list[str]:
-    """Sentences of six to forty words (prose, not table cells or code)."""
-    flat = re.sub(r"\s+", " ", text)
-    return [s for s in re.split(r"(?<=[.!?])\s+", flat) if 6 <= len(s.split()) <= 40]
-
-
-def synthetic_queries(chunks: list[Chunk], count: int, seed: int = 0) -> list[tuple[str, int, str]]:
-    """Up to ``count`` (query, chunk index, kind) triples: every section's title for its first
-    chunk, then inverse-cloze sentences of randomly chosen chunks."""
-    rng = random.Random(seed)
-    out: list[tuple[str, int, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for i, c in enumerate(chunks):
-        if (c.source, c.section) not in seen:
-            seen.add((c.source, c.section))
-            if len(_title_query(c.section).split()) >= 2:
-                out.append((_title_query(c.section), i, "title"))
-    rng.shuffle(out)
-    out = out[:count // 2]
-    order = list(range(len(chunks)))
-    rng.shuffle(order)
-    for i in order:
-        if len(out) >= count:
-            break
-        if sentences := _sentences(chunks[i].text):
-            out.append((rng.choice(sentences), i, "cloze"))
-    return out
-
-
-def training_pairs(chunks: list[Chunk], tuning: list[ChunkQuestion],
-                   settings: TuneSettings) -> list[Pair]:
+def training_pairs(chunks: list[Chunk], tuning: list[ChunkQuestion], settings: TuneSettings,
+                   corpus_dir: Path, write: WriteQuestions | None = None,
+                   on_generating: Callable[[int, int], None] | None = None) -> list[Pair]:
     """The tuning questions (their first labelled chunk) plus the synthetic queries."""
     index_of = {c.id: i for i, c in enumerate(chunks)}
     pairs = [Pair(q.question, index_of[q.chunk_ids[0]], "tuning") for q in tuning
              if q.chunk_ids[0] in index_of]
-    return pairs + [Pair(*t) for t in synthetic_queries(chunks, settings.synthetic_pairs,
-                                                         settings.seed)]
+    return pairs + [Pair(*t) for t in synthetic_queries(
+        chunks, synthetic_counts(settings), settings.seed, corpus_dir / CACHE_FILE, write,
+        on_generating)]
 
 
 def finetuned_dir(corpus_dir: Path) -> Path:
@@ -128,10 +111,14 @@ def finetuned_name(corpus_dir: Path) -> str | None:
 def train_embedder(corpus_dir: Path, chunks: list[Chunk], doc_vectors: np.ndarray,
                    tuning: list[ChunkQuestion],
                    settings: TuneSettings | None = None,
-                   on_progress: Callable[[int, int], None] | None = None) -> dict:
+                   on_progress: Callable[[int, int], None] | None = None,
+                   on_generating: Callable[[int, int], None] | None = None,
+                   write: WriteQuestions | None = None) -> dict:
     """Fine-tune the query side of the base embedder against the fixed chunk embeddings
     ``doc_vectors`` (the index's) and save it atomically under ``finetuned_dir``; returns the
-    manifest: name, base, pair counts by kind, settings, steps and the last epoch's loss."""
+    manifest: name, base, pair counts by kind, settings, steps and the last epoch's loss.
+    ``on_progress`` reports training steps, ``on_generating`` the model-written queries;
+    ``write`` replaces the local model as their writer."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -142,7 +129,7 @@ def train_embedder(corpus_dir: Path, chunks: list[Chunk], doc_vectors: np.ndarra
     settings = settings or TuneSettings()
     torch.manual_seed(settings.seed)
     torch.set_num_threads(settings.threads)
-    pairs = training_pairs(chunks, tuning, settings)
+    pairs = training_pairs(chunks, tuning, settings, corpus_dir, write, on_generating)
     model = SentenceTransformer(str(dense.model_path()), device="cpu")
     model.max_seq_length = settings.max_query_tokens
     model.train()
@@ -176,7 +163,9 @@ def train_embedder(corpus_dir: Path, chunks: list[Chunk], doc_vectors: np.ndarra
     digest = hashlib.sha256(json.dumps([settings.__dict__, [(p.query, chunks[p.positive].id)
                                         for p in pairs]]).encode()).hexdigest()[:12]
     manifest = {"name": f"{BASE_NAME}-q-ft-{digest}", "base": BASE_NAME, "trained": "query side",
-                "pairs": kinds, "settings": settings.__dict__, "steps": steps,
+                "pairs": kinds, "synthetic_asked": synthetic_counts(settings),
+                "question_model": QUESTION_MODEL if settings.model_pairs else None,
+                "settings": settings.__dict__, "steps": steps,
                 "last_epoch_loss": round(epoch_loss, 4)}
     out = Path(tempfile.mkdtemp(dir=corpus_dir, prefix=".embedder."))
     try:

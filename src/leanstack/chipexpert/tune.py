@@ -53,7 +53,8 @@ def tune_retriever(corpus_dir: Path, settings: TuneSettings | None = None,
     tuning = load_questions(split="tuning")
     t0 = time.perf_counter()
     manifest = train_embedder(corpus_dir, retriever.chunks, retriever.dense.vectors, tuning,
-                              settings, report("fine-tuning the query encoder"))
+                              settings, report("fine-tuning the query encoder"),
+                              report("writing synthetic questions with the local model"))
     t1 = time.perf_counter()
     retriever = Retriever.load(corpus_dir)
     if set(FEATURE_SETS[DEFAULT_FEATURE_SET]) & set(SENTENCE_FEATURES):
