@@ -143,8 +143,10 @@ class UrsaController:
             cpu = load / self._thresholds[name]
             if self.plan.tiers[name].knee:  # headroom keeps a tier off its knee
                 cpu *= 1 + self.headroom
-            cpu = max(cpu, svc.min_cpu) * self._guard[name]  # the guard lifts the floor too
-            want[name] = min(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.max_cpu)
+            cpu = max(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.min_cpu)
+            if self._guard[name] > 1.0:  # the guard lifts the min_cpu floor too
+                cpu = math.ceil(cpu * self._guard[name] / CPU_STEP) * CPU_STEP
+            want[name] = min(cpu, svc.max_cpu)
         tiers = {}
         for name, cpu in self._within_capacity(want).items():
             svc = self._app.services[name]
