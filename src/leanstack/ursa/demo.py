@@ -7,13 +7,17 @@ from pathlib import Path
 from typing import Any
 
 from leanstack.errors import LeanstackError
-from leanstack.microservices.app import load_app
+from leanstack.microservices.app import AppSpec, load_app
 from leanstack.microservices.demo import demo_backend
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.runner import make_backend, run_experiment
 from leanstack.ursa.controller import UrsaController
 from leanstack.ursa.plan import make_plan
 from leanstack.ursa.profile import AppProfile, ProfileSettings, profile_app
+
+# Profiles measured on a quiet 2-core machine, named <app>-<backend>.json: a first demo run
+# plans from one of these instead of spending minutes profiling.
+SHIPPED_PROFILES = Path(__file__).parent / "profiles"
 
 
 def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
@@ -22,15 +26,7 @@ def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
 
     backend = demo_backend()
     spec = load_app("social-network")
-    profile_path = out_dir / f"profile-{backend}.json"
-    profile = _cached_profile(profile_path, spec.name, rps)
-    if profile is None:
-        print(f"profiling {len(spec.services)} tiers of {spec.name} on the {backend} backend at "
-              f"{rps:g} req/s (tiers that do not call one another at once; "
-              f"cached in {profile_path}) ...")
-        profile = profile_app(spec, make_backend(backend), ProfileSettings.fast(rps))
-        profile.save(profile_path)
-    print(f"profile: {profile.collection_wall_s:.0f} s of data collection")
+    profile = demo_profile(out_dir, spec, backend, rps)
     plan = make_plan(spec, profile)
     plan.save(out_dir / "plan.json")
     print(f"plan: {plan.cpu_per_rps * 100:.2f} cores per 100 req/s before headroom "
@@ -53,11 +49,32 @@ def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
     return result
 
 
-def _cached_profile(path: Path, app: str, rps: float) -> AppProfile | None:
+def demo_profile(out_dir: Path, spec: AppSpec, backend: str, rps: float) -> AppProfile:
+    """The profile an earlier demo run cached in ``out_dir``, else the shipped one, else new."""
+    cached = out_dir / f"profile-{backend}.json"
+    shipped = SHIPPED_PROFILES / f"{spec.name}-{backend}.json"
+    redo = (f"leanstack ursa profile --app {spec.name} --backend {backend} --fast --rps {rps:g} "
+            f"--out {cached}")
+    for path, origin in ((cached, "cached by an earlier run"), (shipped, "shipped")):
+        profile = _usable_profile(path, spec.name, backend, rps)
+        if profile is not None:
+            print(f"profile: {origin} ({path.name}), measured in {profile.collection_wall_s:.0f} s "
+                  f"of data collection; to profile this machine instead: {redo}")
+            return profile
+    print(f"profiling {len(spec.services)} tiers of {spec.name} on the {backend} backend at "
+          f"{rps:g} req/s (tiers that do not call one another at once; cached in {cached}) ...")
+    profile = profile_app(spec, make_backend(backend), ProfileSettings.fast(rps))
+    profile.save(cached)
+    print(f"profile: {profile.collection_wall_s:.0f} s of data collection")
+    return profile
+
+
+def _usable_profile(path: Path, app: str, backend: str, rps: float) -> AppProfile | None:
+    """The profile at ``path`` if it is for this app, backend and load; None otherwise."""
     if not path.is_file():
         return None
     try:
         prof = AppProfile.load(path)
     except LeanstackError:
         return None
-    return prof if prof.app == app and prof.rps == rps else None
+    return prof if (prof.app, prof.backend, prof.rps) == (app, backend, rps) else None

@@ -1,0 +1,67 @@
+"""The Ursa demo's profile: the one cached by an earlier demo, else the shipped one, else new."""
+
+from __future__ import annotations
+
+import pytest
+
+from leanstack.microservices.app import load_app
+from leanstack.ursa import demo
+from leanstack.ursa.profile import AppProfile
+
+
+def _profile(backend: str, rps: float, wall: float) -> AppProfile:
+    return AppProfile(app="social-network", backend=backend, percentile="p99", rps=rps,
+                      tiers={}, collection_wall_s=wall, collection_backend_s=wall)
+
+
+@pytest.fixture
+def measured(monkeypatch):
+    """Replaces profiling with a recorder; returns the list of profiles it 'measured'."""
+    made: list[AppProfile] = []
+
+    def fake_profile_app(spec, backend, settings):
+        made.append(_profile("local", settings.rps, 99.0))
+        return made[-1]
+
+    monkeypatch.setattr(demo, "profile_app", fake_profile_app)
+    monkeypatch.setattr(demo, "make_backend", lambda name: name)
+    return made
+
+
+def test_shipped_profile_spares_the_first_run_its_profiling(tmp_path, monkeypatch, measured):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    _profile("local", 100.0, 7.0).save(shipped / "social-network-local.json")
+    monkeypatch.setattr(demo, "SHIPPED_PROFILES", shipped)
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = load_app("social-network")
+    assert demo.demo_profile(out, spec, "local", 100.0).collection_wall_s == 7.0
+    assert not measured
+    # a cached profile from an earlier demo run comes first
+    _profile("local", 100.0, 3.0).save(out / "profile-local.json")
+    assert demo.demo_profile(out, spec, "local", 100.0).collection_wall_s == 3.0
+
+
+def test_a_profile_for_another_load_or_backend_is_not_used(tmp_path, monkeypatch, measured):
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    _profile("sim", 100.0, 7.0).save(shipped / "social-network-local.json")
+    monkeypatch.setattr(demo, "SHIPPED_PROFILES", shipped)
+    out = tmp_path / "out"
+    out.mkdir()
+    _profile("local", 50.0, 3.0).save(out / "profile-local.json")
+    got = demo.demo_profile(out, load_app("social-network"), "local", 100.0)
+    assert got.collection_wall_s == 99.0 and len(measured) == 1
+    assert (out / "profile-local.json").is_file()  # measured once, then cached
+
+
+def test_the_shipped_profile_covers_every_tier_of_the_demo_app_and_plans():
+    from leanstack.ursa.plan import make_plan
+
+    spec = load_app("social-network")
+    profile = AppProfile.load(demo.SHIPPED_PROFILES / "social-network-local.json")
+    assert (profile.app, profile.backend, profile.rps) == ("social-network", "local", 100.0)
+    assert set(profile.tiers) == set(spec.services)
+    plan = make_plan(spec, profile)
+    assert set(plan.tiers) == set(spec.services) and plan.cpu_per_rps > 0
