@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,6 +241,31 @@ def test_dead_tier_is_reported_and_close_leaves_nothing(tiny_file, tmp_path):
     assert not _wait_dead(pids, timeout=1)
     assert not any(d.exists() for d in _run_dirs(run_id))
     assert (tmp_path / "run" / "ports.json").exists()  # a given run dir is kept
+
+
+def test_a_worker_that_dies_while_starting_names_its_error_and_keeps_its_log(tiny_file,
+                                                                            monkeypatch):
+    from leanstack.microservices import local
+
+    def crashing_worker(self, tier):
+        with open(self.run_dir / f"{tier.name}.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "print('starting'); import sys; "
+                 "raise ConnectionRefusedError('[Errno 111] redis refused'); "],
+                stdout=log, stderr=log, start_new_session=True)
+        return local._WorkerProc(proc, local._free_ports(1)[0])
+
+    monkeypatch.setattr(LocalBackend, "_start_worker", crashing_worker)
+    app = load_app(tiny_file)
+    b = LocalBackend()
+    with pytest.raises(LeanstackError, match=r"tier '(front|back)' exited with code 1 before it "
+                       r"was ready: ConnectionRefusedError: \[Errno 111\] redis refused — see ")\
+            as e:
+        b.deploy(app, Allocation.static_max(app))
+    log = Path(str(e.value).rsplit(" — see ", 1)[1])
+    assert "redis refused" in log.read_text()  # the log the error names outlives the run
+    assert b.cgroups is not None and not any(d.exists() for d in _run_dirs(b.cgroups.run_id))
+    shutil.rmtree(log.parent)
 
 
 RUNNER = textwrap.dedent("""

@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,6 +56,8 @@ from leanstack.microservices.storage import StorageServer
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
+# a Python exception line in a worker's log, e.g. "ConnectionRefusedError: [Errno 111] ..."
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit)\b")
 STOP_TIMEOUT_S = 5.0
 
 
@@ -103,6 +106,7 @@ class LocalBackend:
         self.interval_s = float(interval_s)
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         self.run_dir: Path | None = None
+        self._keep_run_dir = False  # set when an error message names a log inside it
         self.app: AppSpec | None = None
         self.allocation: Allocation | None = None
         self.cgroups: RunCgroups | None = None
@@ -253,7 +257,7 @@ class LocalBackend:
                 t.server.stop()
         if self.cgroups is not None:
             self.cgroups.remove()
-        if self.run_dir is not None and self._given_run_dir is None:
+        if self.run_dir is not None and self._given_run_dir is None and not self._keep_run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self._restore_sigterm()
 
@@ -315,20 +319,28 @@ class LocalBackend:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if w.proc.poll() is not None:
-                break
+                self._keep_run_dir = True  # the log the error points to must outlive close()
+                raise LeanstackError(f"tier '{tier.name}' exited with code {w.proc.returncode} "
+                                     f"before it was ready: {self._log_tail(tier.name)}")
             try:
                 w.last = _get_json(w.admin_port, "/stats")
                 return
             except OSError:
                 time.sleep(0.05)
-        raise LeanstackError(f"tier '{tier.name}' did not become ready: "
-                             f"{self._log_tail(tier.name)}")
+        self._keep_run_dir = True
+        raise LeanstackError(
+            f"tier '{tier.name}' did not answer within {READY_TIMEOUT_S:.0f} s (load average "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: an overloaded machine starts "
+            f"workers slowly; retry when it is quieter): {self._log_tail(tier.name)}")
 
     def _log_tail(self, tier: str) -> str:
-        """The last line a tier's processes logged, and where the whole log is."""
+        """The last error a tier's processes logged (else their last line), and where the
+        whole log is."""
         log = self.run_dir / f"{tier}.log"
         lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
-        return f"{lines[-1] if lines else 'no output'} — see {log}"
+        errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
+        last = errors[-1] if errors else lines[-1] if lines else "no output"
+        return f"{last} — see {log}"
 
     def _check_alive(self) -> None:
         """Raise a one-line error when a tier process died on its own (the run is broken)."""
@@ -338,6 +350,7 @@ class LocalBackend:
                 procs.append(t.server.proc)
             for p in procs:
                 if p.poll() is not None:
+                    self._keep_run_dir = True
                     raise LeanstackError(f"tier '{t.name}' process {p.pid} exited with code "
                                          f"{p.returncode}: {self._log_tail(t.name)}")
 
