@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from leanstack.microservices.app import load_app
@@ -28,13 +30,19 @@ def measured(monkeypatch):
     return made
 
 
-def test_shipped_profile_spares_the_first_run_its_profiling(tmp_path, monkeypatch, measured):
-    shipped = tmp_path / "shipped"
+@pytest.fixture
+def dirs(tmp_path, monkeypatch) -> tuple[Path, Path]:
+    """(the shipped-profiles directory, the demo's output directory), both empty."""
+    shipped, out = tmp_path / "shipped", tmp_path / "out"
     shipped.mkdir()
-    _profile("local", 100.0, 7.0).save(shipped / "social-network-local.json")
-    monkeypatch.setattr(demo, "SHIPPED_PROFILES", shipped)
-    out = tmp_path / "out"
     out.mkdir()
+    monkeypatch.setattr(demo, "SHIPPED_PROFILES", shipped)
+    return shipped, out
+
+
+def test_shipped_profile_spares_the_first_run_its_profiling(dirs, measured):
+    shipped, out = dirs
+    _profile("local", 100.0, 7.0).save(shipped / "social-network-local.json")
     spec = load_app("social-network")
     assert demo.demo_profile(out, spec, "local", 100.0).collection_wall_s == 7.0
     assert not measured
@@ -43,13 +51,9 @@ def test_shipped_profile_spares_the_first_run_its_profiling(tmp_path, monkeypatc
     assert demo.demo_profile(out, spec, "local", 100.0).collection_wall_s == 3.0
 
 
-def test_a_profile_for_another_load_or_backend_is_not_used(tmp_path, monkeypatch, measured):
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
+def test_a_profile_for_another_load_or_backend_is_not_used(dirs, measured):
+    shipped, out = dirs
     _profile("sim", 100.0, 7.0).save(shipped / "social-network-local.json")
-    monkeypatch.setattr(demo, "SHIPPED_PROFILES", shipped)
-    out = tmp_path / "out"
-    out.mkdir()
     _profile("local", 50.0, 3.0).save(out / "profile-local.json")
     got = demo.demo_profile(out, load_app("social-network"), "local", 100.0)
     assert got.collection_wall_s == 99.0 and len(measured) == 1
