@@ -9,7 +9,7 @@ from leanstack.leankv import LeanKVCache, LeanKVConfig
 from leanstack.leankv.corpus import documents, manifest
 from leanstack.leankv.evaluate import fp16_bytes
 from leanstack.leankv.peers import KIVICache
-from leanstack.leankv.retrieval import answer_item, make_item
+from leanstack.leankv.retrieval import answer_item, make_item, make_qa_item
 from leanstack.leankv.suite import DocumentResult, SuiteSettings, summarise
 from leanstack.llm.shapes import attention_shape
 
@@ -63,6 +63,47 @@ def test_items_hide_each_key_at_its_depth():
         make_item(tok, hay, 400, (0.1,) * 5, random.Random(1))
 
 
+def test_qa_items_ask_few_shot_which_words_follow_a_unique_quote_of_the_document():
+    tok = CharTokenizer()
+    doc = " ".join(f"w{i}" for i in range(300))  # every word distinct
+    item = make_qa_item(tok, doc, 900, (0.1, 0.5, 0.8))
+    assert item.kind == "qa" and item.context.endswith(doc[:900])
+    question = item.questions[0]
+    assert question.count('"') == 5  # two worked quotes, then the one the model completes
+    quote = question.rsplit('"', 1)[1]
+    words = doc[:900].split()
+    at = words.index(quote.split()[0])
+    assert quote.split() == words[at:at + 6] and item.answers == (words[at + 6],)
+    assert abs(at / len(words) - 0.8) < 0.05
+    worked = question.split("\n")[3].strip('"')  # a worked example is the real text
+    assert len(worked.split()) == 7 and worked in doc
+    # a repeated document has no unique quote; too short a context is refused
+    with pytest.raises(LeanstackError, match="no quote in this context is unique"):
+        make_qa_item(tok, "the same words again and again " * 40, 900, (0.1, 0.5, 0.8))
+    with pytest.raises(LeanstackError, match="at least 21 words"):
+        make_qa_item(tok, doc, 40, (0.1, 0.5, 0.8))
+
+
+def test_a_qa_answer_counts_with_any_whitespace_and_not_when_wrong(tiny_llama, monkeypatch):
+    from leanstack.leankv import retrieval
+
+    tok = CharTokenizer()
+    item = make_qa_item(tok, " ".join(f"w{i}" for i in range(300)), 900, (0.1, 0.5, 0.8))
+    said = {"text": ""}
+    monkeypatch.setattr(retrieval, "_greedy", lambda *a: [ord(c) for c in said["text"]])
+    (answer,) = item.answers
+    from transformers import DynamicCache
+
+    def ask(text):
+        said["text"] = text
+        return answer_item(tiny_llama, tok, item, lambda: DynamicCache(config=tiny_llama.config))
+    assert ask(f"\n {answer}\"\n\"w") == [True]  # the model closes the quote, as shown
+    assert ask(f"\n {answer} w") == [True]
+    assert ask(f"\n {answer.rstrip('.,')}.\" w") == [True]
+    assert ask(f"\n {answer}x w") == [False]
+    assert ask(f" w0 {answer}") == [False]  # said somewhere, not next: not recalled
+
+
 def test_exact_cache_answers_like_dense_with_the_question_after_compression(tiny_llama):
     """With every token at fp32 the cache must answer exactly as the dense one, whether the
     question comes after the context (a deep copy per question) or with it."""
@@ -92,6 +133,10 @@ def test_summary_reports_the_mean_and_the_worst_document():
     assert s["worst"]["top1_agreement"]["document"] == "b"
     assert s["worst"]["compression"] == {"value": 4.0, "document": "a"}
     assert s["worst"]["retrieval"] == {"value": 0.5, "document": "b"}
+
+
+def test_qa_questions_count_in_the_progress_of_a_document():
+    assert SuiteSettings(qa=True).steps_per_document() == SuiteSettings().steps_per_document() + 2
 
 
 def test_suite_settings_reject_bad_numbers():

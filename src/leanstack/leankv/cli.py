@@ -102,6 +102,8 @@ def kv_eval(
     question_aware: bool = typer.Option(False, "--question-aware/--question-agnostic",
                                         help="prefill the question with the context (default: "
                                         "ask after the context is compressed)"),
+    qa: bool = typer.Option(False, "--qa", help="also a few-shot question about each "
+                            "document's own wording per context length (scored as 'qa')"),
     hi_bits: str | None = typer.Option(None, help="high tier KEY,VALUE bits, e.g. 8,4"),
     lo_bits: str | None = typer.Option(None, help="low tier KEY,VALUE bits, e.g. 4,2"),
     hi_mass: float | None = typer.Option(None, help="attention mass kept at high precision"),
@@ -142,7 +144,7 @@ def kv_eval(
                              f"{passkey_trials}")
     settings = SuiteSettings(split=split, prefix=prefix, decode=decode,
                              lengths=_lengths(lengths) if passkey_trials else (),
-                             multikeys=multikeys, question_aware=question_aware,
+                             multikeys=multikeys, question_aware=question_aware, qa=qa,
                              trials=passkey_trials,
                              max_documents=QUICK.max_documents if quick else 0)
     check_out_path(out)
@@ -245,17 +247,20 @@ def _fmt(x: float) -> str:
 
 def markdown_rows(r: dict[str, Any]) -> str:
     """The mean and worst-document rows (with the table header) of an eval result dict."""
-    head = ("| preset | split | | compression (pages in use / pool held) | ppl +% | KL | top-1 | "
-            "retrieval dense | retrieval |\n|---|---|---|---|---|---|---|---|---|\n")
     mean = r["mean"]
+    with_qa = not math.isnan(mean.get("qa", float("nan")))
+    head = ("| preset | split | | compression (pages in use / pool held) | ppl +% | KL | top-1 | "
+            "retrieval dense | retrieval |" + (" qa dense | qa |" if with_qa else "") + "\n|"
+            + "---|" * (11 if with_qa else 9) + "\n")
     worst = {k: v["value"] for k, v in r["worst"].items()}
     rows = []
     for label, m in (("mean", mean), ("worst document", worst)):
         held = m.get("compression_reserved", float("nan"))
+        qa_cells = f" {_fmt(m['qa_dense'])} | {_fmt(m['qa'])} |" if with_qa else ""
         rows.append(f"| {r['preset']} | {r['split']} | {label} | {m['compression']:.2f}x / "
                     f"{held:.2f}x | "
                     f"{m['ppl_increase_pct']:.2f} | {m['kl']:.4f} | {m['top1_agreement']:.3f} | "
-                    f"{_fmt(m['retrieval_dense'])} | {_fmt(m['retrieval'])} |")
+                    f"{_fmt(m['retrieval_dense'])} | {_fmt(m['retrieval'])} |{qa_cells}")
     return head + "\n".join(rows)
 
 

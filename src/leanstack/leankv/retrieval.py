@@ -1,7 +1,9 @@
 """Long-context retrieval items: pass keys hidden in a real document, asked about afterwards.
 
 A *passkey* item hides one key, a *multikey* item hides 2–4 keys (one per colour) at spread
-depths. The context is a corpus document cut to the wanted length. By default the context is
+depths. A *qa* item hides nothing: after two exact quotes from the document, it starts a third and
+asks, by letting the model continue, for the words that follow (few-shot, from the document
+itself). The context is a corpus document cut to the wanted length. By default the context is
 prefilled (and so compressed) first and each question is fed afterwards as its own chunk
 (question-agnostic: the cache cannot know what will be asked); ``question_aware`` prefills the
 context and the question together.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,14 +24,19 @@ from leanstack.errors import LeanstackError
 
 COLOURS = ("red", "blue", "green", "yellow")
 INTRO = "Below is a document. Pass keys are hidden in it; remember them.\n\n"
+QA_INTRO = "Below is a document. Exact quotes from it follow.\n\n"
 ANSWER_TOKENS = 8
+QUOTE_WORDS = 6  # words quoted in a qa question
+_TRAILING = "\"'.,;:!?"  # what a qa answer may gain or lose at its end
+_PLAIN = re.compile(r"[!-~]{1,15}")  # printable ASCII, short: an answer fits ANSWER_TOKENS
+ANSWER_WORDS = 1  # words that answer it: the ones right after the quote
 
 
 @dataclass(frozen=True)
 class RetrievalItem:
     """A context with hidden keys and one question per key."""
 
-    kind: str  # passkey | multikey
+    kind: str  # passkey | multikey | qa
     length: int  # context tokens (approximate)
     depths: tuple[float, ...]
     context: str
@@ -68,6 +76,41 @@ def make_item(tokenizer: Any, haystack: str, length: int, depths: tuple[float, .
                          INTRO + "".join(parts), questions, tuple(str(k) for k in keys))
 
 
+def _words_after(text: str, depth: float) -> tuple[str, str]:
+    """(a quote of QUOTE_WORDS words starting near ``depth`` of ``text``, the ANSWER_WORDS
+    words after it), the quote unique in ``text``; whitespace inside both is single spaces."""
+    words = list(re.finditer(r"\S+", text))
+    span = QUOTE_WORDS + ANSWER_WORDS
+    if len(words) < 3 * span:
+        raise LeanstackError(f"a qa item needs a context of at least {3 * span} words, got "
+                             f"{len(words)}: use a longer retrieval length")
+    start = min(int(depth * len(words)), len(words) - span)
+    for i in (*range(start, len(words) - span + 1), *range(start - 1, -1, -1)):
+        quote = text[words[i].start():words[i + QUOTE_WORDS - 1].end()]
+        if all(_PLAIN.fullmatch(w.group()) for w in words[i:i + span]) and text.count(quote) == 1:
+            answer = " ".join(w.group() for w in words[i + QUOTE_WORDS:i + span])
+            return " ".join(quote.split()), answer
+    raise LeanstackError("no quote in this context is unique: the document repeats itself; "
+                         "use another document or a longer retrieval length")
+
+
+def make_qa_item(tokenizer: Any, document: str, length: int, depths: tuple[float, float, float]
+                 ) -> RetrievalItem:
+    """A few-shot question about the first ``length`` tokens of ``document`` (all of it if
+    shorter): which words follow
+    the quotes at ``depths[0]`` and ``depths[1]`` (answered, as examples), then at ``depths[2]``
+    (asked). The context is the document alone, so the cache cannot know what will be asked."""
+    ids = tokenizer(document, add_special_tokens=False).input_ids
+    if not ids:
+        raise LeanstackError("qa document is empty: pass a document with text")
+    context = tokenizer.decode(ids[:length])  # never repeated: its quotes must be unique
+    pairs = [_words_after(context, d) for d in depths]
+    shots = "".join(f'"{q} {a}"\n' for q, a in pairs[:-1])
+    question = f'\n\nExact quotes from the document above:\n{shots}"{pairs[-1][0]}'
+    return RetrievalItem("qa", length, tuple(depths), QA_INTRO + context, (question,),
+                         (pairs[-1][1],))
+
+
 def _greedy(model: Any, cache: Any, ids: torch.Tensor, steps: int) -> list[int]:
     """Feed ``ids`` through ``cache``, then ``steps`` greedy tokens one at a time."""
     out: list[int] = []
@@ -87,6 +130,15 @@ def _copy_or_prefill(cache: Any, prefill: Callable[[], Any]) -> Any:
         return copy.deepcopy(cache)
     except RuntimeError:
         return prefill()
+
+
+def recalled(kind: str, answer: str, said: str) -> bool:
+    """Whether ``said`` gives ``answer``: a pass key anywhere in it, a qa item's words as the
+    first words said (whitespace, closing quotes and trailing punctuation aside)."""
+    if kind == "qa":
+        want = [w.rstrip(_TRAILING) for w in answer.split()]
+        return [w.rstrip(_TRAILING) for w in said.split()[:len(want)]] == want
+    return answer in said
 
 
 def answer_item(model: Any, tokenizer: Any, item: RetrievalItem,
@@ -110,5 +162,5 @@ def answer_item(model: Any, tokenizer: Any, item: RetrievalItem,
                 cache = prefilled if len(item.questions) == 1 else _copy_or_prefill(prefilled,
                                                                                      prefill)
                 got = _greedy(model, cache, q, ANSWER_TOKENS)
-            hits.append(key in tokenizer.decode(got, skip_special_tokens=True))
+            hits.append(recalled(item.kind, key, tokenizer.decode(got, skip_special_tokens=True)))
     return hits

@@ -5,7 +5,8 @@ Fidelity per document: prefill ``prefix`` tokens, then teacher-force ``decode`` 
 time through the cache (every scored token reads the compressed store), against the dense model.
 Retrieval per document: for each context length, ``trials`` passkey and multikey items built
 from the document itself, depths spread over 10–90%, answered by the dense cache and the
-evaluated one in the same run.
+evaluated one in the same run; with ``qa``, also a few-shot question about the document's own
+wording per context length and trial (scored apart from the pass keys).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from leanstack.errors import LeanstackError
 from leanstack.leankv.corpus import documents
 from leanstack.leankv.evaluate import as_spec, decode_fidelity, dense_log_probs
 from leanstack.leankv.peers import CacheSpec, dense_spec
-from leanstack.leankv.retrieval import answer_item, make_item
+from leanstack.leankv.retrieval import answer_item, make_item, make_qa_item
 
 DEPTHS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -34,6 +35,7 @@ class SuiteSettings:
     lengths: tuple[int, ...] = (1024,)
     multikeys: int = 3
     question_aware: bool = False
+    qa: bool = False  # also a few-shot question about the document's wording per length, trial
     trials: int = 1
     seed: int = 0
     max_documents: int = 0  # 0: every document of the split; n: its first n (manifest order)
@@ -53,7 +55,8 @@ class SuiteSettings:
 
     def steps_per_document(self) -> int:
         """Progress units one document costs (decode steps plus retrieval questions x 2)."""
-        return self.decode - 1 + 2 * self.trials * len(self.lengths) * (1 + self.multikeys)
+        questions = 1 + self.multikeys + (1 if self.qa else 0)
+        return self.decode - 1 + 2 * self.trials * len(self.lengths) * questions
 
 
 QUICK = SuiteSettings(prefix=128, decode=32, lengths=(512,), max_documents=3)
@@ -78,6 +81,8 @@ class DocumentResult:
     compression_reserved: float  # fp16 bytes over what the page pool really has allocated
     retrieval_dense: float = float("nan")
     retrieval: float = float("nan")
+    qa_dense: float = float("nan")
+    qa: float = float("nan")
     items: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -124,9 +129,13 @@ def evaluate_document(loaded: Any, doc_index: int, text: str, name: str, kind: s
     hits_dense, hits = [], []
     rounds = [(j, length, t) for j, length in enumerate(settings.lengths)
               for t in range(settings.trials)]
+    qa_dense, qa = [], []
     for j, length, t in rounds:
-        for n_keys in (1, settings.multikeys):
-            item = make_item(tok, text, length, _depths(doc_index + j + t, n_keys), rng)
+        items = [make_item(tok, text, length, _depths(doc_index + j + t, n_keys), rng)
+                 for n_keys in (1, settings.multikeys)]
+        if settings.qa:
+            items.append(make_qa_item(tok, text, length, _depths(doc_index + j + t + 1, 3)))
+        for item in items:
             key = (item.context, item.questions, settings.question_aware)
             if dense_memo is not None and key in dense_memo:
                 got_dense = dense_memo[key]
@@ -137,20 +146,23 @@ def evaluate_document(loaded: Any, doc_index: int, text: str, name: str, kind: s
                     dense_memo[key] = got_dense
             got = answer_item(model, tok, item, lambda: spec.make(model.config),
                               settings.question_aware)
-            hits_dense += got_dense
-            hits += got
+            (qa_dense if item.kind == "qa" else hits_dense).extend(got_dense)
+            (qa if item.kind == "qa" else hits).extend(got)
             result.items.append({"kind": item.kind, "length": length, "depths": item.depths,
                                  "dense": got_dense, "ours": got})
             if progress:
-                progress(2 * n_keys)
+                progress(2 * len(item.questions))
     if hits:
         result.retrieval_dense = sum(hits_dense) / len(hits_dense)
         result.retrieval = sum(hits) / len(hits)
+    if qa:
+        result.qa_dense = sum(qa_dense) / len(qa_dense)
+        result.qa = sum(qa) / len(qa)
     return result
 
 
 METRICS = ("ppl_increase_pct", "kl", "top1_agreement", "compression", "compression_reserved",
-           "retrieval_dense", "retrieval")
+           "retrieval_dense", "retrieval", "qa_dense", "qa")
 WORSE_IS_HIGHER = {"ppl_increase_pct", "kl"}
 
 
