@@ -27,9 +27,9 @@ INTRO = "Below is a document. Pass keys are hidden in it; remember them.\n\n"
 QA_INTRO = "Below is a document. Exact quotes from it follow.\n\n"
 ANSWER_TOKENS = 8
 QUOTE_WORDS = 6  # words quoted in a qa question
-_TRAILING = "\"'.,;:!?"  # what a qa answer may gain or lose at its end
-_PLAIN = re.compile(r"[!-~]{1,15}")  # printable ASCII, short: an answer fits ANSWER_TOKENS
 ANSWER_WORDS = 1  # words that answer it: the ones right after the quote
+_PLAIN = re.compile(r"[!-~]{1,15}")  # a qa word: printable ASCII, short (fits ANSWER_TOKENS)
+_TRAILING = "\"'.,;:!?"  # what a qa answer may gain or lose at its end
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ def _words_after(text: str, depth: float) -> tuple[str, str]:
 def make_qa_item(tokenizer: Any, document: str, length: int, depths: tuple[float, float, float]
                  ) -> RetrievalItem:
     """A few-shot question about the first ``length`` tokens of ``document`` (all of it if
-    shorter): which words follow
-    the quotes at ``depths[0]`` and ``depths[1]`` (answered, as examples), then at ``depths[2]``
-    (asked). The context is the document alone, so the cache cannot know what will be asked."""
+    shorter): which words follow the quotes at ``depths[0]`` and ``depths[1]`` (answered, as
+    examples), then at ``depths[2]`` (asked). The context is the document alone, so the cache
+    cannot know what will be asked."""
     ids = tokenizer(document, add_special_tokens=False).input_ids
     if not ids:
         raise LeanstackError("qa document is empty: pass a document with text")

@@ -106,7 +106,7 @@ class LocalBackend:
         self.interval_s = float(interval_s)
         self._given_run_dir = Path(run_dir) if run_dir is not None else None
         self.run_dir: Path | None = None
-        self._keep_run_dir = False  # set when an error message names a log inside it
+        self._keep_run_dir = False  # set once an error message names a log inside it
         self.app: AppSpec | None = None
         self.allocation: Allocation | None = None
         self.cgroups: RunCgroups | None = None
@@ -319,7 +319,6 @@ class LocalBackend:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if w.proc.poll() is not None:
-                self._keep_run_dir = True  # the log the error points to must outlive close()
                 raise LeanstackError(f"tier '{tier.name}' exited with code {w.proc.returncode} "
                                      f"before it was ready: {self._log_tail(tier.name)}")
             try:
@@ -327,7 +326,6 @@ class LocalBackend:
                 return
             except OSError:
                 time.sleep(0.05)
-        self._keep_run_dir = True
         raise LeanstackError(
             f"tier '{tier.name}' did not answer within {READY_TIMEOUT_S:.0f} s (load average "
             f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores: an overloaded machine starts "
@@ -335,7 +333,8 @@ class LocalBackend:
 
     def _log_tail(self, tier: str) -> str:
         """The last error a tier's processes logged (else their last line), and where the
-        whole log is."""
+        whole log is; that log then outlives close(), since an error message names it."""
+        self._keep_run_dir = True
         log = self.run_dir / f"{tier}.log"
         lines = log.read_text(errors="replace").strip().splitlines() if log.exists() else []
         errors = [ln for ln in lines if _ERROR_LINE.match(ln)]
@@ -350,7 +349,6 @@ class LocalBackend:
                 procs.append(t.server.proc)
             for p in procs:
                 if p.poll() is not None:
-                    self._keep_run_dir = True
                     raise LeanstackError(f"tier '{t.name}' process {p.pid} exited with code "
                                          f"{p.returncode}: {self._log_tail(t.name)}")
 
