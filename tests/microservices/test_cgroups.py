@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,3 +288,35 @@ def test_local_backend_takes_cfs_options_from_the_command_line():
         make_backend("local", 1.0, cfs_period_ms="0.5")
     with pytest.raises(LeanstackError, match="backend 'sim' has no option 'cfs_period_ms'"):
         make_backend("sim", 1.0, cfs_period_ms="20")
+
+
+def test_cleanup_removes_a_dead_runs_scratch_dir_and_nothing_else(tmp_path):
+    import tempfile
+
+    root, state = tmp_path / "cg", tmp_path / "state"
+    _fake_hierarchies(root)
+    state.mkdir()
+    ours = Path(tempfile.mkdtemp(prefix="leanstack-local-"))
+    (ours / "front.log").write_text("a dead run's log")
+    theirs = Path(tempfile.mkdtemp(prefix="someone-else-"))
+    outside = tmp_path / "leanstack-local-outside"  # not in the system temp dir
+    outside.mkdir()
+    link = Path(tempfile.gettempdir()) / f"leanstack-link-{os.getpid()}"
+    link.symlink_to(theirs)
+    try:
+        for i, d in enumerate([ours, theirs, outside, link]):
+            (state / f"99999999{i}-0123abcd.json").write_text(
+                json.dumps({"runner_pid": 999999999, "scratch_dir": str(d)}))
+        assert len(cleanup_stale_runs(root=root, state_dir=state)) == 4
+        assert not ours.exists()
+        assert theirs.is_dir() and outside.is_dir() and link.is_symlink()
+        assert list(state.iterdir()) == []
+    finally:
+        link.unlink(missing_ok=True)
+        theirs.rmdir()
+        shutil.rmtree(ours, ignore_errors=True)  # only if the clean-up failed
+
+
+def test_only_a_temp_leanstack_dir_can_be_left_to_cleanup(run, tmp_path):
+    with pytest.raises(LeanstackError, match="not a leanstack-\\* directory"):
+        run.own_scratch_dir(tmp_path)

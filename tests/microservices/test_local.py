@@ -279,7 +279,8 @@ RUNNER = textwrap.dedent("""
     b = LocalBackend()
     b.deploy(app, Allocation.static_max(app))
     pids = [p for ps in b.pids().values() for p in ps]
-    print(json.dumps({"pids": pids, "run_id": b.cgroups.run_id}), flush=True)
+    print(json.dumps({"pids": pids, "run_id": b.cgroups.run_id, "run_dir": str(b.run_dir)}),
+          flush=True)
     time.sleep(120)  # no try/finally: cleanup must come from the backend itself
 """)
 
@@ -299,6 +300,7 @@ def test_sigint_of_the_runner_leaves_nothing(tiny_file):
     p.wait(timeout=30)
     assert not _wait_dead(info["pids"], timeout=2)
     assert not any(d.exists() for d in _run_dirs(info["run_id"]))
+    assert not Path(info["run_dir"]).exists()
 
 
 def test_sigterm_of_the_runner_leaves_nothing(tiny_file):
@@ -307,6 +309,7 @@ def test_sigterm_of_the_runner_leaves_nothing(tiny_file):
     assert p.wait(timeout=30) == 143
     assert not _wait_dead(info["pids"], timeout=2)
     assert not any(d.exists() for d in _run_dirs(info["run_id"]))
+    assert not Path(info["run_dir"]).exists()
 
 
 def test_sigkill_of_the_runner_is_cleaned_up_by_the_next_start(tiny_file):
@@ -326,6 +329,7 @@ def test_sigkill_of_the_runner_is_cleaned_up_by_the_next_start(tiny_file):
         b.deploy(app, Allocation.static_max(app))
         assert not any(d.exists() for d in stale)
         assert straggler.wait(timeout=10) == -signal.SIGKILL
+        assert not Path(info["run_dir"]).exists()  # its logs and app.json went with it
     finally:
         b.close()
 

@@ -10,8 +10,9 @@ tier weighs like one ordinary process in the CFS (cpu.shares), so tiers compete 
 the machine as the processes they are.
 
 Every run writes a small state file (its runner PID and that PID's start time) in a runtime
-directory outside the repository. :func:`cleanup_stale_runs` — called at every start — kills the
-processes of runs whose runner is gone and removes their cgroups. Child processes also get
+directory outside the repository, and the temporary directory the run keeps its logs in, if any.
+:func:`cleanup_stale_runs` — called at every start — kills the processes of runs whose runner is
+gone and removes their cgroups and temporary directories. Child processes also get
 ``PR_SET_PDEATHSIG`` (see :func:`die_with_parent`) so they die with the runner even on SIGKILL.
 """
 
@@ -22,6 +23,7 @@ import ctypes
 import json
 import os
 import re
+import shutil
 import signal
 import tempfile
 import time
@@ -158,6 +160,7 @@ class RunCgroups:
         self.run_id = check_run_id(run_id or f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
         self.state_dir = state_dir or runtime_dir()
         self.tiers: list[str] = []
+        self.scratch_dir: Path | None = None
         self._write_state()
 
     @property
@@ -234,14 +237,38 @@ class RunCgroups:
                 (self.root / h / PARENT).rmdir()
         _rebalance_weights(self.root)
 
+    def own_scratch_dir(self, path: Path) -> None:
+        """Record ``path`` (a ``leanstack-*`` directory in the system temp dir) as the run's
+        own, so that clean-up removes it if the runner dies without removing it itself."""
+        if not _is_scratch_dir(path):
+            raise LeanstackError(f"{path} is not a leanstack-* directory of the system temp dir "
+                                 "— only such a directory can be left to clean-up")
+        self.scratch_dir = path
+        self._write_state()
+
     def _write_state(self) -> None:
         state = {"run_id": self.run_id, "runner_pid": os.getpid(),
                  "runner_start": _start_time(os.getpid())}
+        if self.scratch_dir is not None:
+            state["scratch_dir"] = str(self.scratch_dir)
         write_json(self.state_file, state)
 
 
+def _is_scratch_dir(path: Path) -> bool:
+    """A directory of ours that clean-up may delete: ``leanstack-*`` right inside the system
+    temp dir, a real directory (not a link) owned by this user."""
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return (path.parent == Path(tempfile.gettempdir()) and path.name.startswith("leanstack-")
+            and S_ISDIR(st.st_mode) and st.st_uid == os.geteuid())
+
+
 def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) -> list[str]:
-    """Remove the processes and cgroups of runs whose runner process is gone; return their ids.
+    """Remove the processes, cgroups and temporary directories of runs whose runner process is
+    gone; return their ids.
 
     A run without a state file (its runner crashed before writing it) counts as stale when the
     runner PID that begins its id is not alive.
@@ -249,15 +276,21 @@ def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) 
     state_dir = state_dir or runtime_dir()
     live: set[str] = set()
     stale: set[str] = set()
+    scratch: list[Path] = []
     for f in state_dir.glob("*.json"):
         if not RUN_ID_RE.fullmatch(f.stem):
             continue  # not a state file of ours: never derive a cgroup path from it
         try:
             st = json.loads(f.read_text())
+        except (OSError, ValueError):
+            st = {}
+        try:
             alive = _start_time(int(st["runner_pid"])) == st["runner_start"]
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError):
             alive = False
         (live if alive else stale).add(f.stem)
+        if not alive and isinstance(st, dict) and isinstance(st.get("scratch_dir"), str):
+            scratch.append(Path(st["scratch_dir"]))
     for h in HIERARCHIES:
         parent = root / h / PARENT
         if parent.is_dir():
@@ -267,6 +300,10 @@ def cleanup_stale_runs(root: Path = CGROUP_ROOT, state_dir: Path | None = None) 
                     stale.add(d.name)
     for run_id in sorted(stale):
         _remove_run(root, run_id)
+    for d in scratch:
+        if _is_scratch_dir(d):
+            shutil.rmtree(d, ignore_errors=True)
+    for run_id in sorted(stale):
         (state_dir / f"{run_id}.json").unlink(missing_ok=True)
     if stale:
         _rebalance_weights(root)

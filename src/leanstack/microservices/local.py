@@ -289,7 +289,10 @@ class LocalBackend:
 
     def _make_run_dir(self) -> Path:
         if self._given_run_dir is None:
-            return Path(tempfile.mkdtemp(prefix="leanstack-local-"))
+            d = Path(tempfile.mkdtemp(prefix="leanstack-local-"))
+            self.cgroups.own_scratch_dir(d)  # if the runner dies before close, the next start
+            # removes it
+            return d
         d = self._given_run_dir
         d.mkdir(parents=True, exist_ok=True)
         if d.is_symlink() or d.stat().st_uid != os.geteuid():
