@@ -182,6 +182,7 @@ def run_one(settings: LocalSettings, controller: Controller, seed: int,
                              progress=sys.stderr.isatty())
     s = res["summary"]
     return {"seed": seed, "controller": label, **{k: s.get(k) for k in SUMMARY_KEYS},
+            "class_violation_rate": {n: c["violation_rate"] for n, c in s["classes"].items()},
             "wall_s": round(time.monotonic() - t0, 1),
             "loadavg_before": [round(x, 2) for x in before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()]}

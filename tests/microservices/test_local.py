@@ -23,6 +23,7 @@ from leanstack.microservices.app import APPS_DIR, load_app, parse_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend, deploy_order
 from leanstack.microservices.observation import Allocation, TierAllocation
+from leanstack.microservices.ports import free_ports
 
 from .helpers import LOCAL_HOW, alive, local_missing
 
@@ -253,7 +254,7 @@ def test_a_worker_that_dies_while_starting_names_its_error_and_keeps_its_log(tin
                 [sys.executable, "-c", "print('starting'); import sys; "
                  "raise ConnectionRefusedError('[Errno 111] redis refused'); "],
                 stdout=log, stderr=log, start_new_session=True)
-        return local._WorkerProc(proc, local._free_ports(1)[0])
+        return local._WorkerProc(proc, free_ports(1)[0])
 
     monkeypatch.setattr(LocalBackend, "_start_worker", crashing_worker)
     app = load_app(tiny_file)

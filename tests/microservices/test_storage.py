@@ -7,13 +7,13 @@ import redis
 from pymemcache.client.base import Client
 
 from leanstack.errors import LeanstackError
-from leanstack.microservices.local import _free_ports
+from leanstack.microservices.ports import free_ports
 from leanstack.microservices.storage import StorageServer
 
 
 @pytest.mark.parametrize("kind", ["redis", "memcached"])
 def test_server_counts_the_operations_it_serves(kind, tmp_path):
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     s = StorageServer("store", kind, port, tmp_path)
     s.start()
     try:

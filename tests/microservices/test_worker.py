@@ -14,8 +14,8 @@ import pytest
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import Call, load_app, parse_app
 from leanstack.microservices.cgroups import die_with_parent
-from leanstack.microservices.local import _free_ports
 from leanstack.microservices.observation import Span
+from leanstack.microservices.ports import free_ports
 from leanstack.microservices.storage import StorageServer
 from leanstack.microservices.worker import async_leaves, done_service, parse_traceparent
 
@@ -79,7 +79,7 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("worker")
     app_file = d / "tiny.toml"
     app_file.write_text(TINY)
-    ports = dict(zip(["front", "back", "store", "cache"], _free_ports(4), strict=True))
+    ports = dict(zip(["front", "back", "store", "cache"], free_ports(4), strict=True))
     (d / "ports.json").write_text(json.dumps(ports))
     servers = [StorageServer("store", "redis", ports["store"], d),
                StorageServer("cache", "memcached", ports["cache"], d)]
@@ -88,7 +88,7 @@ def tiny(tmp_path_factory):
         for s in servers:
             s.start(die_with_parent())
             s.wait_ready()
-        admins = _free_ports(2)
+        admins = free_ports(2)
         for svc, admin in zip(["back", "front"], admins, strict=True):
             procs[svc] = _start_worker(app_file, d, svc, ports[svc], admin)
         yield {"dir": d, "ports": ports, "admin": dict(zip(["back", "front"], admins,
@@ -172,7 +172,7 @@ def test_bad_service_or_app_is_a_one_line_error(tmp_path):
 def test_downstream_failure_gives_502_and_an_error_span(tmp_path):
     app_file = tmp_path / "tiny.toml"
     app_file.write_text(TINY)
-    front_port, back_port, store, cache, admin = _free_ports(5)
+    front_port, back_port, store, cache, admin = free_ports(5)
     (tmp_path / "ports.json").write_text(json.dumps(
         {"front": front_port, "back": back_port, "store": store, "cache": cache}))
     p = _start_worker(app_file, tmp_path, "front", front_port, admin)
@@ -269,7 +269,7 @@ def test_hosts_file_points_calls_at_other_hosts(tiny, tmp_path):
         d.mkdir()
         (d / "ports.json").write_text(json.dumps(tiny["ports"]))
         (d / "hosts.json").write_text(json.dumps({"back": host}))
-        port, admin = _free_ports(2)
+        port, admin = free_ports(2)
         log = open(d / "front.log", "ab")  # noqa: SIM115
         with log:
             p = subprocess.Popen([sys.executable, "-m", "leanstack.microservices.worker",
@@ -322,7 +322,7 @@ def test_a_stalled_memcached_holds_only_a_blocking_clients_worker(tmp_path):
 
     app_file = tmp_path / "stall.toml"
     app_file.write_text(STALL)
-    ports = dict(zip(["a", "b", "cache", "bcache"], _free_ports(4), strict=True))
+    ports = dict(zip(["a", "b", "cache", "bcache"], free_ports(4), strict=True))
     (tmp_path / "ports.json").write_text(json.dumps(ports))
     servers = [StorageServer(n, "memcached", ports[n], tmp_path) for n in ("cache", "bcache")]
     procs = []
@@ -330,7 +330,7 @@ def test_a_stalled_memcached_holds_only_a_blocking_clients_worker(tmp_path):
         for s in servers:
             s.start(die_with_parent())
             s.wait_ready()
-        admins = _free_ports(2)
+        admins = free_ports(2)
         for svc, admin in zip(["a", "b"], admins, strict=True):
             procs.append(_start_worker(app_file, tmp_path, svc, ports[svc], admin))
         for svc in ("a", "b"):  # connections open, the first call done

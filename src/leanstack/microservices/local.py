@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,6 +51,7 @@ from leanstack.microservices.observation import (
     own_latencies_ms,
     percentiles_ms,
 )
+from leanstack.microservices.ports import free_ports
 from leanstack.microservices.storage import StorageServer
 
 HOST = "127.0.0.1"
@@ -135,7 +135,7 @@ class LocalBackend:
         self._install_sigterm()
         try:
             self.run_dir = self._make_run_dir()
-            ports = _free_ports(len(app.services))
+            ports = free_ports(len(app.services), HOST)
             self.tiers = {n: _Tier(n, s.kind, p) for (n, s), p in zip(app.services.items(), ports,
                                                                         strict=True)}
             write_bytes(self.run_dir / "ports.json",
@@ -306,7 +306,7 @@ class LocalBackend:
         return die_with_parent(self.cgroups.procs_files(tier))
 
     def _start_worker(self, tier: _Tier) -> _WorkerProc:
-        admin = _free_ports(1)[0]
+        admin = free_ports(1, HOST)[0]
         cmd = [sys.executable, "-m", "leanstack.microservices.worker",
                "--app", str(self.run_dir / "app.json"), "--service", tier.name,
                "--port", str(tier.port), "--admin-port", str(admin),
@@ -473,19 +473,6 @@ def deploy_order(app: AppSpec) -> list[str]:
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _get_json(port: int, path: str) -> dict:

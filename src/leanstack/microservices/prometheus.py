@@ -17,11 +17,9 @@ change during a run).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -39,6 +37,7 @@ from leanstack.atomic import write_bytes
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import SLA_PERCENTILES, AppSpec, percentile_key
 from leanstack.microservices.observation import ClassStats, TierStats
+from leanstack.microservices.ports import free_ports
 
 Series = dict[tuple[tuple[str, str], ...], float]
 """Query result: the series' labels (sorted pairs) -> value."""
@@ -267,7 +266,7 @@ class PrometheusServer:
                   "scrape_configs": [{"job_name": self.job, "file_sd_configs": [
                       {"files": [str(self.dir / "targets.json")], "refresh_interval": "1s"}]}]}
         write_bytes(self.dir / "prometheus.yml", yaml.safe_dump(config).encode())
-        self.port = _free_port()
+        self.port = free_ports(1)[0]
         log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - owned by the child
         with log:
             self.proc = subprocess.Popen(
@@ -332,9 +331,3 @@ def local_targets(backend: Any) -> dict[str, list[str]]:
 def duration(seconds: float) -> str:
     """Seconds as a Prometheus duration (whole milliseconds: ``250ms``, ``5000ms``)."""
     return f"{max(1, round(seconds * 1000))}ms"
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
