@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from leanstack.ports import free_ports
 
 RESULTS = Path(__file__).parent / "results" / "chip_latency.json"
 QUESTIONS = ["How do I measure the rise time of a signal in ngspice?",
@@ -82,16 +83,10 @@ def timed(args: list[str], env: dict[str, str]) -> float:
     return seconds
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str, float]:
     """A ``chip serve`` on a free port, waited for until it answers; returns it, its URL and
     its start-up seconds."""
-    port = free_port()
+    port = free_ports(1)[0]
     url = f"http://127.0.0.1:{port}"
     t0 = time.perf_counter()
     proc = subprocess.Popen([*cli_command(), "chip", "serve", "--port", str(port)], env=env,

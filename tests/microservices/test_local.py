@@ -23,7 +23,7 @@ from leanstack.microservices.app import APPS_DIR, load_app, parse_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.local import LocalBackend, deploy_order
 from leanstack.microservices.observation import Allocation, TierAllocation
-from leanstack.microservices.ports import free_ports
+from leanstack.ports import free_ports
 
 from .helpers import LOCAL_HOW, alive, local_missing
 

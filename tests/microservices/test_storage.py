@@ -7,8 +7,8 @@ import redis
 from pymemcache.client.base import Client
 
 from leanstack.errors import LeanstackError
-from leanstack.microservices.ports import free_ports
 from leanstack.microservices.storage import StorageServer
+from leanstack.ports import free_ports
 
 
 @pytest.mark.parametrize("kind", ["redis", "memcached"])

@@ -15,9 +15,9 @@ from leanstack.errors import LeanstackError
 from leanstack.microservices.app import Call, load_app, parse_app
 from leanstack.microservices.cgroups import die_with_parent
 from leanstack.microservices.observation import Span
-from leanstack.microservices.ports import free_ports
 from leanstack.microservices.storage import StorageServer
 from leanstack.microservices.worker import async_leaves, done_service, parse_traceparent
+from leanstack.ports import free_ports
 
 TINY = """
 name = "tiny"

@@ -51,8 +51,8 @@ from leanstack.microservices.observation import (
     own_latencies_ms,
     percentiles_ms,
 )
-from leanstack.microservices.ports import free_ports
 from leanstack.microservices.storage import StorageServer
+from leanstack.ports import free_ports
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0

@@ -37,7 +37,7 @@ from leanstack.atomic import write_bytes
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import SLA_PERCENTILES, AppSpec, percentile_key
 from leanstack.microservices.observation import ClassStats, TierStats
-from leanstack.microservices.ports import free_ports
+from leanstack.ports import free_ports
 
 Series = dict[tuple[tuple[str, str], ...], float]
 """Query result: the series' labels (sorted pairs) -> value."""

@@ -39,9 +39,11 @@ def free_ports(n: int, host: str = "127.0.0.1", candidates: range | None = None)
         return _kernel_ports(n, host)
     taken: list[socket.socket] = []
     try:
-        for port in random.sample(pool, len(pool)):
+        start = random.randrange(len(pool))  # scan the pool once, from a random place
+        for i in range(len(pool)):
             if len(taken) == n:
                 break
+            port = pool[(start + i) % len(pool)]
             s = socket.socket()
             try:
                 s.bind((host, port))

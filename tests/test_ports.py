@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
+from leanstack import ports
 from leanstack.errors import LeanstackError
-from leanstack.microservices import ports
-from leanstack.microservices.ports import LOWEST_PORT, ephemeral_low, free_ports
+from leanstack.ports import LOWEST_PORT, ephemeral_low, free_ports
 
 
 def test_ports_are_distinct_bindable_and_below_the_ephemeral_range():
