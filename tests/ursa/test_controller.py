@@ -135,11 +135,78 @@ def test_throttle_guard_raises_a_throttled_tier_and_hands_back_after_clean_inter
     assert ctrl.describe()["throttle_guard"] == 0.5
 
 
+def test_guard_hold_keeps_the_raised_allocation_for_that_many_clean_intervals(shop_profile):
+    app = shop()
+    ctrl = UrsaController(make_plan(app, shop_profile), window=2, throttle_guard=0.5,
+                          guard_hold=4, reprofile=False)
+    current = ctrl.reset(app, 1.0)
+    history = [_obs(0, app, 20.0, {})]
+    base = ctrl.decide(history, current).tiers["catalog"].cpu
+    throttled = _obs(1, app, 20.0, {})
+    throttled.tiers["catalog"].throttled_s = 0.05
+    history.append(throttled)
+    raised = ctrl.decide(history, current).tiers["catalog"].cpu
+    assert raised > base
+    held = []
+    for t in range(2, 6):  # four clean intervals: held for three, handed back on the fourth
+        history.append(_obs(t, app, 20.0, {}))
+        held.append(ctrl.decide(history, current).tiers["catalog"].cpu)
+    assert held[:3] == [raised] * 3
+    assert held[3] == pytest.approx(base, rel=0.01)
+    assert ctrl.describe()["guard_hold"] == 4
+
+
+def _floor_decision(app, plan, cpu_used: float, **opts):
+    ctrl = UrsaController(plan, reprofile=False, **opts)
+    current = ctrl.reset(app, 1.0)
+    obs = _obs(0, app, 30.0, {})
+    for stats in obs.tiers.values():
+        stats.cpu_used = cpu_used
+    return ctrl.decide([obs], current).tiers
+
+
+@pytest.mark.parametrize("risk, period_ms", [(1e-3, 100.0), (1e-4, 100.0), (1e-3, 20.0)])
+def test_period_floor_covers_one_period_of_random_arrivals(shop_profile, risk, period_ms):
+    from scipy.stats import poisson
+
+    from leanstack.ursa.callgraph import visits_per_request
+
+    app = shop()
+    plan = make_plan(app, shop_profile)
+    base = _floor_decision(app, plan, 0.06)
+    floored = _floor_decision(app, plan, 0.06, throttle_risk=risk, cfs_period_ms=period_ms)
+    visits = visits_per_request(app)
+    raised = 0
+    for name, svc in app.services.items():
+        load = max(30.0, 30.0 * visits[name])
+        cpu_per_request = 0.06 / 30.0  # what the tier served, not what it was offered
+        arrivals = poisson.ppf(1 - risk, load * period_ms / 1000)
+        floor = cpu_per_request * arrivals / (period_ms / 1000)
+        want = min(max(base[name].cpu, floor), svc.max_cpu)
+        assert floored[name].cpu == pytest.approx(want, abs=2e-3)
+        raised += floored[name].cpu > base[name].cpu
+    assert raised >= 1  # 2 ms per request at 3 arrivals per 100 ms: above the plan somewhere
+
+
+def test_period_floor_leaves_idle_tiers_and_a_risky_setting_alone(shop_profile):
+    app = shop()
+    plan = make_plan(app, shop_profile)
+    base = _floor_decision(app, plan, 0.0)
+    assert _floor_decision(app, plan, 0.0, throttle_risk=1e-3) == base  # no CPU measured
+    busy = _floor_decision(app, plan, 0.06, throttle_risk=1e-3)
+    loose = _floor_decision(app, plan, 0.06, throttle_risk=0.5)
+    assert all(loose[t].cpu <= busy[t].cpu for t in app.services)
+    assert sum(loose[t].cpu for t in app.services) < sum(busy[t].cpu for t in app.services)
+
+
 def test_controller_options_are_range_checked(shop_profile):
     plan = make_plan(shop(), shop_profile)
     for bad, fragment in [({"window": 0}, "at least 1"), ({"warmup_intervals": -1}, "0 or more"),
                           ({"capacity": 0.0}, "capacity"), ({"headroom": 6.0}, "headroom"),
-                          ({"throttle_guard": -0.1}, "throttle_guard")]:
+                          ({"throttle_guard": -0.1}, "throttle_guard"),
+                          ({"guard_hold": 0}, "guard_hold"),
+                          ({"throttle_risk": 1.0}, "throttle_risk"),
+                          ({"cfs_period_ms": 0.0}, "cfs_period_ms")]:
         with pytest.raises(LeanstackError, match=fragment):
             UrsaController(plan, **bad)
     with pytest.raises(LeanstackError, match="below the .* min_cpu"):

@@ -21,7 +21,18 @@ Throttle guard (``throttle_guard`` > 0, off by default): on real processes a tie
 small quota is throttled for the rest of a CFS period when a burst arrives, which its averaged
 load never shows. A tier throttled in an interval has its allocation multiplied by a further
 ``1 + throttle_guard`` (compounding while it stays throttled, up to its ``max_cpu``); after
-``window`` intervals without throttling the factor falls back one step at a time.
+``guard_hold`` intervals without throttling (default: ``window``) the factor falls back one step
+at a time. A short hold hands the quota back just before the next burst throttles the tier again;
+a long one keeps the level that stopped the throttling.
+
+Period floor (``throttle_risk`` > 0, off by default): a CFS quota is spent per period, not per
+second. A tier serving ``r`` req/s at ``c`` ms of CPU each needs ``c * N`` ms of quota in a period
+of ``P`` ms, with ``N`` the requests arriving in it (Poisson with mean ``r * P``); held at 1.6x
+its mean use, a tier that sees three requests per period on average runs out of quota in about
+one period in twelve, and a request caught there waits for the next period. The floor keeps each
+tier's CPU at least ``c * Q / P``, ``Q`` the ``1 - throttle_risk`` quantile of ``N``, so a
+period runs short with about that probability; ``c`` is the tier's measured CPU per request over
+the last ``window`` intervals and ``P`` is ``cfs_period_ms`` (the backend's CFS period).
 
 Priority under a capacity: with ``capacity`` (cores for the whole app) set, an interval whose
 tiers want more than that funds tiers by the priority of the most important class they serve:
@@ -38,6 +49,8 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any
+
+from scipy.stats import poisson
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
@@ -60,16 +73,18 @@ class UrsaController:
                  headroom: float = DEFAULT_HEADROOM, window: int = 3,
                  drift_intervals: int = 5, reprofile: bool = True,
                  warmup_intervals: int = 1, capacity: float | None = None,
-                 throttle_guard: float = 0.0) -> None:
+                 throttle_guard: float = 0.0, guard_hold: int | None = None,
+                 throttle_risk: float = 0.0, cfs_period_ms: float = 100.0) -> None:
         if plan is None:
             raise LeanstackError("the ursa controller needs a plan — make one with 'leanstack "
                                  "ursa profile' and 'leanstack ursa plan', then pass "
                                  "--opt plan=PLAN.json")
         if not 0 <= headroom <= 5:
             raise LeanstackError(f"ursa headroom must be in [0, 5], got {headroom}")
-        if window < 1 or drift_intervals < 1:
-            raise LeanstackError(f"ursa window and drift_intervals must be at least 1, got "
-                                 f"{window} and {drift_intervals}")
+        guard_hold = window if guard_hold is None else guard_hold
+        if window < 1 or drift_intervals < 1 or guard_hold < 1:
+            raise LeanstackError(f"ursa window, drift_intervals and guard_hold must be at least "
+                                 f"1, got {window}, {drift_intervals} and {guard_hold}")
         if warmup_intervals < 0:
             raise LeanstackError(f"ursa warmup_intervals must be 0 or more, got "
                                  f"{warmup_intervals}")
@@ -79,6 +94,12 @@ class UrsaController:
         if not 0 <= throttle_guard <= 4:
             raise LeanstackError(f"ursa throttle_guard must be in [0, 4] (0 = off), got "
                                  f"{throttle_guard}")
+        if not 0 <= throttle_risk < 1:
+            raise LeanstackError(f"ursa throttle_risk must be in [0, 1) (0 = off), e.g. 0.001, "
+                                 f"got {throttle_risk}")
+        if not 0 < cfs_period_ms <= 1000:
+            raise LeanstackError(f"ursa cfs_period_ms must be in (0, 1000] — the backend's CFS "
+                                 f"period, 100 by default — got {cfs_period_ms}")
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
         self.headroom = headroom
         self.window = window
@@ -87,6 +108,9 @@ class UrsaController:
         self.warmup_intervals = warmup_intervals
         self.capacity = capacity
         self.throttle_guard = throttle_guard
+        self.guard_hold = int(guard_hold)
+        self.throttle_risk = throttle_risk
+        self.cfs_period_s = cfs_period_ms / 1000
         self._app: AppSpec | None = None
         self._level: dict[str, int] = {}
         self._thresholds: dict[str, float] = {}
@@ -143,6 +167,8 @@ class UrsaController:
             cpu = load / self._thresholds[name]
             if self.plan.tiers[name].knee:  # headroom keeps a tier off its knee
                 cpu *= 1 + self.headroom
+            if self.throttle_risk:
+                cpu = max(cpu, self._period_floor(name, load, recent))
             cpu = max(math.ceil(cpu / CPU_STEP) * CPU_STEP, svc.min_cpu)
             if self._guard[name] > 1.0:  # the guard lifts the min_cpu floor too
                 cpu = math.ceil(cpu * self._guard[name] / CPU_STEP) * CPU_STEP
@@ -154,9 +180,19 @@ class UrsaController:
             tiers[name] = TierAllocation(round(cpu, 4), replicas)
         return Allocation(tiers)
 
+    def _period_floor(self, name: str, load: float, recent: list[Observation]) -> float:
+        """Cores that cover ``name``'s CPU demand in one CFS period with probability
+        ``1 - throttle_risk`` at ``load`` req/s (see the module docstring)."""
+        served = sum(o.tiers[name].rps for o in recent)
+        if served <= 0 or load <= 0:
+            return 0.0
+        cpu_s_per_request = sum(o.tiers[name].cpu_used for o in recent) / served
+        arrivals = poisson.ppf(1 - self.throttle_risk, load * self.cfs_period_s)
+        return cpu_s_per_request * float(arrivals) / self.cfs_period_s
+
     def _watch_throttling(self, obs: Observation) -> None:
         """Raise the guard factor of every tier throttled in ``obs``; lower it one step after
-        ``window`` clean intervals."""
+        ``guard_hold`` clean intervals."""
         step = 1 + self.throttle_guard
         for name, st in obs.tiers.items():
             if st.throttled_s > 0:
@@ -164,7 +200,7 @@ class UrsaController:
                 self._unthrottled[name] = 0
                 continue
             self._unthrottled[name] += 1
-            if self._unthrottled[name] >= self.window and self._guard[name] > 1.0:
+            if self._unthrottled[name] >= self.guard_hold and self._guard[name] > 1.0:
                 self._guard[name] = max(self._guard[name] / step, 1.0)
                 self._unthrottled[name] = 0
 
@@ -194,6 +230,8 @@ class UrsaController:
         return {"name": self.name, "headroom": self.headroom, "window": self.window,
                 "drift_intervals": self.drift_intervals, "reprofile": self.reprofile,
                 "capacity": self.capacity, "throttle_guard": self.throttle_guard,
+                "guard_hold": self.guard_hold, "throttle_risk": self.throttle_risk,
+                "cfs_period_ms": self.cfs_period_s * 1000,
                 "plan_cpu_per_rps": self.plan.cpu_per_rps, "margin": self.plan.margin,
                 "thresholds": self.thresholds(), "reprofile_events": self.events}
 
