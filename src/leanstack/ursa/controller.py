@@ -27,9 +27,9 @@ a long one keeps the level that stopped the throttling.
 
 Period floor (``throttle_risk`` > 0, off by default): a CFS quota is spent per period, not per
 second. A tier serving ``r`` req/s at ``c`` ms of CPU each needs ``c * N`` ms of quota in a period
-of ``P`` ms, with ``N`` the requests arriving in it (Poisson with mean ``r * P``); held at 1.6x
-its mean use, a tier that sees three requests per period on average runs out of quota in about
-one period in twelve, and a request caught there waits for the next period. The floor keeps each
+of ``P`` ms, with ``N`` the requests arriving in it (Poisson with mean ``r * P``); using 60% of
+its quota on average, a tier that sees three requests per period runs out of quota in about one
+period in twelve, and a request caught there waits for the next period. The floor keeps each
 tier's CPU at least ``c * Q / P``, ``Q`` the ``1 - throttle_risk`` quantile of ``N``, so a
 period runs short with about that probability; ``c`` is the tier's measured CPU per request over
 the last ``window`` intervals and ``P`` is ``cfs_period_ms`` (the backend's CFS period).
