@@ -44,3 +44,12 @@ def test_an_unreadable_or_tiny_ephemeral_range_falls_back_to_the_kernels_choice(
     got = free_ports(3)
     assert len(set(got)) == 3
     assert all(p >= LOWEST_PORT + 2 for p in got)  # from the kernel, not the 2-port pool
+
+
+def test_ports_promised_to_servers_that_have_not_bound_yet_are_never_handed_out():
+    pool = range(40200, 40208)
+    promised = set(pool) - {40202}
+    for _ in range(10):  # the scan starts at a random place; only one port is left
+        assert free_ports(1, candidates=pool, exclude=promised) == [40202]
+    with pytest.raises(LeanstackError, match="only 1 of 2 TCP ports"):
+        free_ports(2, candidates=pool, exclude=promised)

@@ -253,7 +253,8 @@ def demo(
     only: str | None = typer.Option(None, help="comma-separated sections: micro, ursa, sinan, "
                                     "seer, kv, chip (default: all)"),
     duration: float = typer.Option(90.0, help="micro/ursa: seconds of load"),
-    rps: float = typer.Option(100.0, help="micro/ursa: mean request rate of the diurnal load"),
+    rps: float = typer.Option(50.0, help="micro/ursa: mean request rate of the diurnal load "
+                             "(50 is what a 2-core machine serves on real processes)"),
     out_dir: Path = typer.Option(Path("runs/demo"), help="where results and reports go"),
 ) -> None:
     """Every part on embedded defaults: microservices (HPA, Ursa, Sinan), LeanKV, ChipExpert."""

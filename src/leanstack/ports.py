@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+from collections.abc import Collection
 from pathlib import Path
 
 from leanstack.errors import LeanstackError
@@ -31,9 +32,11 @@ def ephemeral_low() -> int:
         return DEFAULT_EPHEMERAL_LOW
 
 
-def free_ports(n: int, host: str = "127.0.0.1", candidates: range | None = None) -> list[int]:
+def free_ports(n: int, host: str = "127.0.0.1", candidates: range | None = None,
+               exclude: Collection[int] = ()) -> list[int]:
     """``n`` distinct ports that nothing listens on or connects from now, below the ephemeral
-    range (``candidates`` overrides the range; the kernel's choice when it is too small)."""
+    range (``candidates`` overrides the range; the kernel's choice when it is too small).
+    ``exclude``: ports already promised to servers that have not bound them yet."""
     pool = candidates if candidates is not None else range(LOWEST_PORT, ephemeral_low())
     if len(pool) < 4 * n:
         return _kernel_ports(n, host)
@@ -44,6 +47,8 @@ def free_ports(n: int, host: str = "127.0.0.1", candidates: range | None = None)
             if len(taken) == n:
                 break
             port = pool[(start + i) % len(pool)]
+            if port in exclude:
+                continue
             s = socket.socket()
             try:
                 s.bind((host, port))

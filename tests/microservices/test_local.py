@@ -115,6 +115,7 @@ def test_observe_reports_real_tier_statistics(tiny):
     obs = tiny.observe()
     front, store, cache = obs.tiers["front"], obs.tiers["store"], obs.tiers["cache"]
     assert obs.interval_s == 0.5 and obs.classes["read"].sla_ms == 50
+    assert obs.cfs_period_ms == tiny.cfs_period_us / 1000 == 100.0
     assert front.cpu_limit == pytest.approx(1.0) and store.cpu_limit == pytest.approx(1.0)
     assert front.rps > 0 and obs.tiers["back"].rps > 0
     assert store.rps > cache.rps > 0  # two redis ops per request, one memcached op

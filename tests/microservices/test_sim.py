@@ -366,6 +366,7 @@ def test_observation_has_every_field_the_local_backend_reports():
     o = obs[-1]
     assert o.t == 3.0 and o.interval_s == 1.0
     assert o.offered_rps == pytest.approx(300, rel=0.2)
+    assert o.cfs_period_ms == 100.0  # the period of the modelled quota buckets
     assert set(o.tiers) == set(app.services)
     assert set(o.classes) == set(app.classes)
     keys = {f"p{p:g}" for p in PERCENTILES}

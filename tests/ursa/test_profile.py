@@ -119,23 +119,44 @@ def test_fast_profile_takes_a_fraction_of_the_time_and_plans_as_cheaply(social):
 
 
 class _CostlierSim(SimBackend):
-    """The simulator running every endpoint at 1.6x its CPU: a 'real' system the simulator
-    underestimates, as real processes are underestimated by the uncalibrated model."""
+    """The simulator running every endpoint at ``factor`` x its CPU (1.6 by default): a 'real'
+    system the simulator underestimates, as real processes are underestimated by the
+    uncalibrated model (or, below 1, one it overrates)."""
 
     name = "costlier"
+    factor = 1.6
 
     def deploy(self, app, allocation):
         data = app.to_data()
         for svc in data["services"].values():
             for ep in svc.get("endpoints", {}).values():
-                ep["cpu_ms"] *= 1.6
+                ep["cpu_ms"] *= self.factor
         super().deploy(parse_app(data), allocation)
+
+
+class _CheaperSim(_CostlierSim):
+    name = "cheaper"
+    factor = 0.5
+
+
+def test_shaped_profile_reaches_the_knee_of_a_tier_the_simulator_overrates():
+    """On a system cheaper than the simulator thinks, stepping down from the simulated knee
+    alone stops short; the shaped profile must plan as cheaply as the fast one there."""
+    from leanstack.ursa.plan import make_plan
+
+    app = shop(browse=20.0)
+    fast = profile_app(app, _CheaperSim(seed=2), ProfileSettings.fast(150), progress=False)
+    shaped = profile_app(app, _CheaperSim(seed=2), ProfileSettings.fast(150, shape=True),
+                         progress=False)
+    assert shaped.collection_backend_s <= fast.collection_backend_s
+    assert make_plan(app, shaped).cpu_per_rps < 1.1 * make_plan(app, fast).cpu_per_rps
 
 
 def test_shaped_profile_measures_few_points_and_its_plan_holds_on_the_real_system():
     """Profiled on the costlier 'real' system with the simulator's shapes: far less load than
-    the fast profile, a plan that fitted the real cost (above the simulator-only plan) and
-    meets every SLA when its allocation runs on the 'real' system at the profiled load."""
+    the fast profile, a plan that fitted the real cost (above the simulator-only plan, not
+    above the fast profile's) and meets every SLA when its allocation runs on the 'real' system
+    at the profiled load."""
     import statistics
 
     from leanstack.microservices.load import LoadSpec
@@ -153,6 +174,7 @@ def test_shaped_profile_measures_few_points_and_its_plan_holds_on_the_real_syste
     json.dumps(shaped.to_dict())  # plain numbers only
     plan = make_plan(app, shaped)
     assert plan.cpu_per_rps > 1.2 * make_plan(app, on_sim).cpu_per_rps
+    assert plan.cpu_per_rps < 1.1 * make_plan(app, full).cpu_per_rps  # no costlier than fast
     for name in ("front", "catalog"):
         tier = shaped.tiers[name]
         assert tier.stopped == "bound" and tier.points[-1][1] > tier.bound_ms

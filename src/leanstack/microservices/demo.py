@@ -22,7 +22,7 @@ def demo_backend() -> str:
     return "sim"
 
 
-def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0) -> dict[str, Any]:
+def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 50.0) -> dict[str, Any]:
     """Social network on the local backend under a diurnal load, managed by Kubernetes HPA."""
     from leanstack.microservices.app import load_app
     from leanstack.microservices.controllers import HPAController

@@ -215,7 +215,7 @@ class LocalBackend:
         tiers = {name: self._tier_stats(tier, by_tier.get(name, []), own.get(name, []))
                  for name, tier in self.tiers.items()}
         return Observation(t=t_end, interval_s=self.interval_s, classes=classes, tiers=tiers,
-                           offered_rps=offered)
+                           offered_rps=offered, cfs_period_ms=self.cfs_period_us / 1000)
 
     def spans(self, since_ns: int = 0) -> list[Span]:
         """Every span the workers wrote that ended at or after ``since_ns``, by end time."""
@@ -306,7 +306,10 @@ class LocalBackend:
         return die_with_parent(self.cgroups.procs_files(tier))
 
     def _start_worker(self, tier: _Tier) -> _WorkerProc:
-        admin = free_ports(1, HOST)[0]
+        # not a port promised to a server of this run that may not have bound it yet
+        promised = {t.port for t in self.tiers.values()} | {
+            w.admin_port for t in self.tiers.values() for w in t.workers}
+        admin = free_ports(1, HOST, exclude=promised)[0]
         cmd = [sys.executable, "-m", "leanstack.microservices.worker",
                "--app", str(self.run_dir / "app.json"), "--service", tier.name,
                "--port", str(tier.port), "--admin-port", str(admin),

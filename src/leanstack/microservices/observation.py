@@ -127,6 +127,7 @@ class Observation:
     classes: dict[str, ClassStats]
     tiers: dict[str, TierStats]
     offered_rps: float = 0.0  # the load generator's scheduled rate over the interval
+    cfs_period_ms: float | None = None  # period of the tiers' CFS CPU quotas, where known
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +136,7 @@ class Observation:
     def from_dict(cls, d: dict[str, Any]) -> Observation:
         return cls(
             t=d["t"], interval_s=d["interval_s"], offered_rps=d.get("offered_rps", 0.0),
+            cfs_period_ms=d.get("cfs_period_ms"),
             classes={k: ClassStats(**v) for k, v in d["classes"].items()},
             tiers={k: TierStats(**v) for k, v in d["tiers"].items()},
         )

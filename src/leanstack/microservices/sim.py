@@ -782,7 +782,7 @@ class SimBackend:
             tier.own_lat = []
         offered = np.count_nonzero((self._arr_np >= t0) & (self._arr_np < t1)) / dt
         return Observation(t=t1, interval_s=dt, classes=classes, tiers=tiers,
-                           offered_rps=float(offered))
+                           offered_rps=float(offered), cfs_period_ms=PERIOD_S * 1000)
 
 
 def _end_wait(frame: list) -> None:

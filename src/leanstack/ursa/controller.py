@@ -32,7 +32,8 @@ its quota on average, a tier that sees three requests per period runs out of quo
 period in twelve, and a request caught there waits for the next period. The floor keeps each
 tier's CPU at least ``c * Q / P``, ``Q`` the ``1 - throttle_risk`` quantile of ``N``, so a
 period runs short with about that probability; ``c`` is the tier's measured CPU per request over
-the last ``window`` intervals and ``P`` is ``cfs_period_ms`` (the backend's CFS period).
+the last ``window`` intervals and ``P`` is the CFS period the backend reports in its observations
+(the kernel's and Kubernetes' default, 100 ms, where it reports none).
 
 Priority under a capacity: with ``capacity`` (cores for the whole app) set, an interval whose
 tiers want more than that funds tiers by the priority of the most important class they serve:
@@ -61,6 +62,7 @@ from leanstack.ursa.plan import Plan
 DEFAULT_HEADROOM = 0.3
 CPU_STEP = 0.001  # cores: allocations are rounded up to 0.1 ms of quota per 100 ms period
 DRIFT_RATIO = 1.5  # observed / predicted own latency that counts as drift
+DEFAULT_CFS_PERIOD_MS = 100.0  # the period floor's P where observations carry none
 RECOVER_RATIO = 0.8  # ... and below which a re-profiled tier counts as recovered
 
 
@@ -74,7 +76,7 @@ class UrsaController:
                  drift_intervals: int = 5, reprofile: bool = True,
                  warmup_intervals: int = 1, capacity: float | None = None,
                  throttle_guard: float = 0.0, guard_hold: int | None = None,
-                 throttle_risk: float = 0.0, cfs_period_ms: float = 100.0) -> None:
+                 throttle_risk: float = 0.0) -> None:
         if plan is None:
             raise LeanstackError("the ursa controller needs a plan — make one with 'leanstack "
                                  "ursa profile' and 'leanstack ursa plan', then pass "
@@ -97,9 +99,6 @@ class UrsaController:
         if not 0 <= throttle_risk < 1:
             raise LeanstackError(f"ursa throttle_risk must be in [0, 1) (0 = off), e.g. 0.001, "
                                  f"got {throttle_risk}")
-        if not 0 < cfs_period_ms <= 1000:
-            raise LeanstackError(f"ursa cfs_period_ms must be in (0, 1000] — the backend's CFS "
-                                 f"period, 100 by default — got {cfs_period_ms}")
         self.plan = plan if isinstance(plan, Plan) else Plan.load(plan)
         self.headroom = headroom
         self.window = window
@@ -110,7 +109,6 @@ class UrsaController:
         self.throttle_guard = throttle_guard
         self.guard_hold = int(guard_hold)
         self.throttle_risk = throttle_risk
-        self.cfs_period_s = cfs_period_ms / 1000
         self._app: AppSpec | None = None
         self._level: dict[str, int] = {}
         self._thresholds: dict[str, float] = {}
@@ -187,8 +185,9 @@ class UrsaController:
         if served <= 0 or load <= 0:
             return 0.0
         cpu_s_per_request = sum(o.tiers[name].cpu_used for o in recent) / served
-        arrivals = poisson.ppf(1 - self.throttle_risk, load * self.cfs_period_s)
-        return cpu_s_per_request * float(arrivals) / self.cfs_period_s
+        period_s = (recent[-1].cfs_period_ms or DEFAULT_CFS_PERIOD_MS) / 1000
+        arrivals = poisson.ppf(1 - self.throttle_risk, load * period_s)
+        return cpu_s_per_request * float(arrivals) / period_s
 
     def _watch_throttling(self, obs: Observation) -> None:
         """Raise the guard factor of every tier throttled in ``obs``; lower it one step after
@@ -231,7 +230,6 @@ class UrsaController:
                 "drift_intervals": self.drift_intervals, "reprofile": self.reprofile,
                 "capacity": self.capacity, "throttle_guard": self.throttle_guard,
                 "guard_hold": self.guard_hold, "throttle_risk": self.throttle_risk,
-                "cfs_period_ms": self.cfs_period_s * 1000,
                 "plan_cpu_per_rps": self.plan.cpu_per_rps, "margin": self.plan.margin,
                 "thresholds": self.thresholds(), "reprofile_events": self.events}
 

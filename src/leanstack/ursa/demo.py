@@ -15,12 +15,16 @@ from leanstack.ursa.controller import UrsaController
 from leanstack.ursa.plan import make_plan
 from leanstack.ursa.profile import AppProfile, ProfileSettings, profile_app
 
-# Profiles measured on a quiet 2-core machine, named <app>-<backend>.json: a first demo run
-# plans from one of these instead of spending minutes profiling.
+# Fast profiles measured on a quiet 2-core machine, named <app>-<backend>-<rps>rps.json: a first
+# demo run at one of these loads plans from it instead of spending minutes profiling.
 SHIPPED_PROFILES = Path(__file__).parent / "profiles"
 
+# Controller options on real processes: the throttle guard and the CFS period floor, each chosen
+# on a tuning seed that no reported run used (docs/ursa.md, "Local backend: real processes").
+REAL_PROCESS_OPTIONS: dict[str, float] = {"throttle_guard": 0.5, "throttle_risk": 1e-4}
 
-def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
+
+def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 50.0,
              hpa_result: Path | None = None) -> dict[str, Any]:
     """Profile the social network (cached in ``out_dir``), plan, run Ursa; compare with HPA."""
 
@@ -31,8 +35,12 @@ def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
     plan.save(out_dir / "plan.json")
     print(f"plan: {plan.cpu_per_rps * 100:.2f} cores per 100 req/s before headroom "
           f"(MILP solved in {plan.solve_ms:.0f} ms)")
+    options = REAL_PROCESS_OPTIONS if backend == "local" else {}
+    if options:
+        print("controller options for real processes: "
+              + ", ".join(f"{k}={v:g}" for k, v in options.items()))
     load = LoadSpec("diurnal", rps, duration, seed=0)
-    result = run_experiment(spec, make_backend(backend), UrsaController(plan), load,
+    result = run_experiment(spec, make_backend(backend), UrsaController(plan, **options), load,
                             out_dir / "result.json", report_html=out_dir / "report.html")
     s = result["summary"]
     rows = [("ursa", s)]
@@ -51,8 +59,9 @@ def run_demo(out_dir: Path, duration: float = 90.0, rps: float = 100.0,
 
 def demo_profile(out_dir: Path, spec: AppSpec, backend: str, rps: float) -> AppProfile:
     """The profile an earlier demo run cached in ``out_dir``, else the shipped one, else new."""
-    cached = out_dir / f"profile-{backend}.json"
-    shipped = SHIPPED_PROFILES / f"{spec.name}-{backend}.json"
+    name = f"{backend}-{rps:g}rps.json"
+    cached = out_dir / f"profile-{name}"
+    shipped = SHIPPED_PROFILES / f"{spec.name}-{name}"
     redo = (f"leanstack ursa profile --app {spec.name} --backend {backend} --fast --rps {rps:g} "
             f"--out {cached}")
     for path, origin in ((cached, "cached by an earlier run"), (shipped, "shipped")):

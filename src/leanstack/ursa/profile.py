@@ -22,10 +22,13 @@ outside its bound. :meth:`ProfileSettings.fast` combines both.
 
 Fewer measured points: with ``shape`` on a backend other than the simulator, the app is first
 explored on the simulator (a few seconds), then each tier is measured only at its generous
-allocation and at the one to three steps around the knee the simulator's curve predicts. The
+allocation and at one to three steps starting at the knee the simulator's curve predicts: a step
+inside the bound moves down at least to where the fast profile would start (a tier the simulator
+overrates still reaches its real knee), one outside moves up, and a bracketed knee is bisected. The
 simulator's curve is carried over with two scales fitted on the real tier: its load-per-core
 axis by the ratio of CPU per request (simulated / measured, at the generous allocation) and its
-latency axis by the median ratio of measured to simulated latency at the measured points. The
+latency axis by the median ratio of measured to simulated latency at the measured points inside
+the bound (past the knee a tail is a cliff, not a scale). The
 profile keeps every measured point and adds the scaled simulator points below the first
 measured step (its tails scaled the same way). All tiers share one generous step at the start,
 measured in full, and one more ends the exploration (the classes' ``generous_ms``).
@@ -63,6 +66,10 @@ CPU_FLOOR = 0.01
 CLEAR = 3.0
 """A step's tail is clearly inside its bound below bound / CLEAR, clearly outside above
 bound * CLEAR (early stop)."""
+
+KEEP_UP_MIN_REQUESTS = 20
+"""A step judges whether a tier keeps up with its load only if it expected this many requests:
+the chance that a Poisson count with mean 20 comes in under half of it is about 0.5%."""
 
 
 @dataclass
@@ -325,7 +332,7 @@ class _Explorer:
             if used > 0:
                 self.cost[name] = used / (first[0] * cpu_max)
         if first is not None and name in self.cost and name in self.shape:
-            yield from self._shaped_steps(name, base, first, tail)
+            yield from self._shaped_steps(name, base, first, tail, cpu)
             return
         stopped, last, good = "floor", base, None
         expected = cfg.rps * self.visits[name]
@@ -338,7 +345,7 @@ class _Explorer:
             if point[1] > bound:
                 stopped = "bound"
                 break
-            if expected > 0 and point[0] * cpu < 0.5 * expected:  # it no longer keeps up
+            if self._falls_behind(expected, point, cpu, last):
                 stopped = "saturated"
                 break
             if cpu <= floor:
@@ -358,9 +365,13 @@ class _Explorer:
                                        stopped, tails=[tails[i] for i in order] or [{}])
 
     def _shaped_steps(self, name: str, base: list[Observation], first: tuple[float, float],
-                      first_tail: dict[str, float]) -> Generator[float, list[Observation], None]:
+                      first_tail: dict[str, float], fast_start: float) -> Generator[
+            float, list[Observation], None]:
         """Measure ``name`` around the knee its simulated curve predicts (see the module
-        docstring); record the measured points and the scaled simulated ones."""
+        docstring); record the measured points and the scaled simulated ones. A step inside the
+        bound is followed by one at most at ``fast_start`` (where the fast profile would start),
+        so a tier the simulator thinks costlier than it is still reaches its real knee; once a
+        step inside and one outside bracket the knee, the next bisects them."""
         cfg, bound = self.cfg, self.bounds[name]
         cpu_max = self.generous.tiers[name].cpu
         floor = min(max(CPU_FLOOR, self.app.services[name].min_cpu), cpu_max)
@@ -368,13 +379,16 @@ class _Explorer:
         xs, ys = sim.curve()
         sx = float(sim_cost / self.cost[name])  # real load per core at the same utilisation
         sy = float(first[1] / ys[0]) if ys[0] > 0 else 1.0
-        inside = [j for j in range(len(xs)) if sy * ys[j] <= bound]
-        knee_x = xs[inside[-1] if inside else 0] * sx
+        within = [j for j in range(len(xs)) if sy * ys[j] <= bound]
+        knee_x = xs[within[-1] if within else 0] * sx
         expected = cfg.rps * self.visits[name]
         cpu = float(min(cpu_max, max(expected / knee_x if knee_x > 0 else cpu_max, floor)))
+        if sim.stopped != "bound":  # the simulated tier never reached its bound: no knee to use
+            cpu = fast_start
         measured: list[tuple[float, float]] = []
         points, tails = [first], [first_tail]
         stopped, last = "floor", base
+        inside, outside = math.inf, 0.0  # least CPU measured inside the bound, most outside
         for _ in range(cfg.shape_steps):
             step = yield from self._measure_at(name, cpu, points, tails)
             if step is None:
@@ -382,19 +396,28 @@ class _Explorer:
                 break
             point, last = step
             measured.append(point)
-            out = point[1] > bound
-            if out:
-                stopped = "bound"
-            if any((p[1] > bound) != out for p in measured):  # the knee is bracketed
-                break
-            if not out and expected > 0 and point[0] * cpu < 0.5 * expected:
+            if point[1] > bound:
+                stopped, outside = "bound", max(outside, cpu)
+            elif self._falls_behind(expected, point, cpu, last):
                 stopped = "saturated"
                 break
-            nxt = min(cpu / cfg.shrink, cpu_max) if out else max(cpu * cfg.shrink, floor)
+            else:
+                inside = min(inside, cpu)
+            if outside and inside < math.inf:  # bracketed: bisect, unless already one step wide
+                if inside * cfg.shrink <= outside:
+                    break
+                nxt = (inside * outside) ** 0.5
+            elif outside:
+                nxt = min(cpu / cfg.shrink, cpu_max)
+            else:
+                nxt = max(min(cpu * cfg.shrink, fast_start), floor)
             if nxt == cpu:
                 break
             cpu = nxt
-        scale = [y / s for x, y in measured if (s := float(np.interp(x / sx, xs, ys))) > 0]
+        # the latency scale from the steps inside the bound: past the knee a tail is a cliff,
+        # and its ratio to the simulated one says nothing about the curve below it
+        scale = [y / s for x, y in measured
+                 if y <= bound and (s := float(np.interp(x / sx, xs, ys))) > 0]
         sy = float(np.median(scale)) if scale else sy
         below = min((p[0] for p in measured), default=math.inf)
         for (x, _), sim_tail in zip(sim.points, sim.tails, strict=False):
@@ -435,6 +458,15 @@ class _Explorer:
         points.append(point)
         tails.append(tail)
         return point, obs
+
+    def _falls_behind(self, expected: float, point: tuple[float, float], cpu: float,
+                      obs: list[Observation]) -> bool:
+        """Whether a tier served under half the ``expected`` req/s at ``cpu`` cores in a step
+        that expected at least ``KEEP_UP_MIN_REQUESTS`` (fewer, and chance alone could halve
+        the count)."""
+        seconds = len(obs) * self.backend.interval_s
+        return (expected * seconds >= KEEP_UP_MIN_REQUESTS
+                and point[0] * cpu < 0.5 * expected)
 
     def _point(self, name: str, cpu: float, obs: list[Observation]) -> tuple[
             tuple[float, float] | None, dict[str, float]]:
