@@ -124,7 +124,7 @@ def test_demo_falls_back_to_the_simulator_when_cgroups_are_not_writable(monkeypa
     rows = [line.split()[0] for line in out.splitlines()
             if line.startswith(("hpa ", "ursa ")) and line.rstrip()[-1].isdigit()]
     assert rows == ["hpa", "ursa"]  # side by side
-    assert (tmp_path / "demo" / "ursa" / "profile-sim.json").is_file()
+    assert (tmp_path / "demo" / "ursa" / "profile-sim-50rps.json").is_file()  # cached for next time
 
 
 def test_demo_reports_a_broken_section_and_runs_the_rest(monkeypatch, capsys, tmp_path):
