@@ -55,6 +55,7 @@ from scipy.stats import poisson
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
+from leanstack.microservices.cgroups import PERIOD_US
 from leanstack.microservices.observation import Allocation, Observation, TierAllocation
 from leanstack.ursa.callgraph import classes_through, visits_per_request
 from leanstack.ursa.plan import Plan
@@ -62,8 +63,8 @@ from leanstack.ursa.plan import Plan
 DEFAULT_HEADROOM = 0.3
 CPU_STEP = 0.001  # cores: allocations are rounded up to 0.1 ms of quota per 100 ms period
 DRIFT_RATIO = 1.5  # observed / predicted own latency that counts as drift
-DEFAULT_CFS_PERIOD_MS = 100.0  # the period floor's P where observations carry none
 RECOVER_RATIO = 0.8  # ... and below which a re-profiled tier counts as recovered
+DEFAULT_CFS_PERIOD_MS = PERIOD_US / 1000  # the kernel's: the floor's P if observations lack one
 
 
 class UrsaController:

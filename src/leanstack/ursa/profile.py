@@ -464,7 +464,7 @@ class _Explorer:
         """Whether a tier served under half the ``expected`` req/s at ``cpu`` cores in a step
         that expected at least ``KEEP_UP_MIN_REQUESTS`` (fewer, and chance alone could halve
         the count)."""
-        seconds = len(obs) * self.backend.interval_s
+        seconds = sum(o.interval_s for o in obs)
         return (expected * seconds >= KEEP_UP_MIN_REQUESTS
                 and point[0] * cpu < 0.5 * expected)
 
