@@ -16,9 +16,12 @@ kernel, and other jobs: above ~0.5 core, other work pollutes the local numbers).
 
 Needs the local backend (root, cgroup v1 cpu/cpuacct, redis-server, memcached). Run:
 ``.venv/bin/python benchmarks/sim_fidelity.py [--quick] [--rps 80] [--duration 60]
-[--local-data DIR]``; writes ``benchmarks/results/sim_fidelity.json`` and prints Markdown tables.
+[--local-data DIR] [--calibration FILE|shipped] [--out FILE] [--save-calibration FILE]``; writes
+``benchmarks/results/sim_fidelity.json`` (or ``--out``) and prints Markdown tables.
 ``--local-data DIR`` keeps the local runs' observations and spans in DIR and reuses them when
-they are already there (to iterate on the simulator without re-measuring).
+they are already there (to iterate on the simulator without re-measuring). ``--calibration``
+uses a calibration fitted elsewhere (``shipped``: the app's shipped one) instead of fitting one
+on this session's static-maximum run, so that no compared run is the one it was fitted on.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from pathlib import Path
 from leanstack.atomic import write_json
 from leanstack.microservices.app import AppSpec, load_app
 from leanstack.microservices.calibrate import calibrate
+from leanstack.microservices.calibration import (
+    SHIPPED,
+    load_calibration,
+    save_calibration,
+    shipped_path,
+)
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Observation, Span, TierAllocation
 from leanstack.microservices.sim import SimBackend
@@ -139,6 +148,12 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=60.0, help="seconds per run")
     p.add_argument("--local-data", type=Path, default=None,
                    help="keep (or reuse) the local runs' observations and spans here")
+    p.add_argument("--calibration", default=None,
+                   help="a calibration file, or 'shipped' for the app's shipped one, instead of "
+                        "fitting one on this session's static-maximum run")
+    p.add_argument("--out", type=Path, default=RESULTS, help="result JSON")
+    p.add_argument("--save-calibration", type=Path, default=None,
+                   help="also write the calibration used to this file")
     args = p.parse_args()
     app = load_app(APP)
     duration = 20.0 if args.quick else args.duration
@@ -148,7 +163,11 @@ def main() -> None:
                                  for t, a in r["allocation"].items()}))
               for name, r in runs["levels"].items()]
     local = {name: summarise(r["obs"]) for name, r in runs["levels"].items()}
-    model = calibrate(app, runs["spans"], runs["levels"]["max"]["obs"])
+    if args.calibration is None:
+        model = calibrate(app, runs["spans"], runs["levels"]["max"]["obs"])
+    else:
+        model = load_calibration(shipped_path(APP) if args.calibration == SHIPPED
+                                 else args.calibration)
     sim = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model), app,
                                alloc, load)[0])
            for name, alloc in levels}
@@ -206,6 +225,9 @@ def main() -> None:
             n: {"host_busy": r.get("host_cores_busy"),
                 "tiers": round(sum(local[n]["tiers"].values()), 3)}
             for n, r in runs["levels"].items()},
+        "calibrated_from": ("this session's static-maximum run" if args.calibration is None
+                            else "the shipped calibration" if args.calibration == SHIPPED
+                            else Path(args.calibration).name),
         "calibration": model,
         "allocations": {name: alloc.to_dict() for name, alloc in levels},
         "latency": rows_lat, "cpu": rows_cpu,
@@ -217,7 +239,9 @@ def main() -> None:
         },
         **benchmark_record(("leanstack", "numpy", "scipy")),
     }
-    write_json(RESULTS, result)
+    write_json(args.out, result)
+    if args.save_calibration:
+        save_calibration(model, args.save_calibration)
 
     print(f"social-network, Poisson {args.rps:g} req/s, {duration:g} s per run "
           f"(first {WARMUP} s dropped); load average around the local runs: "
@@ -241,7 +265,7 @@ def main() -> None:
         print(f"\nwithin goal, {label}: p50 {v['p50_within_goal']:.0%}, p99 "
               f"{v['p99_within_goal']:.0%} (±{LATENCY_GOAL:.0%}); tier CPU "
               f"{v['cpu_within_goal']:.0%} (±{CPU_GOAL:.0%})", end="")
-    print(f"\nwrote {RESULTS.relative_to(Path(__file__).parent.parent)}")
+    print(f"\nwrote {args.out}")
 
 
 def _ms(v: float | None) -> str:
@@ -250,7 +274,6 @@ def _ms(v: float | None) -> str:
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:+.0%}"
-
 
 
 if __name__ == "__main__":

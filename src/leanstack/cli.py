@@ -72,7 +72,9 @@ def micro_run(
     backend_opt: list[str] = typer.Option([], "--backend-opt", help="backend option KEY=VALUE "
                                           "(repeatable), e.g. local: cfs_period_ms=20, "
                                           "cfs_burst=0.5"),
-    calibration: Path | None = typer.Option(None, help="sim: service-time model to use"),
+    calibration: str | None = typer.Option(
+        None, help="sim: service-time model to use, a file from 'micro calibrate' or 'shipped' "
+        "(the app's shipped calibration, fitted on real processes)"),
     amplitude: float = typer.Option(0.5, help="diurnal/step load: swing around the mean"),
     detector: str | None = typer.Option(None, help="act on anomaly alerts too, e.g. 'seer'"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bar"),

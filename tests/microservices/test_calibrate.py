@@ -14,7 +14,14 @@ from leanstack.microservices.calibrate import (
     calibrate,
     fit_distribution,
 )
-from leanstack.microservices.calibration import load_calibration, save_calibration
+from leanstack.microservices.calibration import (
+    DEFAULT_RPC,
+    RPC_KEYS,
+    SHIPPED,
+    load_calibration,
+    save_calibration,
+    shipped_path,
+)
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Span
 from leanstack.microservices.sim import SimBackend
@@ -143,6 +150,43 @@ def test_tier_cpu_calibrates_overheads_storage_time_and_tier_extras():
         assert sum(o.tiers[tier].cpu_used for o in again) == pytest.approx(used, rel=0.05), tier
 
 
+def test_the_clients_share_of_latency_is_recovered_from_root_spans_and_class_latencies():
+    """The load generator sees more than the entry tier's span (its HTTP client, the server
+    before and after the handler): calibration finds that share's mean and spread from the
+    roots and the class percentiles, and the per-call delay is fitted on top of it."""
+    app = load_app("social-network")
+    truth = {"callee_ms": 0.5, "caller_ms": 0.3, "storage_caller_ms": 0.1, "delay_ms": 0.3,
+             "entry_ms": 3.0, "entry_cv": 1.5}
+    sim = SimBackend(seed=4, record_spans=True, calibration={
+        "version": 1, "app": app.name, "rpc": truth, "endpoints": {}, "storage": {}})
+    sim.deploy(app, Allocation.static_max(app))
+    sim.start(LoadSpec("poisson", rps=100, duration_s=25))
+    obs = [sim.observe() for _ in range(25)]
+    model = calibrate(app, sim.spans(), obs)
+    assert model["rpc"]["entry_ms"] == pytest.approx(3.0, rel=0.3)
+    assert 0.75 <= model["rpc"]["entry_cv"] <= 3.0
+    assert model["rpc"]["delay_ms"] == pytest.approx(0.3, abs=0.15)
+    without = calibrate(app, sim.spans(), None)  # spans alone: nothing to compare roots with
+    assert "entry_ms" not in without["rpc"]
+
+
+def test_the_clients_share_adds_to_class_latency_and_delays_no_tier():
+    app = two_tier()
+    load = LoadSpec("constant", rps=20, duration_s=4)
+    seen = {}
+    for entry in (0.0, 10.0):
+        sim = SimBackend(seed=1, calibration={
+            "version": 1, "app": "two", "endpoints": {}, "storage": {},
+            "rpc": {"entry_ms": entry, "entry_cv": 0.1}})
+        sim.deploy(app, Allocation.static_max(app))
+        sim.start(load)
+        seen[entry] = [sim.observe() for _ in range(4)][-1]
+    p50 = {e: o.classes["req"].latency_ms["p50"] for e, o in seen.items()}
+    assert p50[10.0] - p50[0.0] == pytest.approx(10.0, abs=1.5)
+    own = {e: o.tiers["front"].own_latency_ms["p50"] for e, o in seen.items()}
+    assert own[10.0] == pytest.approx(own[0.0], abs=0.05)
+
+
 def test_calibration_changes_the_simulation(tmp_path):
     app = two_tier()
     model = {"version": 1, "app": "two", "rpc": {},
@@ -178,6 +222,8 @@ def test_save_and_load_round_trip_atomically(tmp_path):
     ('{"version": 9, "app": "x", "rpc": {}, "endpoints": {}, "storage": {}}', "version"),
     ('{"version": 1, "app": "x", "rpc": {"callee_ms": -1}, "endpoints": {}, "storage": {}}',
      "rpc.callee_ms"),
+    ('{"version": 1, "app": "x", "rpc": {"entry_cv": -0.5}, "endpoints": {}, "storage": {}}',
+     "rpc.entry_cv"),
     ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {"a.b": {"dist": "weibull"}},'
      ' "storage": {}}', "endpoints.a.b.dist"),
     ('{"version": 1, "app": "x", "rpc": {}, "endpoints": {},'
@@ -261,3 +307,36 @@ def test_cli_calibrates_from_spans_and_the_result_of_the_same_run(monkeypatch, c
     code, _, err = run_cli(monkeypatch, capsys, "micro", "calibrate", "--app", "social-network",
                            "--spans", str(spans), "--result", str(res), "--out", str(out))
     assert code == 2 and "timeline is empty" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("app_name", ["social-network", "hotel-reservation"])
+def test_the_shipped_calibrations_load_and_slow_the_simulator_to_real_processes(app_name):
+    """Each shipped calibration is a valid file for its app, fitted on spans and tier CPU of
+    real processes (RPC costs above the app file's defaults, a client share of latency), and
+    ``"shipped"`` selects it."""
+    app = load_app(app_name)
+    model = load_calibration(shipped_path(app_name))
+    assert model["app"] == app_name and model["source"] == "spans+cpu"
+    assert sum(model["rpc"][k] for k in RPC_KEYS) > sum(DEFAULT_RPC[k] for k in RPC_KEYS)
+    assert model["rpc"]["entry_ms"] > 0
+    load = LoadSpec("poisson", rps=40, duration_s=6)
+    p50 = {}
+    for calib in (None, SHIPPED):
+        sim = SimBackend(seed=3, calibration=calib)
+        sim.deploy(app, Allocation.static_max(app))
+        sim.start(load)
+        obs = [sim.observe() for _ in range(6)][2:]
+        p50[calib] = np.median([o.classes[c].latency_ms["p50"] for o in obs for c in o.classes
+                                if o.classes[c].completed])
+    assert p50[SHIPPED] > 1.5 * p50[None]
+
+
+def test_an_app_without_a_shipped_calibration_is_a_one_line_error(monkeypatch, capsys, tmp_path):
+    with pytest.raises(LeanstackError, match="no calibration ships for app 'two'.*"
+                                             "social-network.*micro calibrate"):
+        SimBackend(calibration=SHIPPED).deploy(two_tier(), Allocation.static_max(two_tier()))
+    code, _, err = run_cli(monkeypatch, capsys, "micro", "run", "--app", "media-service",
+                           "--duration", "2", "--quiet", "--calibration", "shipped",
+                           "--out", str(tmp_path / "r.json"))
+    assert code != 0 and "no calibration ships for app 'media-service'" in err
+    assert err.count("\n") == 1

@@ -10,6 +10,7 @@ import pytest
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import parse_app
 from leanstack.microservices.sim import SimBackend
+from leanstack.ursa.callgraph import visits_per_request
 from leanstack.ursa.profile import AppProfile, ProfileSettings, TierProfile, profile_app
 
 from .conftest import SHOP, shop
@@ -152,6 +153,24 @@ def test_shaped_profile_reaches_the_knee_of_a_tier_the_simulator_overrates():
     assert make_plan(app, shaped).cpu_per_rps < 1.1 * make_plan(app, fast).cpu_per_rps
 
 
+def test_shaped_profile_measures_the_floor_of_tiers_that_never_leave_their_bound(social):
+    """On the social network most tiers stay inside their bound down to their floor: the shaped
+    profile must measure them there (not stop a few steps above it and call it the floor), so
+    its plan is within 10% of the fast one's."""
+    from leanstack.ursa.plan import make_plan
+
+    fast = profile_app(social, _CostlierSim(seed=3), ProfileSettings.fast(100), progress=False)
+    shaped = profile_app(social, _CostlierSim(seed=3), ProfileSettings.fast(100, shape=True),
+                         progress=False)
+    visits = visits_per_request(social)
+    floors = [t for t, p in shaped.tiers.items() if p.stopped == "floor"]
+    assert len(floors) >= len(social.services) // 2
+    for t in floors:
+        at_floor = shaped.rps * visits[t] / social.services[t].min_cpu  # req/s per core there
+        assert max(x for x, _ in shaped.tiers[t].points) > 0.6 * at_floor, t
+    assert make_plan(social, shaped).cpu_per_rps < 1.1 * make_plan(social, fast).cpu_per_rps
+
+
 def test_shaped_profile_measures_few_points_and_its_plan_holds_on_the_real_system():
     """Profiled on the costlier 'real' system with the simulator's shapes: far less load than
     the fast profile, a plan that fitted the real cost (above the simulator-only plan, not
@@ -161,7 +180,6 @@ def test_shaped_profile_measures_few_points_and_its_plan_holds_on_the_real_syste
 
     from leanstack.microservices.load import LoadSpec
     from leanstack.microservices.observation import Allocation
-    from leanstack.ursa.callgraph import visits_per_request
     from leanstack.ursa.plan import make_plan
 
     app = shop(browse=20.0)

@@ -26,6 +26,11 @@ overheads leave unexplained (added to each visit's first segment), which is what
 CPU in the simulator match. ``rpc.delay_ms`` is then the wall time every call takes without
 costing CPU (loopback network, wake-ups, client queues), chosen so that the simulator's
 per-class median latencies under the run's allocation and rate add up to the observed ones.
+Before it, ``rpc.entry_ms`` and ``rpc.entry_cv``: the client's share of each request's latency
+(the load generator's HTTP client and the entry tier's HTTP server outside its span), a gamma
+whose mean and CV make the entry tiers' root spans plus a draw give the per-class p50 and p99
+the load generator measured (see ``_fit_entry``); at the static maximum on this machine it
+holds most of the reads' tail the simulator used to miss.
 
 ``host_cores`` is the core count of the machine the spans come from: the simulator shares that
 many cores between all tiers by default.
@@ -55,6 +60,9 @@ from leanstack.microservices.observation import Observation, Span
 from leanstack.microservices.sim import SimBackend
 
 CPU_ATTR = "leanstack.cpu_ms"
+CLASS_ATTR = "leanstack.class"
+ENTRY_CVS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # the client share's CVs tried
+ENTRY_MIN_SPANS = 5  # root spans of a class in an interval before it counts in the fit
 DELAY_FIT_S = 30.0  # simulated seconds per trial when fitting the per-call delay
 DELAY_MAX_MS = 5.0
 
@@ -133,6 +141,7 @@ def calibrate(app: AppSpec, spans: list[Span], observations: list[Observation] |
         "host_cores": host_cores,
     }
     if observations:
+        model["rpc"]["entry_ms"], model["rpc"]["entry_cv"] = _fit_entry(app, spans, observations)
         model["rpc"]["delay_ms"] = _fit_delay_ms(app, model, observations)
     return model
 
@@ -292,6 +301,59 @@ def _class_p50s(observations: list[Observation]) -> dict[str, float]:
         if vals:
             out[name] = float(np.median(vals))
     return out
+
+
+def _fit_entry(app: AppSpec, spans: list[Span],
+               observations: list[Observation]) -> tuple[float, float]:
+    """The client's share of request latency: mean (ms) and CV of a gamma that, added to the
+    entry tiers' root spans, gives the per-class latencies the load generator measured.
+
+    Same estimator on both sides: per interval, each class's p50 and p99 of (root span + a draw),
+    then the median over intervals. For each CV of ``ENTRY_CVS`` the mean is bisected until the
+    medians add up; the CV whose p99s then come closest (relative error) is kept. ``(0, 0)``
+    where the spans hold no roots to compare, or the roots alone are as slow as the client saw.
+    """
+    interval_ns = observations[0].interval_s * 1e9
+    ids = {s.span_id for s in spans}  # a root's parent is the load generator's, not recorded
+    by_class: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in spans:
+        c = s.attributes.get(CLASS_ATTR)
+        if s.parent_span_id not in ids and c in app.classes and app.classes[c].wait != "pipeline":
+            by_class[c][int(s.end_ns // interval_ns)].append(s.duration_ms)
+    measured = {c: [o.classes[c].latency_ms for o in observations
+                    if c in o.classes and o.classes[c].completed] for c in by_class}
+    groups = {c: [np.asarray(v) for v in by_class[c].values() if len(v) >= ENTRY_MIN_SPANS]
+              for c in by_class if measured[c]}
+    groups = {c: g for c, g in groups.items() if g}
+    if not groups:
+        return 0.0, 0.0
+    target = {c: (float(np.median([m["p50"] for m in measured[c]])),
+                  float(np.median([m["p99"] for m in measured[c]]))) for c in groups}
+
+    def medians(unit: dict[str, list[np.ndarray]], mean: float) -> dict[str, list[float]]:
+        return {c: [float(np.median([np.percentile(d + mean * u, q)
+                                     for d, u in zip(g, unit[c], strict=True)]))
+                    for q in (50, 99)] for c, g in groups.items()}
+
+    def p50_excess(unit: dict[str, list[np.ndarray]], mean: float) -> float:
+        return sum(m[0] - target[c][0] for c, m in medians(unit, mean).items())
+
+    best = (math.inf, 0.0, 0.0)
+    for cv in ENTRY_CVS:
+        rng = np.random.default_rng(0)
+        shape = 1.0 / cv**2
+        unit = {c: [rng.gamma(shape, 1.0 / shape, d.size) for d in g] for c, g in groups.items()}
+        if p50_excess(unit, 0.0) >= 0:
+            return 0.0, 0.0
+        lo, hi = 0.0, max(t[0] for t in target.values())
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if p50_excess(unit, mid) < 0 else (lo, mid)
+        mean = (lo + hi) / 2
+        err = sum((m[1] / target[c][1] - 1) ** 2 for c, m in medians(unit, mean).items())
+        if err < best[0]:
+            best = (err, mean, cv)
+    return best[1], best[2]
 
 
 def _fit_delay_ms(app: AppSpec, model: dict[str, Any], observations: list[Observation]) -> float:

@@ -19,11 +19,14 @@ from leanstack.schema import FileModel, Finite, NonNegative, Positive, check
 VERSION = 1
 DISTRIBUTIONS = ("gamma", "lognormal", "constant")
 RPC_KEYS = ("callee_ms", "caller_ms", "storage_caller_ms")
-RPC_OPTIONAL = ("delay_ms",)  # fitted only from observations
+RPC_OPTIONAL = ("delay_ms", "entry_ms", "entry_cv")  # fitted only from observations
 
-DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08, "delay_ms": 0.0}
+DEFAULT_RPC = {"callee_ms": 0.3, "caller_ms": 0.2, "storage_caller_ms": 0.08, "delay_ms": 0.0,
+               "entry_ms": 0.0, "entry_cv": 0.0}
 """RPC overheads when no calibration is given: CPU at the callee per request, at the caller per
-call to a logic tier and per storage operation, and the wall-time delay of every call."""
+call to a logic tier and per storage operation, the wall-time delay of every call, and the
+client's own share of each request's latency (mean and coefficient of variation of a gamma: the
+load generator's HTTP client and the entry tier's HTTP server outside its span)."""
 
 HOW = "re-run `leanstack micro calibrate`"
 
@@ -41,6 +44,8 @@ class Rpc(FileModel):
     caller_ms: NonNegative | None = None
     storage_caller_ms: NonNegative | None = None
     delay_ms: NonNegative | None = None
+    entry_ms: NonNegative | None = None
+    entry_cv: NonNegative | None = None
 
 
 class TierCorrection(FileModel):
@@ -71,6 +76,22 @@ def save_calibration(model: dict[str, Any], path: str | Path) -> None:
     """Write ``model`` as JSON to ``path`` (checked first; a temp file renamed into place)."""
     check_calibration(model, str(path))
     write_bytes(path, (json.dumps(model, indent=1, sort_keys=True) + "\n").encode())
+
+
+SHIPPED_DIR = Path(__file__).parent / "calibrations"
+SHIPPED = "shipped"
+"""The ``calibration`` value that selects the app's shipped calibration (:func:`shipped_path`)."""
+
+
+def shipped_path(app_name: str) -> Path:
+    """The calibration shipped for ``app_name``: fitted to the static-maximum run of the app as
+    real processes on a 2-core machine (``<app>-local.json``); a one-line error if none ships."""
+    path = SHIPPED_DIR / f"{app_name}-local.json"
+    if not path.is_file():
+        have = sorted(p.name.removesuffix("-local.json") for p in SHIPPED_DIR.glob("*-local.json"))
+        raise LeanstackError(f"no calibration ships for app '{app_name}' (shipped: "
+                             f"{', '.join(have)}) — fit one with `leanstack micro calibrate`")
+    return path
 
 
 def load_calibration(path: str | Path) -> dict[str, Any]:

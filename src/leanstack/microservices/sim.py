@@ -22,6 +22,10 @@ It models what the local backend really runs:
   slice). A throttled segment gives its core back while it waits for its next period;
 - every call (and the load generator's request to the entry tier) takes ``rpc.delay_ms`` of
   wall time that costs no tier CPU: loopback network, wake-ups, the client library's queues;
+- with ``rpc.entry_ms`` set, the load generator's request instead carries the client's share
+  of its latency (mean ``rpc.entry_ms``, a gamma with CV ``rpc.entry_cv``), added when it
+  completes: what the load generator measures beyond the entry tier's span — its HTTP client
+  and the entry tier's HTTP server before and after the handler (it delays no tier);
 - call groups run in sequence, the calls of a group in parallel (fan-out / join). A call to a
   storage tier with ``client = "blocking"`` is synchronous (pymemcache inside the worker's event
   loop): the calling replica does nothing else until the answer is back, and in a group such
@@ -57,7 +61,13 @@ import numpy as np
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import AppSpec
-from leanstack.microservices.calibration import DEFAULT_RPC, check_calibration, load_calibration
+from leanstack.microservices.calibration import (
+    DEFAULT_RPC,
+    SHIPPED,
+    check_calibration,
+    load_calibration,
+    shipped_path,
+)
 from leanstack.microservices.load import LoadSpec, assign_classes
 from leanstack.microservices.observation import (
     Allocation,
@@ -416,6 +426,9 @@ class SimBackend:
                 self._ep_groups[ids[f"{s.name}.{e.name}"]] = tuple(groups)
         self._ep_groups += [()] * (len(self._ep_name) - len(self._ep_groups))
         self._delay = max(float(rpc.get("delay_ms", 0.0)), 0.0) / 1e3
+        self._entry = (max(float(rpc.get("entry_ms", 0.0)), 0.0) / 1e3,
+                       max(float(rpc.get("entry_cv", 0.0)), 0.0))
+        self._entry_draws: list[float] = []
         self._edge_delay: dict[tuple[_Tier, _Tier], float] = {}  # injected, per call edge
         self._ep_queue_fed = [t.queue_fed for t in self._ep_tier]
         self._class_names = list(app.classes)
@@ -423,8 +436,9 @@ class SimBackend:
         self._class_pipeline = [c.wait == "pipeline" for c in app.classes.values()]
         self._class_lat: list[list[float]] = [[] for _ in self._class_names]
         self._class_err = [0] * len(self._class_names)
-        seeds = np.random.SeedSequence(self.seed).spawn(len(self._ep_name))
-        self._rngs = [np.random.default_rng(s) for s in seeds]
+        seeds = np.random.SeedSequence(self.seed).spawn(len(self._ep_name) + 1)
+        self._rngs = [np.random.default_rng(s) for s in seeds[:-1]]
+        self._entry_rng = np.random.default_rng(seeds[-1])  # the client's share of latency
         self._draws: list[list[float]] = [[] for _ in self._ep_name]
 
     def _split_sync(self, group: list[int]) -> list[tuple[int, ...]]:
@@ -450,6 +464,17 @@ class SimBackend:
         draws = block.tolist()
         self._draws[ep] = draws
         return draws
+
+    def _refill_entry(self) -> list[float]:
+        """A block of the client's share of request latency (seconds), gamma-distributed."""
+        mean, cv = self._entry
+        if cv > 0:
+            shape = 1.0 / cv**2
+            block = self._entry_rng.gamma(shape, mean / shape, _BLOCK)
+        else:
+            block = np.full(_BLOCK, mean)
+        self._entry_draws = block.tolist()
+        return self._entry_draws
 
     def _resize(self, tier: _Tier, n: int) -> None:
         """Grow (new replicas join after REPLICA_START_S) or shrink (removed ones drain) a tier.
@@ -504,7 +529,7 @@ class SimBackend:
                     break
                 self.now = ta
                 cid = arr_c[ai]
-                if self._delay:
+                if self._delay and not self._entry[0]:  # else the client's share has it
                     self._seq += 1
                     heappush(heap, (ta + self._delay, self._seq, _CALL,
                                     (entries[cid], None, [cid, ta, 1, ai])))
@@ -683,6 +708,8 @@ class SimBackend:
 
     def _complete(self, req: list, now: float) -> None:
         latency = now - req[_R_T0]
+        if self._entry[0] > 0:
+            latency += (self._entry_draws or self._refill_entry()).pop()
         cid = req[_R_CLASS]
         if latency > TIMEOUT_S:
             self._class_err[cid] += 1
@@ -808,8 +835,8 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
     per-tier extra CPU per visit and idle CPU per process, and the calibrated host's cores
     (``None`` without one).
 
-    Defaults come from the app file; a calibration (a dict or a file from ``calibrate``)
-    overrides every entry it has.
+    Defaults come from the app file; a calibration (a dict, a file from ``calibrate``, or
+    ``"shipped"`` for the app's shipped one) overrides every entry it has.
     """
     endpoints = {f"{s.name}.{e.name}": ("gamma", e.cpu_ms, e.cv)
                  for s in app.services.values() for e in s.endpoints.values()}
@@ -827,7 +854,8 @@ def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[
             check_calibration(calibration)
             calib = calibration
         else:
-            calib = load_calibration(calibration)
+            calib = load_calibration(shipped_path(app.name) if calibration == SHIPPED
+                                     else calibration)
         if calib.get("app") != app.name:
             raise LeanstackError(f"calibration is for app '{calib.get('app')}', not "
                                  f"'{app.name}' — calibrate from spans of this app")

@@ -4,11 +4,12 @@ One deployment, one steady load. Every tier but the one explored keeps a generou
 the explored tier's CPU steps down geometrically (its load per core steps up) until its own tail
 latency passes its exploration bound, its CPU reaches its ``min_cpu`` (no controller goes lower),
 or it stops keeping up with its load. Each step yields one profile point ``(load per core, own
-tail latency)``; once the bound is passed, the knee between the last two steps is bisected
-twice more. While a tier is squeezed, the other tiers' own latencies are watched: a caller
-whose own latency rises with it is not *backpressure-free* (it queues behind a slow callee),
-which breaks the assumption that a tier's latency depends only on its own load per core; the
-profile records it.
+tail latency)``, the load being what it served (its expected share of the steady load in a step
+too short to count a low-rate tier's requests, while it keeps up); once the bound is
+passed, the knee between the last two steps is bisected twice more. While a tier is squeezed,
+the other tiers' own latencies are watched: a caller whose own latency rises with it is not
+*backpressure-free* (it queues behind a slow callee), which breaks the assumption that a tier's
+latency depends only on its own load per core; the profile records it.
 
 Each point also keeps the step's worst own-latency percentiles (p50 ... p99.9), which the plan
 composes along call paths, and the first point of every tier is the generous allocation itself;
@@ -22,16 +23,18 @@ outside its bound. :meth:`ProfileSettings.fast` combines both.
 
 Fewer measured points: with ``shape`` on a backend other than the simulator, the app is first
 explored on the simulator (a few seconds), then each tier is measured only at its generous
-allocation and at one to three steps starting at the knee the simulator's curve predicts: a step
+allocation and at one to three steps starting at the knee the simulator's curve predicts, or at
+the tier's floor where the simulated tier never left its bound (inside there: done): a step
 inside the bound moves down at least to where the fast profile would start (a tier the simulator
 overrates still reaches its real knee), one outside moves up, and a bracketed knee is bisected. The
 simulator's curve is carried over with two scales fitted on the real tier: its load-per-core
 axis by the ratio of CPU per request (simulated / measured, at the generous allocation) and its
-latency axis by the median ratio of measured to simulated latency at the measured points inside
-the bound (past the knee a tail is a cliff, not a scale). The
-profile keeps every measured point and adds the scaled simulator points below the first
-measured step (its tails scaled the same way). All tiers share one generous step at the start,
-measured in full, and one more ends the exploration (the classes' ``generous_ms``).
+latency axis by the ratio of measured to simulated latency, interpolated at each carried-over
+point's load between the generous point and the measured steps inside the bound (past the knee a
+tail is a cliff, not a scale). The profile keeps every measured point and adds the scaled
+simulator points below the first measured step (its tails scaled the same way). All tiers
+share one generous step at the start, measured in full, and one more ends the exploration (the
+classes' ``generous_ms``).
 
 The wall time of the whole exploration is ``collection_wall_s`` — Ursa's data-collection cost.
 """
@@ -70,6 +73,10 @@ bound * CLEAR (early stop)."""
 KEEP_UP_MIN_REQUESTS = 20
 """A step judges whether a tier keeps up with its load only if it expected this many requests:
 the chance that a Poisson count with mean 20 comes in under half of it is about 0.5%."""
+
+COUNT_MIN_REQUESTS = 100
+"""Below this many expected requests in a step, a point's load is the tier's expected share of
+the profiling load (a Poisson count is off by a tenth or more), not what it served."""
 
 
 @dataclass
@@ -345,7 +352,7 @@ class _Explorer:
             if point[1] > bound:
                 stopped = "bound"
                 break
-            if self._falls_behind(expected, point, cpu, last):
+            if self._falls_behind(expected, point[0] * cpu, last):
                 stopped = "saturated"
                 break
             if cpu <= floor:
@@ -368,10 +375,14 @@ class _Explorer:
                       first_tail: dict[str, float], fast_start: float) -> Generator[
             float, list[Observation], None]:
         """Measure ``name`` around the knee its simulated curve predicts (see the module
-        docstring); record the measured points and the scaled simulated ones. A step inside the
-        bound is followed by one at most at ``fast_start`` (where the fast profile would start),
-        so a tier the simulator thinks costlier than it is still reaches its real knee; once a
-        step inside and one outside bracket the knee, the next bisects them."""
+        docstring); record the measured points and the scaled simulated ones. A tier whose
+        simulated curve stays inside the bound is measured at its floor first (inside there:
+        done). A tier with a simulated knee starts there; a step inside the bound with none
+        outside yet is followed by one at most at ``fast_start`` (where the fast profile would
+        start) and 0.75 of its CPU, so a tier the simulator thinks costlier than it is still
+        reaches its real knee without a jump to the floor, whose backlog would spill into the
+        next step; one outside moves up; once a step inside and one outside bracket the knee,
+        the next bisects them."""
         cfg, bound = self.cfg, self.bounds[name]
         cpu_max = self.generous.tiers[name].cpu
         floor = min(max(CPU_FLOOR, self.app.services[name].min_cpu), cpu_max)
@@ -383,8 +394,8 @@ class _Explorer:
         knee_x = xs[within[-1] if within else 0] * sx
         expected = cfg.rps * self.visits[name]
         cpu = float(min(cpu_max, max(expected / knee_x if knee_x > 0 else cpu_max, floor)))
-        if sim.stopped != "bound":  # the simulated tier never reached its bound: no knee to use
-            cpu = fast_start
+        if sim.stopped != "bound":  # the simulated tier stayed inside its bound down to the
+            cpu = floor  # floor: measure the floor first
         measured: list[tuple[float, float]] = []
         points, tails = [first], [first_tail]
         stopped, last = "floor", base
@@ -397,33 +408,40 @@ class _Explorer:
             point, last = step
             measured.append(point)
             if point[1] > bound:
-                stopped, outside = "bound", max(outside, cpu)
-            elif self._falls_behind(expected, point, cpu, last):
+                outside = max(outside, cpu)
+            elif self._falls_behind(expected, point[0] * cpu, last):
                 stopped = "saturated"
                 break
             else:
                 inside = min(inside, cpu)
+                if cpu <= floor:  # inside the bound at the least CPU any controller gives
+                    break
             if outside and inside < math.inf:  # bracketed: bisect, unless already one step wide
                 if inside * cfg.shrink <= outside:
                     break
                 nxt = (inside * outside) ** 0.5
             elif outside:
                 nxt = min(cpu / cfg.shrink, cpu_max)
-            else:
+            else:  # inside, none outside yet: step down, at least to the fast start
                 nxt = max(min(cpu * cfg.shrink, fast_start), floor)
             if nxt == cpu:
                 break
             cpu = nxt
-        # the latency scale from the steps inside the bound: past the knee a tail is a cliff,
-        # and its ratio to the simulated one says nothing about the curve below it
-        scale = [y / s for x, y in measured
-                 if y <= bound and (s := float(np.interp(x / sx, xs, ys))) > 0]
-        sy = float(np.median(scale)) if scale else sy
+        if stopped == "floor" and outside:
+            stopped = "bound"
+        # the latency scale, measured / simulated, at the generous point and at each step inside
+        # the bound (past the knee a tail is a cliff, and its ratio says nothing about the curve
+        # below it); a carried-over point takes the scale interpolated between them at its load
+        anchors = sorted([(first[0], sy)] + [
+            (x, y / s) for x, y in measured
+            if y <= bound and (s := float(np.interp(x / sx, xs, ys))) > 0])
+        at_x, ratio = [a[0] for a in anchors], [a[1] for a in anchors]
         below = min((p[0] for p in measured), default=math.inf)
         for (x, _), sim_tail in zip(sim.points, sim.tails, strict=False):
             if first[0] < x * sx < below and sim_tail:
-                points.append((float(x * sx), float(np.interp(x, xs, ys)) * sy))
-                tails.append({k: v * sy for k, v in sim_tail.items()})
+                r = float(np.interp(x * sx, at_x, ratio))
+                points.append((float(x * sx), float(np.interp(x, xs, ys)) * r))
+                tails.append({k: v * r for k, v in sim_tail.items()})
         self._watch_callers(name, base, last)
         order = sorted(range(len(points)), key=lambda i: points[i])
         self.tiers[name] = TierProfile(name, [points[i] for i in order], bound, stopped,
@@ -459,25 +477,29 @@ class _Explorer:
         tails.append(tail)
         return point, obs
 
-    def _falls_behind(self, expected: float, point: tuple[float, float], cpu: float,
-                      obs: list[Observation]) -> bool:
-        """Whether a tier served under half the ``expected`` req/s at ``cpu`` cores in a step
-        that expected at least ``KEEP_UP_MIN_REQUESTS`` (fewer, and chance alone could halve
-        the count)."""
+    def _falls_behind(self, expected: float, served: float, obs: list[Observation]) -> bool:
+        """Whether a tier served under half the ``expected`` req/s (``served``) in a step that
+        expected at least ``KEEP_UP_MIN_REQUESTS`` (fewer, and chance alone could halve the
+        count)."""
         seconds = sum(o.interval_s for o in obs)
-        return (expected * seconds >= KEEP_UP_MIN_REQUESTS
-                and point[0] * cpu < 0.5 * expected)
+        return expected * seconds >= KEEP_UP_MIN_REQUESTS and served < 0.5 * expected
 
     def _point(self, name: str, cpu: float, obs: list[Observation]) -> tuple[
             tuple[float, float] | None, dict[str, float]]:
         """A step's point ``(req/s per core, worst own p99)`` and the worst of each own-latency
-        percentile over the step."""
-        rps = float(np.mean([o.tiers[name].rps for o in obs]))
-        if rps <= 0:
+        percentile over the step. The load is what the tier served, except in a step expected to
+        bring it fewer than ``COUNT_MIN_REQUESTS`` while it keeps up: there the count is off by
+        a tenth or more by chance (a 5 req/s tier serves 2 or 8 in a second), the plan's CPU
+        would follow it, and the tier's expected share of the profiling load is used."""
+        served = float(np.mean([o.tiers[name].rps for o in obs]))
+        if served <= 0:
             return None, {}
+        expected = self.cfg.rps * self.visits[name]
+        few = expected * sum(o.interval_s for o in obs) < COUNT_MIN_REQUESTS
+        rate = expected if few and not self._falls_behind(expected, served, obs) else served
         tail = {k: max(o.tiers[name].own_latency_ms.get(k, 0.0) for o in obs)
                 for k in obs[0].tiers[name].own_latency_ms}
-        return (rps / cpu, tail.get(self.cfg.percentile, 0.0)), tail
+        return (rate / cpu, tail.get(self.cfg.percentile, 0.0)), tail
 
     def generous_step(self) -> None:
         """One more step at the generous allocation, measured in full (for ``generous_ms``)."""
