@@ -1,5 +1,6 @@
 """What the local-backend benchmarks share: their command-line options, each controller run on
-the same diurnal arrivals per seed with the machine's load average recorded around every run,
+the same diurnal arrivals per seed with the machine's load average and a host-speed probe
+recorded around every run,
 the result file rewritten after each run, and the per-seed and across-seeds tables.
 
 Runs go seed by seed (every controller on seed 0, then on seed 1, ...), so an interrupted
@@ -30,6 +31,7 @@ from leanstack.microservices.controllers import make_controller
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.result import environment
 from leanstack.microservices.runner import local_unavailable, make_backend, run_experiment
+from leanstack.provenance import host_probe_ms
 
 RESULTS = Path(__file__).parent / "results"
 SUMMARY_KEYS = ("violation_rate", "violation_rate_after_warmup", "mean_cpu", "mean_cpu_used",
@@ -171,9 +173,9 @@ def require_local() -> None:
 
 def run_one(settings: LocalSettings, controller: Controller, seed: int,
             label: str) -> dict[str, Any]:
-    """One run on a fresh local deployment: the summary row, its wall time and the 1/5/15-minute
-    load averages just before and just after it."""
-    before = os.getloadavg()
+    """One run on a fresh local deployment: the summary row, its wall time, and the 1/5/15-minute
+    load averages and a host-speed probe (:func:`host_probe_ms`) just before and just after it."""
+    before, probe_before = os.getloadavg(), host_probe_ms()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         runs_dir = settings.runs_dir or Path(tmp)
@@ -185,7 +187,8 @@ def run_one(settings: LocalSettings, controller: Controller, seed: int,
             "class_violation_rate": {n: c["violation_rate"] for n, c in s["classes"].items()},
             "wall_s": round(time.monotonic() - t0, 1),
             "loadavg_before": [round(x, 2) for x in before],
-            "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "host_probe_ms": [probe_before, host_probe_ms()]}
 
 
 def run_benchmark(benchmark: str, settings: LocalSettings,

@@ -9,8 +9,9 @@ the run after a warm-up, the same estimator on both sides.
 
 The simulator runs twice per level: with the host CPU model (all tiers share the calibration's
 ``host_cores``, the machine's core count) and without it (each tier limited only by its quota),
-to show what the host model buys. Recorded around every local run: the 1-minute load average
-and the machine's busy cores while the load ran (``host_busy``) next to the tiers' own CPU
+to show what the host model buys. Recorded around every local run: the 1-minute load average,
+a host-speed probe (``host_probe_ms``: a fixed Python loop, before and after) and the machine's
+busy cores while the load ran (``host_busy``) next to the tiers' own CPU
 (``tiers``); their difference is everything else (the load generator, this process, the
 kernel, and other jobs: above ~0.5 core, other work pollutes the local numbers).
 
@@ -46,7 +47,7 @@ from leanstack.microservices.calibration import (
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Observation, Span, TierAllocation
 from leanstack.microservices.sim import SimBackend
-from leanstack.provenance import benchmark_record
+from leanstack.provenance import benchmark_record, host_probe_ms
 
 RESULTS = Path(__file__).parent / "results" / "sim_fidelity.json"
 APP = "social-network"
@@ -120,12 +121,13 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
             return level, read_spans(data / "spans.jsonl") if name == "max" else []
         from leanstack.microservices.local import LocalBackend
 
-        before = os.getloadavg()[0]
+        before, probe_before = os.getloadavg()[0], host_probe_ms()
         backend = LocalBackend(interval_s=1.0, run_dir=data / f"run-{name}" if data else None)
         busy: list[float] = []
         obs, spans = run(backend, app, alloc, load, busy)
         level = {"allocation": alloc.to_dict(), "obs": obs,
                  "loadavg_1m": [round(before, 2), round(os.getloadavg()[0], 2)],
+                 "host_probe_ms": [probe_before, host_probe_ms()],
                  "host_cores_busy": round(busy[0], 3)}
         if saved:
             if name == "max":
@@ -221,6 +223,8 @@ def main() -> None:
                      "mean over intervals of each tier's CPU used",
         "goals": {"latency": LATENCY_GOAL, "cpu": CPU_GOAL},
         "loadavg_1m_around_local_runs": {n: r["loadavg_1m"] for n, r in runs["levels"].items()},
+        "host_probe_ms_around_local_runs": {n: r.get("host_probe_ms")
+                                            for n, r in runs["levels"].items()},
         "host_vs_tier_cores_in_local_runs": {
             n: {"host_busy": r.get("host_cores_busy"),
                 "tiers": round(sum(local[n]["tiers"].values()), 3)}

@@ -41,3 +41,12 @@ def test_a_console_script_is_recorded_by_name_and_arguments_are_quoted():
     assert command_line([".venv/bin/leanstack", "kv", "eval"]) == "leanstack kv eval"
     assert command_line(["/opt/repo/benchmarks/x.py", "-q"]) == "python x.py -q"
     assert command_line([]) == ""
+
+
+def test_the_host_probe_times_its_loop_and_scales_with_it():
+    from leanstack.provenance import host_probe_ms
+
+    short = host_probe_ms(repeats=3, loops=50_000)
+    long = host_probe_ms(repeats=3, loops=400_000)
+    assert 0 < short["min"] <= short["median"]
+    assert long["min"] > 3 * short["min"]  # eight times the loop: far more than noise

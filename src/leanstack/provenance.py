@@ -1,12 +1,15 @@
 """Where a result was produced: the Python version, the core count, installed package versions,
-and for a benchmark also the command as typed and the time."""
+and for a benchmark also the command as typed and the time; a host-speed probe to record beside
+runs whose numbers depend on how fast the machine is at that moment."""
 
 from __future__ import annotations
 
 import os
 import platform
 import shlex
+import statistics
 import sys
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import metadata
@@ -52,3 +55,20 @@ def benchmark_record(packages: Iterable[str], **conditions: Any) -> dict[str, An
     return {"environment": {**runtime_environment(packages), **conditions},
             "command": command_line(),
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+PROBE_LOOPS = 200_000  # iterations of the host-speed probe's loop (~20 ms on one core here)
+
+
+def host_probe_ms(repeats: int = 5, loops: int = PROBE_LOOPS) -> dict[str, float]:
+    """How long a fixed pure-Python loop takes now, ``repeats`` times: ``{"min", "median"}``
+    milliseconds. The minimum follows the core's speed, the median also what competes for it;
+    recorded beside a run, it tells a slower machine from a worse result."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(loops):
+            total += i
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"min": round(min(times), 2), "median": round(statistics.median(times), 2)}
