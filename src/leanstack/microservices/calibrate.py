@@ -330,13 +330,14 @@ def _fit_entry(app: AppSpec, spans: list[Span],
     target = {c: (float(np.median([m["p50"] for m in measured[c]])),
                   float(np.median([m["p99"] for m in measured[c]]))) for c in groups}
 
-    def medians(unit: dict[str, list[np.ndarray]], mean: float) -> dict[str, list[float]]:
-        return {c: [float(np.median([np.percentile(d + mean * u, q)
-                                     for d, u in zip(g, unit[c], strict=True)]))
-                    for q in (50, 99)] for c, g in groups.items()}
+    def medians(unit: dict[str, list[np.ndarray]], mean: float, q: int) -> dict[str, float]:
+        """Per class, the median over intervals of the ``q``th percentile of root + draw."""
+        return {c: float(np.median([np.percentile(d + mean * u, q)
+                                    for d, u in zip(g, unit[c], strict=True)]))
+                for c, g in groups.items()}
 
     def p50_excess(unit: dict[str, list[np.ndarray]], mean: float) -> float:
-        return sum(m[0] - target[c][0] for c, m in medians(unit, mean).items())
+        return sum(m - target[c][0] for c, m in medians(unit, mean, 50).items())
 
     best = (math.inf, 0.0, 0.0)
     for cv in ENTRY_CVS:
@@ -350,7 +351,7 @@ def _fit_entry(app: AppSpec, spans: list[Span],
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if p50_excess(unit, mid) < 0 else (lo, mid)
         mean = (lo + hi) / 2
-        err = sum((m[1] / target[c][1] - 1) ** 2 for c, m in medians(unit, mean).items())
+        err = sum((m / target[c][1] - 1) ** 2 for c, m in medians(unit, mean, 99).items())
         if err < best[0]:
             best = (err, mean, cv)
     return best[1], best[2]

@@ -451,29 +451,14 @@ class SimBackend:
     def _refill(self, ep: int) -> list[float]:
         """A block of service-time draws (seconds) for endpoint ``ep``."""
         kind, mean_ms, cv = self._ep_dist[ep]
-        rng = self._rngs[ep]
-        mean = mean_ms / 1e3
-        if cv <= 0 or kind == "constant":
-            block = np.full(_BLOCK, mean)
-        elif kind == "lognormal":
-            sigma2 = math.log1p(cv * cv)
-            block = rng.lognormal(math.log(mean) - sigma2 / 2, math.sqrt(sigma2), _BLOCK)
-        else:
-            shape = 1.0 / (cv * cv)
-            block = rng.gamma(shape, mean / shape, _BLOCK)
-        draws = block.tolist()
+        draws = _draw_block(self._rngs[ep], kind, mean_ms / 1e3, cv)
         self._draws[ep] = draws
         return draws
 
     def _refill_entry(self) -> list[float]:
         """A block of the client's share of request latency (seconds), gamma-distributed."""
         mean, cv = self._entry
-        if cv > 0:
-            shape = 1.0 / cv**2
-            block = self._entry_rng.gamma(shape, mean / shape, _BLOCK)
-        else:
-            block = np.full(_BLOCK, mean)
-        self._entry_draws = block.tolist()
+        self._entry_draws = _draw_block(self._entry_rng, "gamma", mean, cv)
         return self._entry_draws
 
     def _resize(self, tier: _Tier, n: int) -> None:
@@ -828,6 +813,18 @@ def _ops(app: AppSpec, service: str) -> list[str]:
     ops = {c.endpoint for s in app.services.values() for e in s.endpoints.values()
            for c in e.calls if c.service == service}
     return sorted(ops)
+
+
+def _draw_block(rng: np.random.Generator, kind: str, mean: float, cv: float) -> list[float]:
+    """``_BLOCK`` draws of a ``kind`` distribution (gamma, lognormal or constant) with ``mean``
+    and coefficient of variation ``cv`` (constant when ``cv`` is 0)."""
+    if cv <= 0 or kind == "constant":
+        return [mean] * _BLOCK
+    if kind == "lognormal":
+        sigma2 = math.log1p(cv * cv)
+        return rng.lognormal(math.log(mean) - sigma2 / 2, math.sqrt(sigma2), _BLOCK).tolist()
+    shape = 1.0 / (cv * cv)
+    return rng.gamma(shape, mean / shape, _BLOCK).tolist()
 
 
 def _service_model(app: AppSpec, calibration: str | Path | dict | None) -> dict[str, Any]:
