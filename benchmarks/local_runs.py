@@ -31,7 +31,7 @@ from leanstack.microservices.controllers import make_controller
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.result import environment
 from leanstack.microservices.runner import local_unavailable, make_backend, run_experiment
-from leanstack.provenance import host_probe_ms
+from leanstack.provenance import HostProbeSampler, host_probe_ms
 
 RESULTS = Path(__file__).parent / "results"
 SUMMARY_KEYS = ("violation_rate", "violation_rate_after_warmup", "mean_cpu", "mean_cpu_used",
@@ -174,10 +174,11 @@ def require_local() -> None:
 def run_one(settings: LocalSettings, controller: Controller, seed: int,
             label: str) -> dict[str, Any]:
     """One run on a fresh local deployment: the summary row, its wall time, and the 1/5/15-minute
-    load averages and a host-speed probe (:func:`host_probe_ms`) just before and just after it."""
+    load averages and a host-speed probe (:func:`host_probe_ms`) just before and just after it,
+    and the probe sampled every second all through it (:class:`HostProbeSampler`)."""
     before, probe_before = os.getloadavg(), host_probe_ms()
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, HostProbeSampler() as sampler:
         runs_dir = settings.runs_dir or Path(tmp)
         res = run_experiment(settings.app, make_backend("local", 1.0, **settings.backend_options),
                              controller, settings.load(seed), runs_dir / f"{label}_seed{seed}.json",
@@ -188,7 +189,8 @@ def run_one(settings: LocalSettings, controller: Controller, seed: int,
             "wall_s": round(time.monotonic() - t0, 1),
             "loadavg_before": [round(x, 2) for x in before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-            "host_probe_ms": [probe_before, host_probe_ms()]}
+            "host_probe_ms": [probe_before, host_probe_ms()],
+            "host_probe_during": {**sampler.summary(), "samples": sampler.samples}}
 
 
 def run_benchmark(benchmark: str, settings: LocalSettings,

@@ -7,13 +7,17 @@ maximum are calibrated (``calibrate``) and drive the simulator. Compared per cla
 (goal: within 20%); per tier: CPU used (goal: within 10%). Per-interval values are medians over
 the run after a warm-up, the same estimator on both sides.
 
-The simulator runs twice per level: with the host CPU model (all tiers share the calibration's
-``host_cores``, the machine's core count) and without it (each tier limited only by its quota),
-to show what the host model buys. Recorded around every local run: the 1-minute load average,
-a host-speed probe (``host_probe_ms``: a fixed Python loop, before and after) and the machine's
-busy cores while the load ran (``host_busy``) next to the tiers' own CPU
-(``tiers``); their difference is everything else (the load generator, this process, the
+The simulator runs three times per level: with the host CPU model (all tiers share the
+calibration's ``host_cores``, the machine's core count), without it (each tier limited only by
+its quota), to show what the host model buys, and with the host model and per-core CFS run
+queues (``SimBackend(run_queues=True)``: slices, runtime stranded on a core the process left);
+the throttled periods of all tiers are compared too. Recorded around every local run: the
+1-minute load average, a host-speed probe (``host_probe_ms``: a fixed Python loop, before and
+after) and the machine's busy cores while the load ran (``host_busy``) next to the tiers' own
+CPU (``tiers``); their difference is everything else (the load generator, this process, the
 kernel, and other jobs: above ~0.5 core, other work pollutes the local numbers).
+The probe is also sampled every second through each local run (``HostProbeSampler``), to show
+whether the machine's speed held still while it ran.
 
 Needs the local backend (root, cgroup v1 cpu/cpuacct, redis-server, memcached). Run:
 ``.venv/bin/python benchmarks/sim_fidelity.py [--quick] [--rps 80] [--duration 60]
@@ -28,6 +32,7 @@ on this session's static-maximum run, so that no compared run is the one it was 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -47,7 +52,7 @@ from leanstack.microservices.calibration import (
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import Allocation, Observation, Span, TierAllocation
 from leanstack.microservices.sim import SimBackend
-from leanstack.provenance import benchmark_record, host_probe_ms
+from leanstack.provenance import HostProbeSampler, benchmark_record, host_probe_ms
 
 RESULTS = Path(__file__).parent / "results" / "sim_fidelity.json"
 APP = "social-network"
@@ -58,14 +63,17 @@ SPREAD_SEEDS = (1, 2)  # extra simulator seeds: how much one run's percentiles m
 
 
 def run(backend, app: AppSpec, allocation: Allocation, load: LoadSpec,
-        host_busy: list[float] | None = None) -> tuple[list[Observation], list[Span]]:
+        host_busy: list[float] | None = None,
+        probe: HostProbeSampler | None = None) -> tuple[list[Observation], list[Span]]:
     """Deploy, load, observe every interval of ``load``, close: observations after warm-up and
-    every span recorded. ``host_busy`` gets the machine's busy cores while the load ran."""
+    every span recorded. ``host_busy`` gets the machine's busy cores while the load ran;
+    ``probe`` samples the host's speed from the load's start (second 0 of its samples)."""
     try:
         backend.deploy(app, allocation)
         backend.start(load)
         t0, busy0 = time.monotonic(), host_busy_s()
-        obs = [backend.observe() for _ in range(int(load.duration_s / backend.interval_s))]
+        with probe or contextlib.nullcontext():
+            obs = [backend.observe() for _ in range(int(load.duration_s / backend.interval_s))]
         if host_busy is not None:
             host_busy.append((host_busy_s() - busy0) / (time.monotonic() - t0))
         spans = backend.spans()
@@ -90,7 +98,8 @@ def summarise(obs: list[Observation]) -> dict:
                          for k in ("p50", "p99")}
     tiers = {name: statistics.fmean(o.tiers[name].cpu_used for o in obs) for name in obs[0].tiers}
     rps = {name: statistics.fmean(o.tiers[name].rps for o in obs) for name in obs[0].tiers}
-    return {"classes": classes, "tiers": tiers, "rps": rps}
+    throttled = sum(t.throttled_periods for o in obs for t in o.tiers.values())
+    return {"classes": classes, "tiers": tiers, "rps": rps, "throttled_periods": throttled}
 
 
 def scaled(app: AppSpec, used: dict[str, float], utilisation: float) -> Allocation:
@@ -124,10 +133,12 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
         before, probe_before = os.getloadavg()[0], host_probe_ms()
         backend = LocalBackend(interval_s=1.0, run_dir=data / f"run-{name}" if data else None)
         busy: list[float] = []
-        obs, spans = run(backend, app, alloc, load, busy)
+        sampler = HostProbeSampler()
+        obs, spans = run(backend, app, alloc, load, busy, sampler)
         level = {"allocation": alloc.to_dict(), "obs": obs,
                  "loadavg_1m": [round(before, 2), round(os.getloadavg()[0], 2)],
                  "host_probe_ms": [probe_before, host_probe_ms()],
+                 "host_probe_during": {**sampler.summary(), "samples": sampler.samples},
                  "host_cores_busy": round(busy[0], 3)}
         if saved:
             if name == "max":
@@ -176,6 +187,9 @@ def main() -> None:
     sim_no_host = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model,
                                                   host_cores=math.inf), app, alloc, load)[0])
                    for name, alloc in levels}
+    sim_rq = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model,
+                                             run_queues=True), app, alloc, load)[0])
+              for name, alloc in levels}
     # run-to-run noise of one 60 s run: the same simulation with other seeds
     other_seeds = {name: [summarise(run(SimBackend(interval_s=1.0, seed=seed, calibration=model),
                                         app, alloc, load)[0]) for seed in SPREAD_SEEDS]
@@ -185,13 +199,15 @@ def main() -> None:
     for name, alloc in levels:
         for cls in app.classes:
             lo, si = local[name]["classes"][cls], sim[name]["classes"][cls]
-            nh = sim_no_host[name]["classes"][cls]
+            nh, rq = sim_no_host[name]["classes"][cls], sim_rq[name]["classes"][cls]
             rows_lat.append({"level": name, "class": cls, **{
                 f"{side}_{k}": v[k] for side, v in (("local", lo), ("sim", si))
                 for k in ("p50", "p99")},
                 "err_p50": rel_err(si["p50"], lo["p50"]), "err_p99": rel_err(si["p99"], lo["p99"]),
                 "no_host_err_p50": rel_err(nh["p50"], lo["p50"]),
                 "no_host_err_p99": rel_err(nh["p99"], lo["p99"]),
+                "run_queues_err_p50": rel_err(rq["p50"], lo["p50"]),
+                "run_queues_err_p99": rel_err(rq["p99"], lo["p99"]),
                 **{f"seeds_err_{k}": sorted(rel_err(o["classes"][cls][k], lo[k])
                                             for o in [sim[name], *other_seeds[name]])
                    for k in ("p50", "p99")}})
@@ -200,6 +216,7 @@ def main() -> None:
             rows_cpu.append({"level": name, "tier": tier, "cpu_limit": alloc.tiers[tier].cpu,
                              "local_cpu": lo, "sim_cpu": si, "err": rel_err(si, lo),
                              "no_host_err": rel_err(sim_no_host[name]["tiers"][tier], lo),
+                             "run_queues_err": rel_err(sim_rq[name]["tiers"][tier], lo),
                              "local_rps": local[name]["rps"][tier],
                              "sim_rps": sim[name]["rps"][tier]})
 
@@ -225,6 +242,8 @@ def main() -> None:
         "loadavg_1m_around_local_runs": {n: r["loadavg_1m"] for n, r in runs["levels"].items()},
         "host_probe_ms_around_local_runs": {n: r.get("host_probe_ms")
                                             for n, r in runs["levels"].items()},
+        "host_probe_ms_during_local_runs": {n: r.get("host_probe_during")
+                                            for n, r in runs["levels"].items()},
         "host_vs_tier_cores_in_local_runs": {
             n: {"host_busy": r.get("host_cores_busy"),
                 "tiers": round(sum(local[n]["tiers"].values()), 3)}
@@ -238,6 +257,11 @@ def main() -> None:
         "summary": {
             **shares(""),
             "without_host_model": shares("no_host_"),
+            "with_run_queues": shares("run_queues_"),
+            "throttled_periods": {n: {"local": local[n]["throttled_periods"],
+                                      "sim": sim[n]["throttled_periods"],
+                                      "sim_run_queues": sim_rq[n]["throttled_periods"]}
+                                  for n, _ in levels},
             "total_cpu_local": {n: sum(local[n]["tiers"].values()) for n, _ in levels},
             "total_cpu_sim": {n: sum(sim[n]["tiers"].values()) for n, _ in levels},
         },
@@ -265,7 +289,12 @@ def main() -> None:
               f"{r['sim_cpu']:.3f} | {_pct(r['err'])} | {r['local_rps']:.1f} | "
               f"{r['sim_rps']:.1f} |")
     s = result["summary"]
-    for label, v in (("with host model", s), ("without host model", s["without_host_model"])):
+    print("\n| level | throttled periods, all tiers: local | sim | sim with run queues |")
+    print("|---|---:|---:|---:|")
+    for n, v in s["throttled_periods"].items():
+        print(f"| {n} | {v['local']} | {v['sim']} | {v['sim_run_queues']} |")
+    for label, v in (("with host model", s), ("without host model", s["without_host_model"]),
+                     ("with host model and run queues", s["with_run_queues"])):
         print(f"\nwithin goal, {label}: p50 {v['p50_within_goal']:.0%}, p99 "
               f"{v['p99_within_goal']:.0%} (±{LATENCY_GOAL:.0%}); tier CPU "
               f"{v['cpu_within_goal']:.0%} (±{CPU_GOAL:.0%})", end="")

@@ -50,3 +50,26 @@ def test_the_host_probe_times_its_loop_and_scales_with_it():
     long = host_probe_ms(repeats=3, loops=400_000)
     assert 0 < short["min"] <= short["median"]
     assert long["min"] > 3 * short["min"]  # eight times the loop: far more than noise
+
+
+def test_the_probe_sampler_reads_all_through_the_block_and_stops_at_its_end():
+    import time
+
+    import pytest
+
+    from leanstack.provenance import HostProbeSampler
+
+    with HostProbeSampler(every_s=0.05, loops=20_000) as sampler:
+        time.sleep(0.4)
+    n = len(sampler.samples)
+    assert 3 <= n <= 10
+    times = [t for t, _ in sampler.samples]
+    assert times == sorted(times) and times[0] < 0.05 and times[-1] <= 0.45
+    assert all(ms > 0 for _, ms in sampler.samples)  # scaled to the full probe's length
+    summary = sampler.summary()
+    assert summary["n"] == n and summary["min"] <= summary["median"] <= summary["max"]
+    time.sleep(0.15)
+    assert len(sampler.samples) == n  # the thread stopped with the block
+    assert HostProbeSampler().summary() == {"n": 0}
+    with pytest.raises(ValueError, match="every_s must be above 0"):
+        HostProbeSampler(every_s=0)

@@ -9,6 +9,7 @@ import platform
 import shlex
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -72,3 +73,48 @@ def host_probe_ms(repeats: int = 5, loops: int = PROBE_LOOPS) -> dict[str, float
             total += i
         times.append((time.perf_counter() - t0) * 1e3)
     return {"min": round(min(times), 2), "median": round(statistics.median(times), 2)}
+
+
+class HostProbeSampler:
+    """The host-speed probe sampled all through a run, on a daemon thread, inside a ``with``
+    block: every ``every_s`` seconds the minimum of three loops a tenth of the probe's length,
+    scaled to the probe's (so readings compare with :func:`host_probe_ms`'s ``min``). About
+    0.5% of one core. ``samples`` holds ``[seconds since the block began, ms]`` pairs; a
+    machine whose speed moves within a run shows it here, where readings before and after miss
+    it."""
+
+    def __init__(self, every_s: float = 1.0, loops: int = PROBE_LOOPS // 10) -> None:
+        if not every_s > 0 or loops < 1:
+            raise ValueError(f"every_s must be above 0 and loops at least 1, got {every_s}, "
+                             f"{loops}")
+        self.every_s, self.loops = every_s, loops
+        self.samples: list[list[float]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+
+    def __enter__(self) -> HostProbeSampler:
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._sample, name="host-probe", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _sample(self) -> None:
+        scale = PROBE_LOOPS / self.loops
+        while not self._stop.is_set():
+            reading = host_probe_ms(repeats=3, loops=self.loops)["min"] * scale
+            self.samples.append([round(time.monotonic() - self._t0, 2), round(reading, 2)])
+            self._stop.wait(self.every_s)
+
+    def summary(self) -> dict[str, float | int]:
+        """``{"n", "min", "median", "max"}`` of the readings (ms); ``{"n": 0}`` without any."""
+        ms = [m for _, m in self.samples]
+        if not ms:
+            return {"n": 0}
+        return {"n": len(ms), "min": min(ms), "median": round(statistics.median(ms), 2),
+                "max": max(ms)}

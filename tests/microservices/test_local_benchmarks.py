@@ -255,3 +255,32 @@ def test_hpa_runs_are_reused_from_an_earlier_result_only_when_it_ran_the_same_th
     with pytest.raises(LeanstackError, match="no such local benchmark result"):
         local_runs.settings_from(_args("--hpa-from", str(tmp_path / "none.json")), "ursa_local",
                                  ursa_local.CONTROLLERS)
+
+
+def test_profile_speed_repeats_reverse_the_settings_order_and_reject_unknown_settings(
+        monkeypatch, tmp_path, capsys):
+    import ursa_profile_speed
+
+    calls = []
+
+    def fake_profile_and_plan(app, name, args, repeat):
+        calls.append((repeat, name, args.rps))
+        return {"name": name, "repeat": repeat, "collection_wall_s": 1.0,
+                "collection_backend_s": 1.0, "plan_cpu_per_100rps": 2.0, "runs": [],
+                "host_probe_ms": [{"min": 8.0, "median": 8.5}] * 2}
+
+    monkeypatch.setattr(ursa_profile_speed, "profile_and_plan", fake_profile_and_plan)
+    monkeypatch.setattr(ursa_profile_speed, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["ursa_profile_speed.py", "--settings", "fast,shaped",
+                                      "--repeats", "3", "--rps", "50", "--suffix", "_t"])
+    ursa_profile_speed.main()
+    assert calls == [(0, "fast", 50.0), (0, "shaped", 50.0), (1, "shaped", 50.0),
+                     (1, "fast", 50.0), (2, "fast", 50.0), (2, "shaped", 50.0)]
+    saved = json.loads((tmp_path / "ursa_profile_speed_sim_t.json").read_text())
+    assert [(r["repeat"], r["name"]) for r in saved["profiles"]] == [c[:2] for c in calls]
+    assert saved["rps"] == 50.0
+    monkeypatch.setattr(sys, "argv", ["ursa_profile_speed.py", "--settings", "fast,quick"])
+    with pytest.raises(SystemExit):
+        ursa_profile_speed.main()
+    assert "--settings takes before, fast, shaped (got quick)" in capsys.readouterr().err
+

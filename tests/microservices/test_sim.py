@@ -11,7 +11,15 @@ from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app, parse_app
 from leanstack.microservices.load import LoadSpec
 from leanstack.microservices.observation import PERCENTILES, Allocation, Observation, Span
-from leanstack.microservices.sim import CARRY_S, OVERRUN_S, REPLICA_START_S, SimBackend
+from leanstack.microservices.sim import (
+    CARRY_S,
+    OVERRUN_S,
+    REPLICA_START_S,
+    RQ_KEEP_S,
+    SLICE_S,
+    SimBackend,
+    _Tier,
+)
 
 NO_RPC = {"version": 1, "rpc": {"callee_ms": 0.0, "caller_ms": 0.0, "storage_caller_ms": 0.0},
           "endpoints": {}, "storage": {}}
@@ -95,11 +103,12 @@ def storage_app(kind: str, client: str = "async"):
 def run(app, load: LoadSpec, allocation: Allocation | None = None, interval_s: float = 1.0,
         seed: int = 0, calibration=None, record_spans: bool = False,
         intervals: int | None = None,
-        host_cores: float | None = None) -> tuple[SimBackend, list[Observation]]:
+        host_cores: float | None = None,
+        run_queues: bool = False) -> tuple[SimBackend, list[Observation]]:
     if calibration is not None and isinstance(calibration, dict):
         calibration = {**calibration, "app": app.name}
     sim = SimBackend(interval_s=interval_s, seed=seed, calibration=calibration,
-                     record_spans=record_spans, host_cores=host_cores)
+                     record_spans=record_spans, host_cores=host_cores, run_queues=run_queues)
     sim.deploy(app, allocation or Allocation.static_max(app))
     sim.start(load)
     n = intervals if intervals is not None else math.ceil(load.duration_s / interval_s)
@@ -179,6 +188,112 @@ def test_quota_bucket_throttles_like_cfs_with_tick_overrun():
     _, unthrottled = run(app, LoadSpec("constant", rps=2, duration_s=10), calibration=NO_RPC)
     assert unthrottled[3].classes["req"].latency_ms["p99"] == pytest.approx(80.0, abs=1e-6)
     assert unthrottled[3].tiers["svc"].throttled_periods == 0
+
+
+def cfs_run_queue_reference_ms(starts: list[float], work: float, quota: float, phase: float,
+                     step: float = 1e-5) -> list[float]:
+    """Brute-force CFS bandwidth in 10 us steps, one run queue: segments of ``work`` seconds
+    arrive at ``starts`` (each done before the next); periods of 100 ms end at
+    ``phase + k * 100 ms`` and refill the pool up to ``quota``. A task runs on its slice; the
+    kernel notices the slice is used up OVERRUN_S later (at a tick) and takes a new one from
+    the pool, up to SLICE_S beyond the debt; when that leaves no runtime the task is throttled
+    until a refill. A sleeping task's run queue repays its debt and keeps RQ_KEEP_S. Returns
+    each segment's latency in ms."""
+    state = {"pool": quota, "local": 0.0}
+
+    def take() -> None:
+        amount = min(state["pool"], SLICE_S - state["local"])
+        state["pool"] -= amount
+        state["local"] += amount
+
+    latencies, boundary = [], phase
+    for start in starts:
+        while boundary <= start + 1e-12:
+            state["pool"] = min(state["pool"] + quota, quota)
+            boundary += 0.1
+        t, left, over = start, work, 0.0
+        if state["local"] <= 1e-12:
+            take()
+        armed = state["local"] > 1e-12
+        while left > 1e-9:
+            if t >= boundary - 1e-12:
+                state["pool"] = min(state["pool"] + quota, quota)
+                boundary += 0.1
+                if not armed:  # throttled: the refill lets it run again
+                    take()
+                    armed = state["local"] > 1e-12
+            if state["local"] > 1e-12 or (armed and over < OVERRUN_S - 1e-12):
+                over = over + step if state["local"] <= 1e-12 else 0.0
+                state["local"] -= step
+                left -= step
+            elif armed:  # the tick notices the used-up slice
+                take()
+                armed, over = state["local"] > 1e-12, 0.0
+                continue
+            t += step
+        latencies.append((t - start) * 1e3)
+        if state["local"] < 0:
+            take()
+        if state["local"] > RQ_KEEP_S:
+            state["pool"] += state["local"] - RQ_KEEP_S
+            state["local"] = RQ_KEEP_S
+    return latencies
+
+
+def test_run_queues_throttle_like_cfs_bandwidth_with_slices_and_tick_overrun():
+    # As above with run queues: each slice overrun by a tick is a debt the next slice repays,
+    # and the pool's last bit may not cover it, so a segment runs 52 ms before it is
+    # throttled, where one bucket lets it run 53 (quota + CARRY_S + one overrun).
+    assert (OVERRUN_S, SLICE_S, RQ_KEEP_S) == (0.002, 0.005, 0.001)
+    app = one_tier(cpu_ms=80.0, cv=0.0)
+    alloc = Allocation.static_max(app).with_tier("svc", cpu=0.5)
+    sim, obs = run(app, LoadSpec("constant", rps=2, duration_s=10), alloc, calibration=NO_RPC,
+                   host_cores=1, run_queues=True)
+    phase = sim.period_phases["svc"]
+    assert 0 < phase <= 0.1
+    expected = cfs_run_queue_reference_ms([0.5 * k for k in range(20)], 0.08, 0.05, phase)
+    assert all(80.0 + 20.0 < e < 80.0 + 100.0 for e in expected)
+    for i, o in enumerate(obs):
+        ts, pair = o.tiers["svc"], expected[2 * i:2 * i + 2]
+        assert o.classes["req"].latency_ms["p50"] == pytest.approx(np.mean(pair), abs=0.05)
+        assert ts.throttled_periods >= 2
+        assert ts.throttled_s == pytest.approx(sum(e - 80.0 for e in pair) / 1e3, abs=1e-4)
+        assert ts.cpu_used == pytest.approx(0.16, abs=1e-9)
+    _, unthrottled = run(app, LoadSpec("constant", rps=2, duration_s=10), calibration=NO_RPC)
+    assert unthrottled[3].classes["req"].latency_ms["p99"] == pytest.approx(80.0, abs=1e-6)
+    assert unthrottled[3].tiers["svc"].throttled_periods == 0
+
+
+def test_runtime_kept_on_one_core_is_stranded_while_the_process_runs_on_another():
+    # 5 ms of quota: a 1 ms segment on core 0 takes it all as a slice, then its sleeping run
+    # queue keeps 1 ms and hands 3 back. A 6 ms segment in the same period finishes on core 0
+    # (the 1 ms kept and the pool's 3 ms, each slice overrun by a tick's 2 ms, a debt left for
+    # later) but on core 1 it has only the pool's 3 ms and one overrun: throttled to the
+    # period's end.
+    def tier_after_a_short_segment() -> _Tier:
+        tier = _Tier("svc", "logic", False)
+        tier.local, tier.carry = [0.0, 0.0], 0.0
+        tier.set_cpu(0.05, 1)
+        tier.period_end = 0.1
+        assert tier.reserve_on_core(0.0, 0.001, 0) == pytest.approx(0.001)
+        tier.sleep(0.001, 0)
+        assert (tier.local[0], tier.q_left) == pytest.approx((RQ_KEEP_S, 0.003))
+        return tier
+
+    same_core = tier_after_a_short_segment()
+    assert same_core.reserve_on_core(0.01, 0.006, 0) == pytest.approx(0.016)
+    assert same_core.thr_periods == 0
+    other_core = tier_after_a_short_segment()
+    end = other_core.reserve_on_core(0.01, 0.006, 1)
+    assert end == pytest.approx(0.1 + 0.001)  # 5 ms before the throttle, 1 ms after the refill
+    assert other_core.thr_periods == 1
+    assert other_core.local[0] == pytest.approx(RQ_KEEP_S)  # still stranded on core 0
+
+
+def test_run_queues_need_the_host_model():
+    app = one_tier(cpu_ms=1.0, cv=0.0)
+    with pytest.raises(LeanstackError, match="run_queues needs the host model"):
+        SimBackend(run_queues=True, host_cores=math.inf).deploy(app, Allocation.static_max(app))
 
 
 def test_tiers_get_different_period_phases_from_the_seed():

@@ -12,6 +12,13 @@ It models what the local backend really runs:
   period repays); up to ``CARRY_S`` of unused quota survives a period boundary.
   Exact for one replica; with several, each segment draws its quota from the shared bucket when it
   starts (an approximation of replicas draining it side by side);
+- with ``run_queues=True`` (and the host model) the bucket is the kernel's two levels instead: a
+  pool refilled to the quota each period, from which the tier's run queue on each host core
+  takes slices (``SLICE_S``) as it runs; an empty slice is noticed a tick late (``OVERRUN_S``, a
+  debt the next slice repays), and with no slice to take the tier is throttled. A sleeping
+  process's run queue keeps ``RQ_KEEP_S`` and hands the rest back; that runtime is stranded while
+  the process wakes on another core (its previous one busy), so tiers at a few hundredths of a
+  core throttle more often than one bucket says;
 - storage tiers (redis / memcached) are single FCFS servers with a per-operation service time,
   under the same quota bucket;
 - a calibrated ``idle_cpu`` per process (span flushes, stats, a server's timers) is spread
@@ -89,6 +96,15 @@ CARRY_S = 0.001
 """Quota a tier keeps across a period boundary: since Linux 5.4 a run queue keeps up to
 ``min_cfs_rq_runtime`` (1 ms) of its local slice when the period refills the pool."""
 
+SLICE_S = 0.005
+"""With ``run_queues``: runtime a tier's run queue on one core takes from the pool at a time
+(the kernel's ``sched_cfs_bandwidth_slice_us``, 5 ms by default)."""
+
+RQ_KEEP_S = 0.001
+"""With ``run_queues``: runtime a run queue keeps when its process sleeps (the kernel's
+``min_cfs_rq_runtime``, 1 ms); the rest goes back to the pool. It does not expire at the
+period's end (since Linux 5.4)."""
+
 QUEUE_OP = "rpush"
 """The storage operation an ``enqueue`` edge performs on the queue's redis tier."""
 
@@ -132,7 +148,7 @@ class TierFault:
 class _Replica:
     """One worker process (or the single server of a storage tier)."""
 
-    __slots__ = ("tier", "queue", "busy", "seg", "active", "blocked", "core")
+    __slots__ = ("tier", "queue", "busy", "seg", "active", "blocked", "core", "last_core")
 
     def __init__(self, tier: _Tier, active: bool) -> None:
         self.tier = tier
@@ -141,14 +157,16 @@ class _Replica:
         self.seg: tuple = ()
         self.active = active
         self.blocked = False  # waiting for a synchronous (memcached) answer
-        self.core = False  # its running segment holds a host core until the segment ends
+        self.core = -1  # the host core its running segment holds until it ends (-1: none)
+        self.last_core = 0  # the core it ran on last: where its tier's runtime for it sits
 
 
 class _Tier:
     """A service: its replicas, its CFS quota bucket and its per-interval counters."""
 
     __slots__ = ("name", "kind", "cpu", "unlimited", "quota", "period_end",
-                 "q_left", "thr_mark", "thr_periods", "thr_s", "busy_s", "busy_next", "starting",
+                 "q_left", "carry", "local", "thr_mark", "thr_periods", "thr_s", "busy_s",
+                 "busy_next", "starting",
                  "active", "rr", "lat", "own_lat", "inflight", "inflight_area", "inflight_t",
                  "fifo", "free", "queue_fed", "phase", "idle", "fault")
 
@@ -156,6 +174,8 @@ class _Tier:
         self.name, self.kind, self.queue_fed = name, kind, queue_fed
         self.cpu, self.unlimited, self.quota = 1.0, True, PERIOD_S
         self.period_end, self.q_left, self.thr_mark = PERIOD_S, PERIOD_S, -1.0
+        self.carry = CARRY_S  # quota the bucket keeps across a period (with run queues: none)
+        self.local = [0.0]  # with run queues: the runtime each host core's run queue holds
         self.phase = PERIOD_S
         self.idle = 0.0  # cores each process burns whatever the load (from the calibration)
         self.thr_periods, self.thr_s, self.busy_s, self.busy_next = 0, 0.0, 0.0, 0.0
@@ -176,7 +196,7 @@ class _Tier:
         cpu *= self.fault.capacity
         self.quota = max(cpu - self.idle * replicas, 0.1 * cpu) * PERIOD_S
         self.unlimited = cpu >= replicas
-        self.q_left = min(self.q_left, self.quota + CARRY_S)
+        self.q_left = min(self.q_left, self.quota + self.carry)
 
     def reserve(self, now: float, work: float) -> float:
         """Run ``work`` CPU-seconds from ``now`` against the quota bucket; return the end time.
@@ -219,6 +239,71 @@ class _Tier:
         self.period_end = period_end
         return t
 
+    def _refill(self, now: float) -> None:
+        """With run queues: start the period ``now`` falls in, the pool (``q_left``) refilled
+        up to the quota."""
+        if now >= self.period_end:
+            n = int((now - self.period_end) / PERIOD_S) + 1
+            self.period_end += n * PERIOD_S
+            self.q_left = min(self.q_left + n * self.quota, self.quota)
+
+    def reserve_on_core(self, now: float, work: float, core: int) -> float:
+        """With run queues: run ``work`` CPU-seconds from ``now`` on host core ``core``; return
+        the end time.
+
+        The segment runs at one core while the tier's run queue there holds runtime, taking a
+        slice from the pool whenever it runs out. The kernel notices an empty slice only at its
+        next scheduler tick, so the segment runs on for OVERRUN_S more (half a tick on average),
+        a debt the next slice repays. With no runtime on the core and none in the pool, the tier
+        is throttled until a period refills the pool. Replicas of one tier on one core share its
+        run queue (each reserving its segment's runtime when it starts).
+        """
+        self._refill(now)
+        local = self.local[core]
+        if work <= local and now + work <= self.period_end:
+            self.local[core] = local - work
+            return now + work
+        t, period_end = now, self.period_end
+        while True:
+            if local <= 1e-12 and self.q_left > 0.0:  # the run queue asks the pool for a slice
+                take = min(self.q_left, SLICE_S - local)
+                self.q_left -= take
+                local += take
+            if local > 1e-12:
+                run = min(work, local + OVERRUN_S, period_end - t)
+                t += run
+                work -= run
+                local -= run
+                if work <= 1e-12:
+                    break
+                if t < period_end and self.q_left > 0.0:
+                    continue
+            if t < period_end:  # no runtime left: throttled for the rest of the period
+                if self.thr_mark != period_end:
+                    self.thr_mark = period_end
+                    self.thr_periods += 1
+                    self.thr_s += period_end - t
+                t = period_end
+            period_end += PERIOD_S
+            self.q_left = min(self.q_left + self.quota, self.quota)
+        self.local[core] = local
+        self.period_end = period_end
+        return t
+
+    def sleep(self, now: float, core: int) -> None:
+        """With run queues: a replica's process sleeps on ``core``; the run queue there settles
+        its debt from the pool and hands back all its runtime but RQ_KEEP_S."""
+        self._refill(now)
+        local = self.local[core]
+        if local < 0.0:
+            take = min(self.q_left, SLICE_S - local)
+            self.q_left -= take
+            local += take
+        if local > RQ_KEEP_S:
+            self.q_left += local - RQ_KEEP_S
+            local = RQ_KEEP_S
+        self.local[core] = local
+
 
 class SimBackend:
     """The simulator backend: same app files, load schedule and Observations as ``local``."""
@@ -227,9 +312,11 @@ class SimBackend:
 
     def __init__(self, interval_s: float = 1.0, seed: int = 0,
                  calibration: str | Path | dict | None = None, record_spans: bool = False,
-                 host_cores: float | None = None) -> None:
+                 host_cores: float | None = None, run_queues: bool = False) -> None:
         """``host_cores``: cores shared by all tiers; ``None`` takes the calibration's
-        ``host_cores`` (unlimited without one), ``math.inf`` means unlimited."""
+        ``host_cores`` (unlimited without one), ``math.inf`` means unlimited. ``run_queues``:
+        model CFS bandwidth per host core (slices, runtime stranded on a core the process left)
+        instead of one bucket per tier; it needs the host model."""
         if not (interval_s > 0 and math.isfinite(interval_s)):
             raise LeanstackError(f"interval_s must be above 0, got {interval_s}")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -241,6 +328,7 @@ class SimBackend:
         self.host_cores = host_cores
         self.seed = seed
         self.record_spans = record_spans
+        self.run_queues = run_queues
         self._calibration = calibration
         self._app: AppSpec | None = None
         self._started = False
@@ -254,8 +342,14 @@ class SimBackend:
         self._compile(app, model)
         cores = self.host_cores if self.host_cores is not None else model["host_cores"]
         self._host = cores is not None and math.isfinite(cores)
-        self._cores_free = math.ceil(cores) if self._host else 0
-        self._speed = cores / self._cores_free if self._host else 1.0  # per core, <= 1
+        if self.run_queues and not self._host:
+            raise LeanstackError("run_queues needs the host model — give host_cores, or a "
+                                 "calibration that records the machine's cores")
+        self._rq = self.run_queues
+        n_cores = math.ceil(cores) if self._host else 1
+        self._core_busy = [False] * n_cores
+        self._cores_free = n_cores if self._host else 0
+        self._speed = cores / n_cores if self._host else 1.0  # per core, <= 1
         self._run_queue: deque = deque()  # (replica, segment) waiting for a host core
         self._heap: list[tuple] = []
         self._seq = 0
@@ -268,6 +362,8 @@ class SimBackend:
             ta = allocation.tiers.get(tier.name)
             n = ta.replicas if ta is not None else app.services[tier.name].replicas
             tier.active = [_Replica(tier, True) for _ in range(max(n, 1))]
+            tier.local = [0.0] * n_cores
+            tier.carry = 0.0 if self._rq else CARRY_S
             tier.free = list(tier.active) if tier.queue_fed else []
         phases = np.random.default_rng([self.seed, 1]).uniform(0.0, PERIOD_S, len(self._tiers))
         for tier, phase in zip(self._tiers, phases, strict=True):
@@ -504,7 +600,7 @@ class SimBackend:
                 elif kind == _CALL:
                     visit(*rep, t)
                 elif kind == _CORE:
-                    self._core_freed(t)
+                    self._core_freed(rep, t)
                 elif kind == _HOLD:
                     self._held(*rep, t)
                 else:
@@ -570,13 +666,19 @@ class SimBackend:
             if not self._cores_free:
                 self._run_queue.append((rep, seg))
                 return
+            busy = self._core_busy
+            core = rep.last_core if not busy[rep.last_core] else busy.index(False)
+            busy[core] = True
             self._cores_free -= 1
+            rep.last_core = core
             run = cost / self._speed
-            end = now + run if tier.unlimited else tier.reserve(now, run)
-            rep.core = end <= now + run + 1e-12
-            if not rep.core:  # throttled on the way: the core is free while it waits
+            end = (now + run if tier.unlimited else tier.reserve_on_core(now, run, core)
+                   if self._rq else tier.reserve(now, run))
+            if end <= now + run + 1e-12:
+                rep.core = core
+            else:  # throttled on the way: the core is free while it waits
                 self._seq += 1
-                heappush(self._heap, (now + run, self._seq, _CORE, None))
+                heappush(self._heap, (now + run, self._seq, _CORE, core))
         else:
             end = now + cost if tier.unlimited else tier.reserve(now, cost)
         spill = end - self._t_end  # CPU that falls into the next interval
@@ -590,8 +692,9 @@ class SimBackend:
         self._seq += 1
         heappush(self._heap, (end, self._seq, _SEG, rep))
 
-    def _core_freed(self, now: float) -> None:
-        """A host core is free: the longest-waiting ready segment takes it."""
+    def _core_freed(self, core: int, now: float) -> None:
+        """Host core ``core`` is free: the longest-waiting ready segment takes it."""
+        self._core_busy[core] = False
         self._cores_free += 1
         if self._run_queue:
             rep, seg = self._run_queue.popleft()
@@ -599,9 +702,9 @@ class SimBackend:
 
     def _seg_done(self, rep: _Replica, now: float) -> None:
         """A segment ended: continue its visit, then start the replica's next segment."""
-        if rep.core:
-            rep.core = False
-            self._core_freed(now)
+        if rep.core >= 0:
+            core, rep.core = rep.core, -1
+            self._core_freed(core, now)
         _, frame, action = rep.seg
         groups = self._ep_groups[frame[_F_EP]]
         if action == _START:
@@ -618,12 +721,16 @@ class SimBackend:
                     self._issue(frame, groups[g], now)
                 else:
                     self._finish(frame, now)
-        if rep.blocked:
-            return  # it stays busy until the synchronous answer is back
+        if rep.blocked:  # it stays busy until the synchronous answer is back
+            if self._rq and not rep.tier.unlimited:
+                rep.tier.sleep(now, rep.last_core)
+            return
         if rep.queue:
             self._start(rep, rep.queue.popleft(), now)
         else:
             rep.busy = False
+            if self._rq and not rep.tier.unlimited:
+                rep.tier.sleep(now, rep.last_core)
 
     def _issue(self, frame: list, group: tuple[int, ...], now: float) -> None:
         _end_wait(frame)
