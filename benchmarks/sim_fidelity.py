@@ -1,11 +1,11 @@
 """Does the calibrated simulator predict the real local backend?
 
-Same app (social-network), same open-loop load, same allocation on both backends, at three
-allocation levels: the static maximum, every tier at twice its measured use, and every tier at
-its measured use / 0.85 (near saturation). Spans and observations of the local run at the
-maximum are calibrated (``calibrate``) and drive the simulator. Compared per class: p50 and p99
-(goal: within 20%); per tier: CPU used (goal: within 10%). Per-interval values are medians over
-the run after a warm-up, the same estimator on both sides.
+Same app (``--app``, by default the social network), same open-loop load, same allocation on
+both backends, at three allocation levels: the static maximum, every tier at twice its measured
+use, and every tier at its measured use / 0.85 (near saturation). Spans and observations of the
+local run at the maximum are calibrated (``calibrate``) and drive the simulator. Compared per
+class: p50 and p99 (goal: within 20%); per tier: CPU used (goal: within 10%). Per-interval
+values are medians over the run after a warm-up, the same estimator on both sides.
 
 The simulator runs three times per level: with the host CPU model (all tiers share the
 calibration's ``host_cores``, the machine's core count), without it (each tier limited only by
@@ -20,7 +20,7 @@ The probe is also sampled every second through each local run (``HostProbeSample
 whether the machine's speed held still while it ran.
 
 Needs the local backend (root, cgroup v1 cpu/cpuacct, redis-server, memcached). Run:
-``.venv/bin/python benchmarks/sim_fidelity.py [--quick] [--rps 80] [--duration 60]
+``.venv/bin/python benchmarks/sim_fidelity.py [--app NAME] [--quick] [--rps 80] [--duration 60]
 [--local-data DIR] [--calibration FILE|shipped] [--out FILE] [--save-calibration FILE]``; writes
 ``benchmarks/results/sim_fidelity.json`` (or ``--out``) and prints Markdown tables.
 ``--local-data DIR`` keeps the local runs' observations and spans in DIR and reuses them when
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from leanstack.atomic import write_json
-from leanstack.microservices.app import AppSpec, load_app
+from leanstack.microservices.app import AppSpec, app_names, load_app
 from leanstack.microservices.calibrate import calibrate
 from leanstack.microservices.calibration import (
     SHIPPED,
@@ -55,7 +55,6 @@ from leanstack.microservices.sim import SimBackend
 from leanstack.provenance import HostProbeSampler, benchmark_record, host_probe_ms
 
 RESULTS = Path(__file__).parent / "results" / "sim_fidelity.json"
-APP = "social-network"
 WARMUP = 3  # intervals dropped at the start of every run
 LATENCY_GOAL, CPU_GOAL = 0.20, 0.10
 MIN_CPU = 0.05
@@ -110,6 +109,13 @@ def scaled(app: AppSpec, used: dict[str, float], utilisation: float) -> Allocati
         for n, s in app.services.items()})
 
 
+def cpu_spread(totals: list[float]) -> float:
+    """How far the tiers' total CPU moved across the local runs, (max - min) / min. They serve
+    the same arrivals, so a large spread means the machine's speed moved between them and no
+    single calibration can fit them all."""
+    return (max(totals) - min(totals)) / min(totals)
+
+
 def rel_err(sim: float | None, local: float | None) -> float | None:
     if sim is None or local is None or local == 0:
         return None
@@ -156,6 +162,8 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--app", default="social-network", choices=app_names(),
+                   help="a shipped app (default: social-network)")
     p.add_argument("--quick", action="store_true", help="20 s per run instead of --duration")
     p.add_argument("--rps", type=float, default=80.0, help="offered load (requests/s)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds per run")
@@ -168,7 +176,7 @@ def main() -> None:
     p.add_argument("--save-calibration", type=Path, default=None,
                    help="also write the calibration used to this file")
     args = p.parse_args()
-    app = load_app(APP)
+    app = load_app(args.app)
     duration = 20.0 if args.quick else args.duration
     load = LoadSpec("poisson", rps=args.rps, duration_s=duration, seed=0)
     runs = local_runs(app, load, args.local_data)
@@ -179,7 +187,7 @@ def main() -> None:
     if args.calibration is None:
         model = calibrate(app, runs["spans"], runs["levels"]["max"]["obs"])
     else:
-        model = load_calibration(shipped_path(APP) if args.calibration == SHIPPED
+        model = load_calibration(shipped_path(app.name) if args.calibration == SHIPPED
                                  else args.calibration)
     sim = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model), app,
                                alloc, load)[0])
@@ -233,7 +241,7 @@ def main() -> None:
             "cpu_within_goal": share_within([r[f"{prefix}err"] for r in rows_cpu], CPU_GOAL)}
 
     result = {
-        "benchmark": "sim_fidelity", "app": APP,
+        "benchmark": "sim_fidelity", "app": app.name,
         "load": {"kind": "poisson", "rps": args.rps, "duration_s": duration, "seed": 0},
         "interval_s": 1.0, "warmup_intervals": WARMUP,
         "estimator": "per level: median over intervals of each class's per-interval p50/p99; "
@@ -263,6 +271,7 @@ def main() -> None:
                                       "sim_run_queues": sim_rq[n]["throttled_periods"]}
                                   for n, _ in levels},
             "total_cpu_local": {n: sum(local[n]["tiers"].values()) for n, _ in levels},
+            "local_cpu_spread": cpu_spread([sum(local[n]["tiers"].values()) for n, _ in levels]),
             "total_cpu_sim": {n: sum(sim[n]["tiers"].values()) for n, _ in levels},
         },
         **benchmark_record(("leanstack", "numpy", "scipy")),
@@ -271,7 +280,7 @@ def main() -> None:
     if args.save_calibration:
         save_calibration(model, args.save_calibration)
 
-    print(f"social-network, Poisson {args.rps:g} req/s, {duration:g} s per run "
+    print(f"{app.name}, Poisson {args.rps:g} req/s, {duration:g} s per run "
           f"(first {WARMUP} s dropped); load average around the local runs: "
           f"{result['loadavg_1m_around_local_runs']}\n")
     print("| level | class | local p50 | sim p50 | err (seeds 0-2) | local p99 | sim p99 | "
@@ -298,7 +307,10 @@ def main() -> None:
         print(f"\nwithin goal, {label}: p50 {v['p50_within_goal']:.0%}, p99 "
               f"{v['p99_within_goal']:.0%} (±{LATENCY_GOAL:.0%}); tier CPU "
               f"{v['cpu_within_goal']:.0%} (±{CPU_GOAL:.0%})", end="")
-    print(f"\nwrote {args.out}")
+    totals = ", ".join(f"{v:.2f}" for v in s["total_cpu_local"].values())
+    print(f"\nthe tiers' total CPU across the local runs (the same arrivals) moved by "
+          f"{s['local_cpu_spread']:.0%}: {totals} cores")
+    print(f"wrote {args.out}")
 
 
 def _ms(v: float | None) -> str:

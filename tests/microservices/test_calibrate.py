@@ -11,6 +11,7 @@ import pytest
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app, parse_app
 from leanstack.microservices.calibrate import (
+    MIN_CPU_RATE,
     calibrate,
     fit_distribution,
 )
@@ -340,3 +341,26 @@ def test_an_app_without_a_shipped_calibration_is_a_one_line_error(monkeypatch, c
                            "--out", str(tmp_path / "r.json"))
     assert code != 0 and "no calibration ships for app 'media-service'" in err
     assert err.count("\n") == 1
+
+
+def test_tiers_called_too_rarely_keep_span_times_and_the_shared_overheads():
+    # hotel reservation at 50 req/s: user and user-store see 0.4 calls/s, where an idle-CPU
+    # error of 0.002 cores reads as 5 ms per call. Their idle CPU differs from their kind's
+    # (which the calibration pools), so a CPU-based reading would be far off.
+    app = load_app("hotel-reservation")
+    tiers = {n: {"idle_cpu": 0.001 if s.is_storage else 0.004}
+             for n, s in app.services.items()}
+    tiers["user-store"] = {"idle_cpu": 0.003}
+    tiers["user"] = {"idle_cpu": 0.008}
+    sim = SimBackend(seed=3, record_spans=True, calibration={
+        "version": 1, "app": app.name, "endpoints": {}, "tiers": tiers,
+        "rpc": {"callee_ms": 0.5, "caller_ms": 0.3, "storage_caller_ms": 0.2},
+        "storage": {"user-store.get": {"dist": "gamma", "mean_ms": 0.05, "cv": 0.5}}})
+    sim.deploy(app, Allocation.static_max(app))
+    sim.start(LoadSpec("poisson", rps=50, duration_s=30))
+    obs = [sim.observe() for _ in range(30)]
+    model = calibrate(app, sim.spans(), obs)
+    assert 0 < obs[-1].tiers["user"].rps < MIN_CPU_RATE
+    assert model["storage"]["user-store.get"]["mean_ms"] == pytest.approx(0.05, rel=0.5)
+    assert model["tiers"].get("user", {}).get("extra_ms", 0.0) == 0.0
+    assert model["rpc"]["callee_ms"] == pytest.approx(0.5, rel=0.2)

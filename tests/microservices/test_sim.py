@@ -296,6 +296,21 @@ def test_run_queues_need_the_host_model():
         SimBackend(run_queues=True, host_cores=math.inf).deploy(app, Allocation.static_max(app))
 
 
+
+def test_a_tier_calibrated_below_its_callee_overhead_takes_the_rest_off_its_answers():
+    # front: no work, 0.5 ms to be called, 1.0 ms per answer from a and b, and a calibrated
+    # extra of -1.5 ms per visit: 1.0 ms per visit in all (not 2.0 with the extra cut at 0).
+    calibration = {"version": 1, "endpoints": {}, "storage": {},
+                   "rpc": {"callee_ms": 0.5, "caller_ms": 1.0, "storage_caller_ms": 0.0},
+                   "tiers": {"front": {"extra_ms": -1.5}}}
+    app = fan_app([["a.x", "b.x"]])
+    _, obs = run(app, LoadSpec("constant", rps=50, duration_s=5), calibration=calibration)
+    assert obs[-1].tiers["front"].cpu_used == pytest.approx(50 * 1.0e-3, rel=0.02)
+    assert obs[-1].tiers["a"].cpu_used == pytest.approx(50 * 10.5e-3, rel=0.02)
+    calibration["tiers"]["front"]["extra_ms"] = -0.25  # the start segment absorbs it
+    _, obs = run(app, LoadSpec("constant", rps=50, duration_s=5), calibration=calibration)
+    assert obs[-1].tiers["front"].cpu_used == pytest.approx(50 * 2.25e-3, rel=0.02)
+
 def test_tiers_get_different_period_phases_from_the_seed():
     app = two_tiers()
     a, b = SimBackend(seed=1), SimBackend(seed=2)

@@ -22,10 +22,13 @@ Given the run's observations as well (``source = "spans+cpu"``), the storage op 
 server's CPU per call) and RPC overheads come from tier CPU instead, and
 ``tiers.<name>.idle_cpu`` the cores a process of that tier burns whatever the load (see
 ``_idle_cpu``), ``tiers.<name>.extra_ms`` the CPU per visit of a logic tier that those
-overheads leave unexplained (added to each visit's first segment), which is what makes per-tier
-CPU in the simulator match. ``rpc.delay_ms`` is then the wall time every call takes without
-costing CPU (loopback network, wake-ups, client queues), chosen so that the simulator's
-per-class median latencies under the run's allocation and rate add up to the observed ones.
+overheads leave unexplained (added to each visit's first segment; where it is below minus the
+callee overhead the simulator takes the rest off the visit's answers), which is what makes
+per-tier CPU in the simulator match. Tiers serving under ``MIN_CPU_RATE`` requests a second
+keep the spans' operation times and the shared overheads: their CPU per request is noise.
+``rpc.delay_ms`` is then the wall time every call takes without costing CPU (loopback
+network, wake-ups, client queues), chosen so that the simulator's per-class median latencies
+under the run's allocation and rate add up to the observed ones.
 Before it, ``rpc.entry_ms`` and ``rpc.entry_cv``: the client's share of each request's latency
 (the load generator's HTTP client and the entry tier's HTTP server outside its span), a gamma
 whose mean and CV make the entry tiers' root spans plus a draw give the per-class p50 and p99
@@ -65,6 +68,11 @@ ENTRY_CVS = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)  # the client share's CVs tried
 ENTRY_MIN_SPANS = 5  # root spans of a class in an interval before it counts in the fit
 DELAY_FIT_S = 30.0  # simulated seconds per trial when fitting the per-call delay
 DELAY_MAX_MS = 5.0
+MIN_CPU_RATE = 5.0
+"""Requests (calls) per second a tier must serve before its CPU per request is read from its
+CPU use: below it, the noise of its idle CPU dominates (0.001 core of error is 2.5 ms per
+request at 0.4 req/s), and the tier keeps the spans' operation times and the shared RPC
+overheads instead."""
 
 
 def calibrate(app: AppSpec, spans: list[Span], observations: list[Observation] | None = None,
@@ -280,7 +288,7 @@ def _idle_cpu(app: AppSpec, observations: list[Observation]) -> dict[str, float]
 def _cpu_per_request_ms(observations: list[Observation],
                         idle: dict[str, float]) -> dict[str, float]:
     """Per tier: CPU milliseconds per request served beyond its idle CPU, over all intervals
-    that served some."""
+    that served some; tiers serving under MIN_CPU_RATE requests/s over the run are left out."""
     cpu_s: dict[str, float] = defaultdict(float)
     served: dict[str, float] = defaultdict(float)
     for o in observations:
@@ -289,7 +297,9 @@ def _cpu_per_request_ms(observations: list[Observation],
                 busy = t.cpu_used - idle.get(name, 0.0) * max(t.replicas, 1)
                 cpu_s[name] += busy * o.interval_s
                 served[name] += t.rps * o.interval_s
-    return {n: 1e3 * cpu_s[n] / served[n] for n in cpu_s if served[n] > 0}
+    seconds = sum(o.interval_s for o in observations)
+    return {n: 1e3 * cpu_s[n] / served[n] for n in cpu_s
+            if served[n] > 0 and served[n] / seconds >= MIN_CPU_RATE}
 
 
 def _class_p50s(observations: list[Observation]) -> dict[str, float]:
@@ -399,8 +409,8 @@ def _fit_delay_ms(app: AppSpec, model: dict[str, Any], observations: list[Observ
 
 def _storage_cpu_per_call_ms(app: AppSpec, spans: list[Span], observations: list[Observation],
                              idle: dict[str, float]) -> dict[str, float]:
-    """Per storage tier: its CPU rate beyond idle over the observations / its call rate in the
-    spans.
+    """Per storage tier called at least MIN_CPU_RATE times a second: its CPU rate beyond idle
+    over the observations / its call rate in the spans.
 
     Calls, not the server's own operation count: a redis pipeline (``zadd`` trims its set too)
     is one call of several commands, and the simulator charges per call.
@@ -416,10 +426,11 @@ def _storage_cpu_per_call_ms(app: AppSpec, spans: list[Span], observations: list
             calls[s.service] += 1
     out = {}
     for name, n in calls.items():
+        rate = n / ((t1 - t0) / 1e9)
         cpu_s = sum((o.tiers[name].cpu_used - idle.get(name, 0.0)) * o.interval_s
                     for o in observations if name in o.tiers)
-        if cpu_s > 0:
-            out[name] = 1e3 * (cpu_s / seconds) / (n / ((t1 - t0) / 1e9))
+        if cpu_s > 0 and rate >= MIN_CPU_RATE:
+            out[name] = 1e3 * (cpu_s / seconds) / rate
     return out
 
 

@@ -480,6 +480,7 @@ class SimBackend:
         self._ep_dist: list[tuple[str, float, float]] = []
         self._ep_fixed: list[float] = []  # CPU added to the start segment (callee overhead)
         self._ep_resp: list[float] = []  # caller CPU to take this endpoint's answer
+        deficit: list[float] = []  # calibrated CPU per visit below zero in the start segment
         self._ep_logic: list[bool] = []
         self._ep_deliver: list[int] = []  # consumer endpoint a queue push delivers to, or -1
         self._ep_sync: list[bool] = []  # a call that blocks its caller (blocking client)
@@ -496,12 +497,14 @@ class SimBackend:
                 self._ep_dist.append(model["storage"][f"{service}.{name}"])
                 self._ep_fixed.append(0.0)
                 self._ep_resp.append(rpc["storage_caller_ms"] / 1e3)
+                deficit.append(0.0)
             else:
                 self._ep_dist.append(model["endpoints"][f"{service}.{name}"])
                 fixed = rpc["storage_caller_ms"] if svc.queue else rpc["callee_ms"]
                 fixed += model["extra_ms"].get(service, 0.0)
                 self._ep_fixed.append(max(fixed, 0.0) / 1e3)
                 self._ep_resp.append(rpc["caller_ms"] / 1e3)
+                deficit.append(max(-fixed, 0.0) / 1e3)
             self._ep_logic.append(not svc.is_storage)
             self._ep_sync.append(svc.blocks_caller)
             self._ep_deliver.append(deliver)
@@ -521,6 +524,13 @@ class SimBackend:
                            for c in e.enqueue]  # one push after another, as the workers do
                 self._ep_groups[ids[f"{s.name}.{e.name}"]] = tuple(groups)
         self._ep_groups += [()] * (len(self._ep_name) - len(self._ep_groups))
+        # A tier whose calibrated extra CPU per visit is below minus the callee overhead takes
+        # the rest off the answers it handles, so that its CPU per visit stays the calibrated one.
+        self._ep_resp_scale = [1.0] * len(self._ep_name)  # per caller endpoint
+        for ep, cut in enumerate(deficit):
+            answers = sum(self._ep_resp[c] for group in self._ep_groups[ep] for c in group)
+            if cut > 0 and answers > 0:
+                self._ep_resp_scale[ep] = max(answers - cut, 0.0) / answers
         self._delay = max(float(rpc.get("delay_ms", 0.0)), 0.0) / 1e3
         self._entry = (max(float(rpc.get("entry_ms", 0.0)), 0.0) / 1e3,
                        max(float(rpc.get("entry_cv", 0.0)), 0.0))
@@ -779,7 +789,8 @@ class SimBackend:
                 req[_R_OUT] += 1
                 self._deliver(deliver, (deliver, req, now, parent[_F_SPAN]))
             rep = parent[_F_REP]
-            seg = (self._ep_resp[ep] * rep.tier.fault.slowdown, parent, _RESP)
+            seg = (self._ep_resp[ep] * self._ep_resp_scale[parent[_F_EP]]
+                   * rep.tier.fault.slowdown, parent, _RESP)
             if rep.blocked and self._ep_sync[ep]:  # the answer it was blocked on
                 rep.blocked = False
                 self._start(rep, seg, now)
