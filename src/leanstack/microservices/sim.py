@@ -227,17 +227,28 @@ class _Tier:
                 left -= run
                 if work <= 1e-12:
                     break
-            if t < period_end:  # the bucket is empty: throttled for the rest of the period
-                if self.thr_mark != period_end:
-                    self.thr_mark = period_end
-                    self.thr_periods += 1
-                    self.thr_s += period_end - t
-                t = period_end
+            t = self._throttled_until(t, period_end)  # the bucket is empty
             period_end += PERIOD_S
             left = min(left + self.quota, self.quota + CARRY_S)
         self.q_left = left
         self.period_end = period_end
         return t
+
+    def _throttled_until(self, t: float, period_end: float) -> float:
+        """The tier is throttled from ``t`` to ``period_end`` (counted once per period); returns
+        when it may run again."""
+        if t < period_end and self.thr_mark != period_end:
+            self.thr_mark = period_end
+            self.thr_periods += 1
+            self.thr_s += period_end - t
+        return period_end
+
+    def _take_slice(self, local: float) -> float:
+        """A run queue holding ``local`` runtime takes a slice from the pool (up to SLICE_S
+        beyond its debt); returns what it holds then."""
+        take = min(self.q_left, SLICE_S - local)
+        self.q_left -= take
+        return local + take
 
     def _refill(self, now: float) -> None:
         """With run queues: start the period ``now`` falls in, the pool (``q_left``) refilled
@@ -265,10 +276,8 @@ class _Tier:
             return now + work
         t, period_end = now, self.period_end
         while True:
-            if local <= 1e-12 and self.q_left > 0.0:  # the run queue asks the pool for a slice
-                take = min(self.q_left, SLICE_S - local)
-                self.q_left -= take
-                local += take
+            if local <= 1e-12 and self.q_left > 0.0:
+                local = self._take_slice(local)
             if local > 1e-12:
                 run = min(work, local + OVERRUN_S, period_end - t)
                 t += run
@@ -278,12 +287,7 @@ class _Tier:
                     break
                 if t < period_end and self.q_left > 0.0:
                     continue
-            if t < period_end:  # no runtime left: throttled for the rest of the period
-                if self.thr_mark != period_end:
-                    self.thr_mark = period_end
-                    self.thr_periods += 1
-                    self.thr_s += period_end - t
-                t = period_end
+            t = self._throttled_until(t, period_end)  # no runtime left
             period_end += PERIOD_S
             self.q_left = min(self.q_left + self.quota, self.quota)
         self.local[core] = local
@@ -296,9 +300,7 @@ class _Tier:
         self._refill(now)
         local = self.local[core]
         if local < 0.0:
-            take = min(self.q_left, SLICE_S - local)
-            self.q_left -= take
-            local += take
+            local = self._take_slice(local)
         if local > RQ_KEEP_S:
             self.q_left += local - RQ_KEEP_S
             local = RQ_KEEP_S
