@@ -190,7 +190,7 @@ def run_one(settings: LocalSettings, controller: Controller, seed: int,
             "loadavg_before": [round(x, 2) for x in before],
             "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "host_probe_ms": [probe_before, host_probe_ms()],
-            "host_probe_during": {**sampler.summary(), "samples": sampler.samples}}
+            "host_probe_during": sampler.record()}
 
 
 def run_benchmark(benchmark: str, settings: LocalSettings,

@@ -144,7 +144,7 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
         level = {"allocation": alloc.to_dict(), "obs": obs,
                  "loadavg_1m": [round(before, 2), round(os.getloadavg()[0], 2)],
                  "host_probe_ms": [probe_before, host_probe_ms()],
-                 "host_probe_during": {**sampler.summary(), "samples": sampler.samples},
+                 "host_probe_during": sampler.record(),
                  "host_cores_busy": round(busy[0], 3)}
         if saved:
             if name == "max":

@@ -119,7 +119,7 @@ def profile_and_plan(app, name: str, args: argparse.Namespace, repeat: int) -> d
     row: dict[str, Any] = {
         "name": name, "repeat": repeat,
         "host_probe_ms": [probe_before, host_probe_ms()],
-        "host_probe_during": {**sampler.summary(), "samples": sampler.samples},
+        "host_probe_during": sampler.record(),
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "settings": prof.settings, "collection_wall_s": prof.collection_wall_s,
         "collection_backend_s": prof.collection_backend_s,

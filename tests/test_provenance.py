@@ -68,6 +68,7 @@ def test_the_probe_sampler_reads_all_through_the_block_and_stops_at_its_end():
     assert all(ms > 0 for _, ms in sampler.samples)  # scaled to the full probe's length
     summary = sampler.summary()
     assert summary["n"] == n and summary["min"] <= summary["median"] <= summary["max"]
+    assert sampler.record() == {**summary, "samples": sampler.samples}
     time.sleep(0.15)
     assert len(sampler.samples) == n  # the thread stopped with the block
     assert HostProbeSampler().summary() == {"n": 0}

@@ -111,6 +111,10 @@ class HostProbeSampler:
             self.samples.append([round(time.monotonic() - self._t0, 2), round(reading, 2)])
             self._stop.wait(self.every_s)
 
+    def record(self) -> dict[str, Any]:
+        """What a result keeps of the sampling: :meth:`summary` and the ``samples``."""
+        return {**self.summary(), "samples": self.samples}
+
     def summary(self) -> dict[str, float | int]:
         """``{"n", "min", "median", "max"}`` of the readings (ms); ``{"n": 0}`` without any."""
         ms = [m for _, m in self.samples]
