@@ -82,7 +82,9 @@ def local_run():
         backend.deploy(app, Allocation.static_max(app))
         prom.start(local_targets(backend))
         prom.wait_for_targets(3)
-        backend.start(LoadSpec("constant", 150, 10.0, seed=3))
+        # the load outlasts the five observed intervals: a late observe() on a slow machine
+        # must not stretch the last window past the load's end (it read 7% low that way)
+        backend.start(LoadSpec("constant", 150, 12.0, seed=3))
         rows, t_prev = [], time.time()
         for _ in range(5):
             obs = backend.observe()
