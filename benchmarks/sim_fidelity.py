@@ -11,18 +11,25 @@ The simulator runs three times per level: with the host CPU model (all tiers sha
 calibration's ``host_cores``, the machine's core count), without it (each tier limited only by
 its quota), to show what the host model buys, and with the host model and per-core CFS run
 queues (``SimBackend(run_queues=True)``: slices, runtime stranded on a core the process left);
-the throttled periods of all tiers are compared too. Recorded around every local run: the
+the throttled periods of all tiers are compared too. A fourth simulation per level runs at the
+speed the machine had during the real run: the calibration rescaled (``calibration.rescaled``)
+so that the simulated tiers burn the CPU the real tiers burned. It takes one number from the
+held-out run (its total CPU, not its latency) and separates the model's error from the machine's
+speed moving between the calibration run and that one. Recorded around every local run: the
 1-minute load average, a host-speed probe (``host_probe_ms``: a fixed Python loop, before and
 after) and the machine's busy cores while the load ran (``host_busy``) next to the tiers' own
 CPU (``tiers``); their difference is everything else (the load generator, this process, the
 kernel, and other jobs: above ~0.5 core, other work pollutes the local numbers).
 The probe is also sampled every second through each local run (``HostProbeSampler``), to show
-whether the machine's speed held still while it ran.
+whether the machine's speed held still while it ran. ``--repeats 2`` runs the three local levels
+a second time, same order, same allocations, same arrivals: how far the real system's own
+percentiles move between two runs is the ceiling for any simulator on that machine.
 
 Needs the local backend (root, cgroup v1 cpu/cpuacct, redis-server, memcached). Run:
 ``.venv/bin/python benchmarks/sim_fidelity.py [--app NAME] [--quick] [--rps 80] [--duration 60]
-[--local-data DIR] [--calibration FILE|shipped] [--out FILE] [--save-calibration FILE]``; writes
-``benchmarks/results/sim_fidelity.json`` (or ``--out``) and prints Markdown tables.
+[--repeats N] [--local-data DIR] [--calibration FILE|shipped] [--out FILE]
+[--save-calibration FILE]``; writes ``benchmarks/results/sim_fidelity.json`` (or ``--out``)
+and prints Markdown tables.
 ``--local-data DIR`` keeps the local runs' observations and spans in DIR and reuses them when
 they are already there (to iterate on the simulator without re-measuring). ``--calibration``
 uses a calibration fitted elsewhere (``shipped``: the app's shipped one) instead of fitting one
@@ -46,6 +53,7 @@ from leanstack.microservices.calibrate import calibrate
 from leanstack.microservices.calibration import (
     SHIPPED,
     load_calibration,
+    rescaled,
     save_calibration,
     shipped_path,
 )
@@ -109,6 +117,12 @@ def scaled(app: AppSpec, used: dict[str, float], utilisation: float) -> Allocati
         for n, s in app.services.items()})
 
 
+def allocation_of(level: dict) -> Allocation:
+    """The allocation a kept local run was made with."""
+    return Allocation({t: TierAllocation(a["cpu"], int(a["replicas"]))
+                       for t, a in level["allocation"].items()})
+
+
 def cpu_spread(totals: list[float]) -> float:
     """How far the tiers' total CPU moved across the local runs, (max - min) / min. They serve
     the same arrivals, so a large spread means the machine's speed moved between them and no
@@ -122,10 +136,12 @@ def rel_err(sim: float | None, local: float | None) -> float | None:
     return (sim - local) / local
 
 
-def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
+def local_runs(app: AppSpec, load: LoadSpec, data: Path | None, repeats: int = 1) -> dict:
     """The three local runs (observations after warm-up, spans of the run at max, load average
     around each run); each level is read from ``data`` when it holds it, else measured (and kept
-    there, with the run's logs)."""
+    there, with the run's logs). With ``repeats`` > 1 the three levels are run again, in the
+    same order and at the same allocations, ``repeats - 1`` more times (``repeats``: level name
+    to the list of those later runs): how well the real system predicts itself."""
     from leanstack.microservices.runner import read_spans, write_spans
 
     def measured(name: str, alloc: Allocation) -> tuple[dict, list[Span]]:
@@ -157,7 +173,11 @@ def local_runs(app: AppSpec, load: LoadSpec, data: Path | None) -> dict:
     used = summarise(levels["max"]["obs"])["tiers"]
     for name, utilisation in (("2x-used", 0.5), ("near-saturation", 0.85)):
         levels[name] = measured(name, scaled(app, used, utilisation))[0]
-    return {"levels": levels, "spans": spans}
+    again: dict[str, list[dict]] = {name: [] for name in levels}
+    for r in range(2, repeats + 1):
+        for name, level in levels.items():
+            again[name].append(measured(f"{name}-repeat{r}", allocation_of(level))[0])
+    return {"levels": levels, "repeats": again, "spans": spans}
 
 
 def main() -> None:
@@ -172,18 +192,22 @@ def main() -> None:
     p.add_argument("--calibration", default=None,
                    help="a calibration file, or 'shipped' for the app's shipped one, instead of "
                         "fitting one on this session's static-maximum run")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the three local levels this many times (2: how well the real "
+                        "system predicts itself, the ceiling for any simulator)")
     p.add_argument("--out", type=Path, default=RESULTS, help="result JSON")
     p.add_argument("--save-calibration", type=Path, default=None,
                    help="also write the calibration used to this file")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     app = load_app(args.app)
     duration = 20.0 if args.quick else args.duration
     load = LoadSpec("poisson", rps=args.rps, duration_s=duration, seed=0)
-    runs = local_runs(app, load, args.local_data)
-    levels = [(name, Allocation({t: TierAllocation(a["cpu"], int(a["replicas"]))
-                                 for t, a in r["allocation"].items()}))
-              for name, r in runs["levels"].items()]
+    runs = local_runs(app, load, args.local_data, args.repeats)
+    levels = [(name, allocation_of(r)) for name, r in runs["levels"].items()]
     local = {name: summarise(r["obs"]) for name, r in runs["levels"].items()}
+    again = {name: [summarise(r["obs"]) for r in rs] for name, rs in runs["repeats"].items()}
     if args.calibration is None:
         model = calibrate(app, runs["spans"], runs["levels"]["max"]["obs"])
     else:
@@ -198,6 +222,17 @@ def main() -> None:
     sim_rq = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model,
                                              run_queues=True), app, alloc, load)[0])
               for name, alloc in levels}
+
+    def at_speed_of(real: dict, name: str, alloc: Allocation) -> dict:
+        """The simulation of a level with the calibration rescaled so that its tiers burn what
+        the real run's tiers burned: the model's latency at the speed the machine had then."""
+        factor = sum(real["tiers"].values()) / sum(sim[name]["tiers"].values())
+        return {"factor": factor, **summarise(run(SimBackend(
+            interval_s=1.0, seed=0, calibration=rescaled(model, factor)), app, alloc, load)[0])}
+
+    sim_at = {name: at_speed_of(local[name], name, alloc) for name, alloc in levels}
+    sim_at_again = {name: [at_speed_of(a, name, alloc) for a in again[name]]
+                    for name, alloc in levels}
     # run-to-run noise of one 60 s run: the same simulation with other seeds
     other_seeds = {name: [summarise(run(SimBackend(interval_s=1.0, seed=seed, calibration=model),
                                         app, alloc, load)[0]) for seed in SPREAD_SEEDS]
@@ -208,7 +243,7 @@ def main() -> None:
         for cls in app.classes:
             lo, si = local[name]["classes"][cls], sim[name]["classes"][cls]
             nh, rq = sim_no_host[name]["classes"][cls], sim_rq[name]["classes"][cls]
-            rows_lat.append({"level": name, "class": cls, **{
+            row = {"level": name, "class": cls, **{
                 f"{side}_{k}": v[k] for side, v in (("local", lo), ("sim", si))
                 for k in ("p50", "p99")},
                 "err_p50": rel_err(si["p50"], lo["p50"]), "err_p99": rel_err(si["p99"], lo["p99"]),
@@ -216,15 +251,27 @@ def main() -> None:
                 "no_host_err_p99": rel_err(nh["p99"], lo["p99"]),
                 "run_queues_err_p50": rel_err(rq["p50"], lo["p50"]),
                 "run_queues_err_p99": rel_err(rq["p99"], lo["p99"]),
-                **{f"seeds_err_{k}": sorted(rel_err(o["classes"][cls][k], lo[k])
-                                            for o in [sim[name], *other_seeds[name]])
-                   for k in ("p50", "p99")}})
+                "at_run_speed_factor": sim_at[name]["factor"],
+                "at_run_speed_err_p50": rel_err(sim_at[name]["classes"][cls]["p50"], lo["p50"]),
+                "at_run_speed_err_p99": rel_err(sim_at[name]["classes"][cls]["p99"], lo["p99"])}
+            for k in ("p50", "p99"):
+                row[f"seeds_err_{k}"] = sorted(rel_err(o["classes"][cls][k], lo[k])
+                                               for o in [sim[name], *other_seeds[name]])
+                repeated = [a["classes"][cls][k] for a in again[name]]
+                row[f"local_repeats_{k}"] = repeated
+                row[f"repeat_err_{k}"] = [rel_err(v, lo[k]) for v in repeated]
+                row[f"sim_vs_repeat_err_{k}"] = [rel_err(si[k], v) for v in repeated]
+                row[f"at_repeat_speed_err_{k}"] = [
+                    rel_err(at["classes"][cls][k], v)
+                    for at, v in zip(sim_at_again[name], repeated, strict=True)]
+            rows_lat.append(row)
         for tier in app.services:
             lo, si = local[name]["tiers"][tier], sim[name]["tiers"][tier]
             rows_cpu.append({"level": name, "tier": tier, "cpu_limit": alloc.tiers[tier].cpu,
                              "local_cpu": lo, "sim_cpu": si, "err": rel_err(si, lo),
                              "no_host_err": rel_err(sim_no_host[name]["tiers"][tier], lo),
                              "run_queues_err": rel_err(sim_rq[name]["tiers"][tier], lo),
+                             "at_run_speed_err": rel_err(sim_at[name]["tiers"][tier], lo),
                              "local_rps": local[name]["rps"][tier],
                              "sim_rps": sim[name]["rps"][tier]})
 
@@ -240,8 +287,12 @@ def main() -> None:
                                             LATENCY_GOAL),
             "cpu_within_goal": share_within([r[f"{prefix}err"] for r in rows_cpu], CPU_GOAL)}
 
+    def repeat_shares(key: str) -> dict[str, float]:
+        return {f"{k}_within_goal": share_within([e for r in rows_lat for e in r[f"{key}_{k}"]],
+                                                 LATENCY_GOAL) for k in ("p50", "p99")}
+
     result = {
-        "benchmark": "sim_fidelity", "app": app.name,
+        "benchmark": "sim_fidelity", "app": app.name, "local_repeats": args.repeats,
         "load": {"kind": "poisson", "rps": args.rps, "duration_s": duration, "seed": 0},
         "interval_s": 1.0, "warmup_intervals": WARMUP,
         "estimator": "per level: median over intervals of each class's per-interval p50/p99; "
@@ -266,6 +317,7 @@ def main() -> None:
             **shares(""),
             "without_host_model": shares("no_host_"),
             "with_run_queues": shares("run_queues_"),
+            "at_run_speed": shares("at_run_speed_"),
             "throttled_periods": {n: {"local": local[n]["throttled_periods"],
                                       "sim": sim[n]["throttled_periods"],
                                       "sim_run_queues": sim_rq[n]["throttled_periods"]}
@@ -273,6 +325,12 @@ def main() -> None:
             "total_cpu_local": {n: sum(local[n]["tiers"].values()) for n, _ in levels},
             "local_cpu_spread": cpu_spread([sum(local[n]["tiers"].values()) for n, _ in levels]),
             "total_cpu_sim": {n: sum(sim[n]["tiers"].values()) for n, _ in levels},
+            **({"local_repeats_vs_first_run": repeat_shares("repeat_err"),
+                "sim_vs_local_repeats": repeat_shares("sim_vs_repeat_err"),
+                "sim_at_repeat_speed_vs_local_repeats": repeat_shares("at_repeat_speed_err"),
+                "total_cpu_local_repeats": {n: [sum(a["tiers"].values()) for a in again[n]]
+                                            for n, _ in levels}}
+               if args.repeats > 1 else {}),
         },
         **benchmark_record(("leanstack", "numpy", "scipy")),
     }
@@ -303,10 +361,31 @@ def main() -> None:
     for n, v in s["throttled_periods"].items():
         print(f"| {n} | {v['local']} | {v['sim']} | {v['sim_run_queues']} |")
     for label, v in (("with host model", s), ("without host model", s["without_host_model"]),
-                     ("with host model and run queues", s["with_run_queues"])):
+                     ("with host model and run queues", s["with_run_queues"]),
+                     ("at each run's speed (calibration rescaled to the run's CPU)",
+                      s["at_run_speed"])):
         print(f"\nwithin goal, {label}: p50 {v['p50_within_goal']:.0%}, p99 "
               f"{v['p99_within_goal']:.0%} (±{LATENCY_GOAL:.0%}); tier CPU "
               f"{v['cpu_within_goal']:.0%} (±{CPU_GOAL:.0%})", end="")
+    if args.repeats > 1:
+        print("\n\n| level | class | local p50: run 1, repeats | err | "
+              "local p99: run 1, repeats | err |")
+        print("|---|---|---|---|---|---|")
+        for r in rows_lat:
+            cells = [f"{_ms(r[f'local_{k}'])}, {', '.join(_ms(v) for v in r[f'local_repeats_{k}'])}"
+                     f" | {', '.join(_pct(e) for e in r[f'repeat_err_{k}'])}"
+                     for k in ("p50", "p99")]
+            print(f"| {r['level']} | {r['class']} | {cells[0]} | {cells[1]} |")
+        for label, key in (("the real system's repeats against its first run",
+                            "local_repeats_vs_first_run"),
+                           ("the simulator against the repeats", "sim_vs_local_repeats"),
+                           ("the simulator at each repeat's speed against it",
+                            "sim_at_repeat_speed_vs_local_repeats")):
+            v = s[key]
+            print(f"within goal, {label}: p50 {v['p50_within_goal']:.0%}, "
+                  f"p99 {v['p99_within_goal']:.0%}")
+    factors = ", ".join(f"{n} {sim_at[n]['factor']:.2f}" for n, _ in levels)
+    print(f"\nspeed factors (the real run's tiers' CPU over the simulation's): {factors}")
     totals = ", ".join(f"{v:.2f}" for v in s["total_cpu_local"].values())
     print(f"\nthe tiers' total CPU across the local runs (the same arrivals) moved by "
           f"{s['local_cpu_spread']:.0%}: {totals} cores")

@@ -20,6 +20,7 @@ from leanstack.microservices.calibration import (
     RPC_KEYS,
     SHIPPED,
     load_calibration,
+    rescaled,
     save_calibration,
     shipped_path,
 )
@@ -364,3 +365,33 @@ def test_tiers_called_too_rarely_keep_span_times_and_the_shared_overheads():
     assert model["storage"]["user-store.get"]["mean_ms"] == pytest.approx(0.05, rel=0.5)
     assert model["tiers"].get("user", {}).get("extra_ms", 0.0) == 0.0
     assert model["rpc"]["callee_ms"] == pytest.approx(0.5, rel=0.2)
+
+
+def test_a_rescaled_calibration_burns_that_much_more_cpu_for_the_same_work():
+    """A machine 1.3x slower: every time in the model grows 1.3x, the original is untouched,
+    and the simulator burns 1.3x the tiers' CPU for the same arrivals."""
+    model = load_calibration(shipped_path("social-network"))
+    slow = rescaled(model, 1.3)
+    ep = next(iter(model["endpoints"]))
+    before, after = model["endpoints"][ep], slow["endpoints"][ep]
+    assert after["mean_ms"] == pytest.approx(1.3 * before["mean_ms"])
+    assert after["cv"] == before["cv"]
+    assert slow["rpc"]["callee_ms"] == pytest.approx(1.3 * model["rpc"]["callee_ms"])
+    assert slow["rpc"]["entry_cv"] == model["rpc"]["entry_cv"]
+    assert slow["host_cores"] == model["host_cores"]
+    assert model == load_calibration(shipped_path("social-network"))
+    app = load_app("social-network")
+    used = {}
+    for name, calib in (("as fitted", model), ("slower", slow)):
+        sim = SimBackend(seed=1, calibration=calib)
+        sim.deploy(app, Allocation.static_max(app))
+        sim.start(LoadSpec("poisson", rps=40, duration_s=5))
+        used[name] = sum(t.cpu_used for o in [sim.observe() for _ in range(5)][1:]
+                         for t in o.tiers.values())
+    assert used["slower"] / used["as fitted"] == pytest.approx(1.3, rel=0.03)
+
+
+@pytest.mark.parametrize("factor", [0, -1.0, float("inf"), "2"])
+def test_a_bad_speed_factor_is_a_one_line_error(factor):
+    with pytest.raises(LeanstackError, match="speed factor must be a number above 0"):
+        rescaled(load_calibration(shipped_path("social-network")), factor)

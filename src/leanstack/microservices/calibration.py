@@ -106,3 +106,27 @@ def load_calibration(path: str | Path) -> dict[str, Any]:
         raise LeanstackError(f"{path}: not valid JSON ({e}) — {HOW}") from None
     check_calibration(model, str(path))
     return model
+
+
+def rescaled(model: dict[str, Any], factor: float) -> dict[str, Any]:
+    """``model`` for the same app on a machine ``factor`` times slower: every time in it (the
+    operations, the RPC overheads and delays, the client's share, the tiers' extras) and every
+    tier's idle CPU multiplied by ``factor``; shapes (CVs) and the host's cores kept. For
+    comparing a run made while the machine's speed had moved with what the model predicts at
+    that speed (``factor``: the run's CPU for the same work over the calibration run's)."""
+    if not (isinstance(factor, int | float) and 0 < factor < float("inf")):
+        raise LeanstackError(f"a calibration's speed factor must be a number above 0, got "
+                             f"{factor!r}")
+    check_calibration(model)
+    out = json.loads(json.dumps(model))
+    for table in (out["endpoints"], out["storage"]):
+        for d in table.values():
+            d["mean_ms"] *= factor
+    for key, v in out["rpc"].items():
+        if key.endswith("_ms") and v is not None:
+            out["rpc"][key] = v * factor
+    for t in out.get("tiers", {}).values():
+        for key in ("extra_ms", "idle_cpu"):
+            if key in t:
+                t[key] *= factor
+    return out
