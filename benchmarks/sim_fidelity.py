@@ -213,29 +213,27 @@ def main() -> None:
     else:
         model = load_calibration(shipped_path(app.name) if args.calibration == SHIPPED
                                  else args.calibration)
-    sim = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model), app,
-                               alloc, load)[0])
-           for name, alloc in levels}
-    sim_no_host = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model,
-                                                  host_cores=math.inf), app, alloc, load)[0])
-                   for name, alloc in levels}
-    sim_rq = {name: summarise(run(SimBackend(interval_s=1.0, seed=0, calibration=model,
-                                             run_queues=True), app, alloc, load)[0])
-              for name, alloc in levels}
+    def simulated(alloc: Allocation, calibration: dict = model, seed: int = 0,
+                  **backend: object) -> dict:
+        """Summary of one simulated run of ``alloc`` under the local runs' load."""
+        return summarise(run(SimBackend(interval_s=1.0, seed=seed, calibration=calibration,
+                                        **backend), app, alloc, load)[0])
+
+    sim = {name: simulated(alloc) for name, alloc in levels}
+    sim_no_host = {name: simulated(alloc, host_cores=math.inf) for name, alloc in levels}
+    sim_rq = {name: simulated(alloc, run_queues=True) for name, alloc in levels}
 
     def at_speed_of(real: dict, name: str, alloc: Allocation) -> dict:
         """The simulation of a level with the calibration rescaled so that its tiers burn what
         the real run's tiers burned: the model's latency at the speed the machine had then."""
         factor = sum(real["tiers"].values()) / sum(sim[name]["tiers"].values())
-        return {"factor": factor, **summarise(run(SimBackend(
-            interval_s=1.0, seed=0, calibration=rescaled(model, factor)), app, alloc, load)[0])}
+        return {"factor": factor, **simulated(alloc, rescaled(model, factor))}
 
     sim_at = {name: at_speed_of(local[name], name, alloc) for name, alloc in levels}
     sim_at_again = {name: [at_speed_of(a, name, alloc) for a in again[name]]
                     for name, alloc in levels}
     # run-to-run noise of one 60 s run: the same simulation with other seeds
-    other_seeds = {name: [summarise(run(SimBackend(interval_s=1.0, seed=seed, calibration=model),
-                                        app, alloc, load)[0]) for seed in SPREAD_SEEDS]
+    other_seeds = {name: [simulated(alloc, seed=seed) for seed in SPREAD_SEEDS]
                    for name, alloc in levels}
 
     rows_lat, rows_cpu = [], []
