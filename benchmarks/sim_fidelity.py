@@ -11,7 +11,8 @@ The simulator runs three times per level: with the host CPU model (all tiers sha
 calibration's ``host_cores``, the machine's core count), without it (each tier limited only by
 its quota), to show what the host model buys, and with the host model and per-core CFS run
 queues (``SimBackend(run_queues=True)``: slices, runtime stranded on a core the process left);
-the throttled periods of all tiers are compared too. A fourth simulation per level runs at the
+the throttled periods of all tiers are compared too, and how long a throttle lasted on
+average (a tier that runs out of quota early in its period waits long). A fourth simulation per level runs at the
 speed the machine had during the real run: the calibration rescaled (``calibration.rescaled``)
 so that the simulated tiers burn the CPU the real tiers burned. It takes one number from the
 held-out run (its total CPU, not its latency) and separates the model's error from the machine's
@@ -106,7 +107,16 @@ def summarise(obs: list[Observation]) -> dict:
     tiers = {name: statistics.fmean(o.tiers[name].cpu_used for o in obs) for name in obs[0].tiers}
     rps = {name: statistics.fmean(o.tiers[name].rps for o in obs) for name in obs[0].tiers}
     throttled = sum(t.throttled_periods for o in obs for t in o.tiers.values())
-    return {"classes": classes, "tiers": tiers, "rps": rps, "throttled_periods": throttled}
+    throttled_s = sum(t.throttled_s for o in obs for t in o.tiers.values())
+    return {"classes": classes, "tiers": tiers, "rps": rps, "throttled_periods": throttled,
+            "throttled_s": throttled_s}
+
+
+def throttle_length_ms(summary: dict) -> float | None:
+    """Mean time a tier stayed throttled per throttled period, all tiers together: how early in
+    a period the tiers ran out of quota (a tier with a backlog runs out early and waits long)."""
+    periods = summary["throttled_periods"]
+    return round(1000 * summary["throttled_s"] / periods, 1) if periods else None
 
 
 def scaled(app: AppSpec, used: dict[str, float], utilisation: float) -> Allocation:
@@ -318,8 +328,13 @@ def main() -> None:
             "at_run_speed": shares("at_run_speed_"),
             "throttled_periods": {n: {"local": local[n]["throttled_periods"],
                                       "sim": sim[n]["throttled_periods"],
-                                      "sim_run_queues": sim_rq[n]["throttled_periods"]}
+                                      "sim_run_queues": sim_rq[n]["throttled_periods"],
+                                      "sim_at_run_speed": sim_at[n]["throttled_periods"]}
                                   for n, _ in levels},
+            "throttle_length_ms": {n: {"local": throttle_length_ms(local[n]),
+                                       "sim": throttle_length_ms(sim[n]),
+                                       "sim_at_run_speed": throttle_length_ms(sim_at[n])}
+                                   for n, _ in levels},
             "total_cpu_local": {n: sum(local[n]["tiers"].values()) for n, _ in levels},
             "local_cpu_spread": cpu_spread([sum(local[n]["tiers"].values()) for n, _ in levels]),
             "total_cpu_sim": {n: sum(sim[n]["tiers"].values()) for n, _ in levels},
@@ -354,10 +369,15 @@ def main() -> None:
               f"{r['sim_cpu']:.3f} | {_pct(r['err'])} | {r['local_rps']:.1f} | "
               f"{r['sim_rps']:.1f} |")
     s = result["summary"]
-    print("\n| level | throttled periods, all tiers: local | sim | sim with run queues |")
-    print("|---|---:|---:|---:|")
+    print("\n| level | throttled periods, all tiers: local | sim | sim with run queues | "
+          "sim at the run's speed | ms throttled per throttled period: local | sim | "
+          "sim at the run's speed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n, v in s["throttled_periods"].items():
-        print(f"| {n} | {v['local']} | {v['sim']} | {v['sim_run_queues']} |")
+        length = s["throttle_length_ms"][n]
+        print(f"| {n} | {v['local']} | {v['sim']} | {v['sim_run_queues']} | "
+              f"{v['sim_at_run_speed']} | {_ms(length['local'])} | {_ms(length['sim'])} | "
+              f"{_ms(length['sim_at_run_speed'])} |")
     for label, v in (("with host model", s), ("without host model", s["without_host_model"]),
                      ("with host model and run queues", s["with_run_queues"]),
                      ("at each run's speed (calibration rescaled to the run's CPU)",

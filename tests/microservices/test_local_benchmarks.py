@@ -15,10 +15,14 @@ import pytest
 
 from leanstack.errors import LeanstackError
 from leanstack.microservices.app import load_app
+from leanstack.microservices.load import LoadSpec
+from leanstack.microservices.observation import Allocation
+from leanstack.microservices.sim import SimBackend
 from leanstack.ursa.profile import AppProfile, ProfileSettings, TierProfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import local_runs  # noqa: E402
+import sim_fidelity  # noqa: E402
 import ursa_local  # noqa: E402
 
 SN = load_app("social-network")
@@ -284,3 +288,17 @@ def test_profile_speed_repeats_reverse_the_settings_order_and_reject_unknown_set
         ursa_profile_speed.main()
     assert "--settings takes before, fast, shaped (got quick)" in capsys.readouterr().err
 
+
+
+def test_fidelity_summary_gives_the_mean_throttle_length_and_none_without_throttling():
+    load = LoadSpec("poisson", rps=150, duration_s=8, seed=0)
+    roomy = sim_fidelity.summarise(sim_fidelity.run(
+        SimBackend(interval_s=1.0, seed=0), SN, Allocation.static_max(SN), load)[0])
+    assert roomy["throttled_periods"] == 0 and sim_fidelity.throttle_length_ms(roomy) is None
+    tight = sim_fidelity.scaled(SN, roomy["tiers"], 0.95)
+    squeezed = sim_fidelity.summarise(sim_fidelity.run(
+        SimBackend(interval_s=1.0, seed=0), SN, tight, load)[0])
+    length = sim_fidelity.throttle_length_ms(squeezed)
+    assert squeezed["throttled_periods"] > 0
+    assert length == round(1000 * squeezed["throttled_s"] / squeezed["throttled_periods"], 1)
+    assert 0 < length <= 100  # a tier is throttled at most until its 100 ms period ends
