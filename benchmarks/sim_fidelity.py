@@ -11,20 +11,21 @@ The simulator runs three times per level: with the host CPU model (all tiers sha
 calibration's ``host_cores``, the machine's core count), without it (each tier limited only by
 its quota), to show what the host model buys, and with the host model and per-core CFS run
 queues (``SimBackend(run_queues=True)``: slices, runtime stranded on a core the process left);
-the throttled periods of all tiers are compared too, and how long a throttle lasted on
-average (a tier that runs out of quota early in its period waits long). A fourth simulation per level runs at the
-speed the machine had during the real run: the calibration rescaled (``calibration.rescaled``)
-so that the simulated tiers burn the CPU the real tiers burned. It takes one number from the
-held-out run (its total CPU, not its latency) and separates the model's error from the machine's
-speed moving between the calibration run and that one. Recorded around every local run: the
-1-minute load average, a host-speed probe (``host_probe_ms``: a fixed Python loop, before and
-after) and the machine's busy cores while the load ran (``host_busy``) next to the tiers' own
-CPU (``tiers``); their difference is everything else (the load generator, this process, the
-kernel, and other jobs: above ~0.5 core, other work pollutes the local numbers).
-The probe is also sampled every second through each local run (``HostProbeSampler``), to show
-whether the machine's speed held still while it ran. ``--repeats 2`` runs the three local levels
-a second time, same order, same allocations, same arrivals: how far the real system's own
-percentiles move between two runs is the ceiling for any simulator on that machine.
+the throttled periods of all tiers are compared too, and how long a throttle lasted on average
+(a tier that runs out of quota early in its period waits long). A fourth simulation per level
+runs at the speed the machine had during the real run: the calibration rescaled
+(``calibration.rescaled``) so that the simulated tiers burn the CPU the real tiers burned. It
+takes one number from the held-out run (its total CPU, not its latency) and separates the
+model's error from the machine's speed moving between the calibration run and that one. Recorded
+around every local run: the 1-minute load average, a host-speed probe (``host_probe_ms``: a
+fixed Python loop, before and after) and the machine's busy cores while the load ran
+(``host_busy``) next to the tiers' own CPU (``tiers``); their difference is everything else (the
+load generator, this process, the kernel, and other jobs: above ~0.5 core, other work pollutes
+the local numbers). The probe is also sampled every second through each local run
+(``HostProbeSampler``), to show whether the machine's speed held still while it ran.
+``--repeats 2`` runs the three local levels a second time, same order, same allocations, same
+arrivals: how far the real system's own percentiles move between two runs is the ceiling for
+any simulator on that machine.
 
 Needs the local backend (root, cgroup v1 cpu/cpuacct, redis-server, memcached). Run:
 ``.venv/bin/python benchmarks/sim_fidelity.py [--app NAME] [--quick] [--rps 80] [--duration 60]
