@@ -289,7 +289,6 @@ def test_profile_speed_repeats_reverse_the_settings_order_and_reject_unknown_set
     assert "--settings takes before, fast, shaped (got quick)" in capsys.readouterr().err
 
 
-
 def test_fidelity_summary_gives_the_mean_throttle_length_and_none_without_throttling():
     load = LoadSpec("poisson", rps=150, duration_s=8, seed=0)
     roomy = sim_fidelity.summarise(sim_fidelity.run(
